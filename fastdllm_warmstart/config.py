@@ -1,0 +1,311 @@
+"""Frozen, validated configuration objects.
+
+One dataclass per concern. Every default lives here and nowhere else; the CLI, the lm-eval model
+and the benchmark all build these objects through :func:`configs_from_flat`, whose keyword names
+are the flat, string-friendly names used on the command line (``--warm-init``) and in lm-eval's
+``--model_args`` (``warm_init=embed``).
+
+Precedence, written down once: explicit CLI flag > ``--model_args`` / config file value > the
+defaults below.
+
+Bad values raise :class:`ConfigError` (a ``ValueError``) whose message names the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration mistake; the message says how to fix it."""
+
+
+CACHE_MODES = ("none", "prefix", "dual")
+REMASKING_RULES = ("low_confidence", "random")
+WARM_INITS = ("none", "token", "embed")
+EMBED_SCHEDULES = ("every_forward", "block_first")
+REMASK_SCHEDULES = ("linear", "exp")
+
+
+def _check_choice(name: str, value: Any, choices: Tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r} is not valid; choose one of {', '.join(choices)}.")
+
+
+def _check_range(name: str, value: Any, lo: float, hi: float, *, lo_open: bool = False,
+                 hi_open: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise ConfigError(f"{name} must be a number, got {value!r}.")
+    bad_lo = value <= lo if lo_open else value < lo
+    bad_hi = value >= hi if hi_open else value > hi
+    if bad_lo or bad_hi:
+        left = "(" if lo_open else "["
+        right = ")" if hi_open else "]"
+        raise ConfigError(f"{name}={value} is out of range; it must lie in {left}{lo}, {hi}{right}.")
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{name} must be an integer, got {value!r}.")
+    if value < minimum:
+        raise ConfigError(f"{name}={value} must be >= {minimum}.")
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """Fast-dLLM decoding settings (upstream's argument names and meanings)."""
+
+    # Length of the answer canvas. 48 fits every tinygsm answer (<= 40 tokens) with an EOS tail,
+    # as LLaDA's SFT data pads answers with EOS; LLaDA-8B users typically pass 256.
+    gen_length: int = 48
+    # Semi-autoregressive block size; Fast-dLLM's GSM8K scripts use 32 for 256 tokens. 16 keeps
+    # three blocks on the tiny canvas so the block structure is exercised.
+    block_length: int = 16
+    # Total denoising steps for the fixed schedule (threshold=None); None means gen_length,
+    # i.e. one token per step, upstream's usual setting.
+    steps: Optional[int] = None
+    temperature: float = 0.0
+    remasking: str = "low_confidence"
+    # Fast-dLLM's parallel-decoding default: commit every masked position of the block whose
+    # confidence >= 0.9 (always at least the most confident one). None = fixed schedule.
+    threshold: Optional[float] = 0.9
+    # Fast-dLLM's fastest mode; all three give the same tokens up to cache approximation.
+    cache: str = "dual"
+    # Stop a row once it has produced EOS and everything after it is EOS. Off for parity.
+    early_stop: bool = False
+
+    def __post_init__(self) -> None:
+        _check_int("gen_length", self.gen_length, 1)
+        _check_int("block_length", self.block_length, 1)
+        if self.gen_length % self.block_length:
+            raise ConfigError(f"gen_length ({self.gen_length}) must be a multiple of block_length "
+                              f"({self.block_length}); e.g. --gen-length "
+                              f"{self.block_length * max(1, self.gen_length // self.block_length)}.")
+        if self.steps is not None:
+            _check_int("steps", self.steps, 1)
+            if self.steps % self.num_blocks:
+                raise ConfigError(f"steps ({self.steps}) must be a multiple of the number of blocks "
+                                  f"({self.num_blocks} = gen_length / block_length).")
+        _check_range("temperature", self.temperature, 0.0, float("inf"), hi_open=True)
+        _check_choice("remasking", self.remasking, REMASKING_RULES)
+        if self.threshold is not None:
+            _check_range("threshold", self.threshold, 0.0, 1.0, lo_open=True)
+        _check_choice("cache", self.cache, CACHE_MODES)
+        if not isinstance(self.early_stop, bool):
+            raise ConfigError(f"early_stop must be true or false, got {self.early_stop!r}.")
+
+    @property
+    def num_blocks(self) -> int:
+        return self.gen_length // self.block_length
+
+    @property
+    def resolved_steps(self) -> int:
+        return self.gen_length if self.steps is None else self.steps
+
+
+@dataclass(frozen=True)
+class WarmStartConfig:
+    """How the auxiliary proposal initialises the canvas."""
+
+    # none: upstream cold start. token: Bernoulli(rho) token injection. embed: interpolated
+    # input embeddings at masked positions.
+    warm_init: str = "none"
+    # The paper's injection rate (arXiv 2512.19004): each generation position independently gets
+    # the proposal token with probability rho.
+    rho: float = 0.25
+    # The paper's interpolation weight: (1 - alpha) * E[mask] + alpha * E[proposal].
+    alpha: float = 0.6
+    # every_forward: the prior is fed on every forward while the position is masked (the model
+    # keeps seeing it until it decodes or rejects it). block_first: only on the first forward of
+    # each block (the prior seeds the block, later steps see plain [MASK]).
+    embed_schedule: str = "every_forward"
+    # Seed of the injection draw (and of the remask draws); results are reproducible per seed.
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_choice("warm_init", self.warm_init, WARM_INITS)
+        _check_range("rho", self.rho, 0.0, 1.0)
+        _check_range("alpha", self.alpha, 0.0, 1.0)
+        _check_choice("embed_schedule", self.embed_schedule, EMBED_SCHEDULES)
+        _check_int("seed", self.seed, 0)
+
+    @property
+    def enabled(self) -> bool:
+        return self.warm_init != "none"
+
+
+@dataclass(frozen=True)
+class RemaskConfig:
+    """Confidence-based remasking of unverified priors ("prior skepticism").
+
+    After each commit, every position of the current block that still holds a prior the model has
+    not confirmed is revoked with probability ``p(t)`` when the model's probability of the prior
+    token is below ``tau``. ``t`` counts the decoding steps of the generation. A prior counts as
+    confirmed once the model gives it probability >= ``confirm``; confirmed priors and tokens the
+    model decoded itself are never revoked.
+    """
+
+    enabled: bool = False
+    # A proposal token the model gives less than 0.5 is one it thinks is more likely wrong than
+    # right: revoke it. Lower values keep more priors (more NFE saving, more wrong answers).
+    tau: float = 0.5
+    # Full skepticism at the start: at step 0 the model has seen the whole prior once and its
+    # disagreement is the most informative signal we have.
+    p_init: float = 1.0
+    # linear: p(t) = p_init * max(0, 1 - t / horizon); exp: p(t) = p_init * decay ** t.
+    schedule: str = "linear"
+    # Linear horizon in steps. 32 is about the NFE of a cold tiny-model run: priors that survive
+    # that long have been read in context many times and are kept.
+    horizon: int = 32
+    # Exponential decay per step; 0.9 halves the revocation probability every ~6.6 steps.
+    decay: float = 0.9
+    # The model's own commit threshold doubles as the confirmation level: a prior the model
+    # would have decoded itself at this confidence counts as verified.
+    confirm: float = 0.9
+    # A position may be revoked at most this many times (after a revocation it is an ordinary
+    # masked position, so 1 is the natural bound; the cap guarantees termination regardless).
+    max_revisions: int = 1
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.enabled, bool):
+            raise ConfigError(f"remask must be true or false, got {self.enabled!r}.")
+        _check_range("remask_tau", self.tau, 0.0, 1.0)
+        _check_range("remask_p", self.p_init, 0.0, 1.0)
+        _check_choice("remask_schedule", self.schedule, REMASK_SCHEDULES)
+        _check_int("remask_horizon", self.horizon, 1)
+        _check_range("remask_decay", self.decay, 0.0, 1.0)
+        _check_range("remask_confirm", self.confirm, 0.0, 1.0)
+        _check_int("remask_max_revisions", self.max_revisions, 1)
+
+    def probability(self, step: int) -> float:
+        if self.schedule == "linear":
+            return self.p_init * max(0.0, 1.0 - step / self.horizon)
+        return self.p_init * self.decay ** step
+
+
+@dataclass(frozen=True)
+class AuxConfig:
+    """The auxiliary autoregressive proposer."""
+
+    # Path (or importable name) of a Hugging Face causal LM; None = the embedded tiny aux model.
+    aux_model: Optional[str] = None
+    # Greedy proposal length in aux tokens; None = 2 * gen_length (aux tokenizers split finer).
+    aux_max_new_tokens: Optional[int] = None
+    aux_batch_size: int = 8
+    # None = use the aux tokenizer's chat template when it has one (Instruct models).
+    aux_chat_template: Optional[bool] = None
+    # JSONL proposal cache keyed by prompt, aux model and its settings; None = no cache.
+    proposal_cache: Optional[str] = None
+    # A JSONL file of ready proposals ({"prompt": ..., "proposal": ...}) used instead of the aux.
+    proposals: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if self.aux_max_new_tokens is not None:
+            _check_int("aux_max_new_tokens", self.aux_max_new_tokens, 1)
+        _check_int("aux_batch_size", self.aux_batch_size, 1)
+
+
+@dataclass(frozen=True)
+class ResidualConfig:
+    """Residual Context Diffusion (arXiv 2601.22954) style soft residuals at masked positions."""
+
+    enabled: bool = False
+    # Weight of the entropy-gated residual added to E[mask].
+    strength: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.enabled, bool):
+            raise ConfigError(f"residual must be true or false, got {self.enabled!r}.")
+        _check_range("residual_strength", self.strength, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that decides a decoding run, in one frozen object (saved beside results)."""
+
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    warm: WarmStartConfig = field(default_factory=WarmStartConfig)
+    remask: RemaskConfig = field(default_factory=RemaskConfig)
+    aux: AuxConfig = field(default_factory=AuxConfig)
+    residual: ResidualConfig = field(default_factory=ResidualConfig)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# Flat name -> (section, field). The flat names are the CLI flags (with '-' for '_') and the
+# lm-eval --model_args keys.
+_FLAT: Dict[str, Tuple[str, str]] = {}
+for _section, _cls in (("decode", DecodeConfig), ("warm", WarmStartConfig), ("aux", AuxConfig)):
+    for _f in fields(_cls):
+        _FLAT[_f.name] = (_section, _f.name)
+_FLAT["remask"] = ("remask", "enabled")
+for _f in fields(RemaskConfig):
+    if _f.name != "enabled":
+        _FLAT[f"remask_{_f.name}"] = ("remask", _f.name)
+_FLAT["residual"] = ("residual", "enabled")
+_FLAT["residual_strength"] = ("residual", "strength")
+FLAT_KEYS = tuple(sorted(_FLAT))
+
+_SECTIONS = {"decode": DecodeConfig, "warm": WarmStartConfig, "remask": RemaskConfig,
+             "aux": AuxConfig, "residual": ResidualConfig}
+
+
+def _coerce(name: str, raw: Any, target_type: Any) -> Any:
+    """Turn CLI / --model_args strings into the field's type."""
+    if not isinstance(raw, str):
+        if isinstance(raw, int) and not isinstance(raw, bool) and "float" in str(target_type):
+            return float(raw)
+        return raw
+    text = raw.strip()
+    type_text = str(target_type)
+    if text.lower() in ("none", "null", "") and "Optional" in type_text:
+        return None
+    if "bool" in type_text:
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name}={raw!r}: expected true or false.")
+    if "int" in type_text and "float" not in type_text:
+        try:
+            return int(text)
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r}: expected an integer.") from None
+    if "float" in type_text:
+        try:
+            return float(text)
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r}: expected a number.") from None
+    return text
+
+
+def configs_from_flat(values: Optional[Mapping[str, Any]] = None, *, strict: bool = True,
+                      **kwargs: Any) -> RunConfig:
+    """Build a :class:`RunConfig` from flat keys (``warm_init='embed'``, ``alpha='0.6'``...).
+
+    ``None`` values mean "unset" and keep the default. Unknown keys raise :class:`ConfigError`
+    listing the valid ones when ``strict``.
+    """
+    merged: Dict[str, Any] = dict(values or {})
+    merged.update(kwargs)
+    per_section: Dict[str, Dict[str, Any]] = {name: {} for name in _SECTIONS}
+    unknown = []
+    for key, raw in merged.items():
+        norm = key.replace("-", "_")
+        if norm not in _FLAT:
+            unknown.append(key)
+            continue
+        if raw is None:
+            continue
+        section, fname = _FLAT[norm]
+        ftype = {f.name: f.type for f in fields(_SECTIONS[section])}[fname]
+        per_section[section][fname] = _coerce(norm, raw, ftype)
+    if unknown and strict:
+        raise ConfigError(f"Unknown setting(s): {', '.join(sorted(unknown))}. "
+                          f"Valid settings: {', '.join(FLAT_KEYS)}.")
+    built = {name: _SECTIONS[name](**vals) for name, vals in per_section.items()}
+    return RunConfig(**built)

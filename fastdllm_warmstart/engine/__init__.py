@@ -1,0 +1,14 @@
+"""The decoding engine: one loop, cache strategies, callbacks over one state object."""
+
+from .cache import CACHE_STRATEGIES, CacheStrategy, DualCache, NoCache, PrefixCache, make_cache_strategy
+from .callbacks import EVENTS, CallbackList, DecodeCallback, EventRecorder
+from .loop import GenerateOutput, generate, resolve_special_ids
+from .state import DecodeState
+from .transfer import get_transfer_index, num_transfer_schedule, resolve_transfer_fn
+
+__all__ = [
+    "CACHE_STRATEGIES", "CacheStrategy", "DualCache", "NoCache", "PrefixCache", "make_cache_strategy",
+    "EVENTS", "CallbackList", "DecodeCallback", "EventRecorder", "GenerateOutput", "generate",
+    "resolve_special_ids", "DecodeState", "get_transfer_index", "num_transfer_schedule",
+    "resolve_transfer_fn",
+]

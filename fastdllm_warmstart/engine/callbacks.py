@@ -1,0 +1,123 @@
+"""Decoding callbacks: small classes with named no-op methods, called in registration order.
+
+The loop calls, per generation::
+
+    on_init                      # may replace the all-[MASK] canvas (warm start)
+    for each block:
+        on_block_start
+        repeat:
+            before_forward       # may set state.inputs_embeds for the window
+            after_forward        # state.logits holds the window's logits
+            after_commit         # state.transfer holds what was committed; may remask
+        on_block_end
+    on_finish
+
+Stateful callbacks reset their state in ``reset()``; the loop calls it before ``on_init``.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, List, Optional, Sequence
+
+from .state import DecodeState
+
+EVENTS = ("on_init", "on_block_start", "before_forward", "after_forward", "after_commit",
+          "on_block_end", "on_finish")
+
+
+class DecodeCallback:
+    """Base class: override the events you need; every method is a no-op here."""
+
+    def reset(self) -> None:
+        pass
+
+    def on_init(self, state: DecodeState) -> None:
+        pass
+
+    def on_block_start(self, state: DecodeState) -> None:
+        pass
+
+    def before_forward(self, state: DecodeState) -> None:
+        pass
+
+    def after_forward(self, state: DecodeState) -> None:
+        pass
+
+    def after_commit(self, state: DecodeState) -> None:
+        pass
+
+    def on_block_end(self, state: DecodeState) -> None:
+        pass
+
+    def on_finish(self, state: DecodeState) -> None:
+        pass
+
+
+class CallbackList:
+    """Dispatches each event to the callbacks in order; skips callbacks that do not override it."""
+
+    def __init__(self, callbacks: Optional[Iterable[DecodeCallback]] = None):
+        self.callbacks: List[DecodeCallback] = []
+        for cb in callbacks or ():
+            self.add(cb)
+        self._handlers = {}
+        self._rebuild()
+
+    def add(self, callback: DecodeCallback) -> None:
+        if not isinstance(callback, DecodeCallback):
+            raise TypeError(f"Callbacks must subclass DecodeCallback; got {type(callback).__name__}.")
+        self.callbacks.append(callback)
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        # Only callbacks that override an event are called for it: the hot path of a plain run
+        # (no callbacks, or callbacks that ignore per-step events) costs one empty loop.
+        self._handlers = {
+            event: [getattr(cb, event) for cb in self.callbacks
+                    if getattr(type(cb), event) is not getattr(DecodeCallback, event)]
+            for event in EVENTS
+        }
+
+    def __len__(self) -> int:
+        return len(self.callbacks)
+
+    def __iter__(self):
+        return iter(self.callbacks)
+
+    def reset(self) -> None:
+        for cb in self.callbacks:
+            cb.reset()
+
+    def fire(self, event: str, state: DecodeState) -> None:
+        for handler in self._handlers[event]:
+            handler(state)
+
+
+class EventRecorder(DecodeCallback):
+    """Records ``(event, block, block_step)`` for every event (for tests and debugging)."""
+
+    def __init__(self) -> None:
+        self.events: List[tuple] = []
+
+    def reset(self) -> None:
+        self.events = []
+
+    def _record(self, name: str, state: DecodeState) -> None:
+        self.events.append((name, state.block, state.block_step))
+
+
+def _make_recorder(name: str):
+    def method(self, state: DecodeState) -> None:
+        self._record(name, state)
+    method.__name__ = name
+    return method
+
+
+for _event in EVENTS:
+    setattr(EventRecorder, _event, _make_recorder(_event))
+
+
+def as_callback_list(callbacks: Optional[Sequence[DecodeCallback]]) -> CallbackList:
+    if isinstance(callbacks, CallbackList):
+        return callbacks
+    return CallbackList(callbacks)

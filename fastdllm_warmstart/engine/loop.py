@@ -1,0 +1,280 @@
+"""The one Fast-dLLM decoding loop.
+
+Algorithm (the numbers recur as comments in :func:`generate`):
+
+1. Lay the prompts (left-padded to a common width) and ``gen_length`` [MASK] tokens on the canvas;
+   callbacks' ``on_init`` may replace masks with prior tokens (warm start).
+2. For each block of ``block_length`` positions, left to right:
+   a. ``on_block_start``; the fixed schedule (threshold=None) splits the block's masked count
+      evenly over ``steps / num_blocks`` steps.
+   b. Each step: the cache strategy picks the window the forward covers; ``before_forward``
+      hooks may supply input embeddings; one forward (one NFE); ``after_forward``.
+   c. Commit by upstream's rule among the block's masked positions (threshold: all with
+      confidence >= threshold, at least the most confident one; else the schedule's top-k).
+      [MASK]/[PAD] are never committed.
+   d. ``after_commit`` hooks may revoke prior tokens back to [MASK].
+   e. Stop the block once it has no mask left and the strategy's minimum number of forwards
+      ran (cached strategies always run one cached step after the full one, as upstream does).
+   f. ``on_block_end``; with ``early_stop``, rows whose answer ended in EOS are closed.
+3. ``on_finish``; return the canvas and per-row NFE.
+
+A row's NFE counts the forwards it needed: those while its block still had masks, plus the
+strategy's minimum per block. For a batch of one it equals upstream's counter.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Union
+
+import torch
+
+from ..config import DecodeConfig
+from .cache import make_cache_strategy
+from .callbacks import DecodeCallback, as_callback_list
+from .state import DecodeState
+from .transfer import get_transfer_index, num_transfer_schedule, resolve_transfer_fn, suppress_ids
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class GenerateOutput:
+    sequences: torch.Tensor        # (B, P + gen_length) canvas incl. the (left-padded) prompt
+    nfe: torch.Tensor              # (B,) forwards each row needed
+    total_nfe: int                 # forward calls made for the batch
+    prompt_width: int              # P: generated tokens are sequences[:, P:]
+    attention_mask: Optional[torch.Tensor]  # (B, P + gen_length) or None
+    stats: Dict[str, torch.Tensor]  # per-row counters (injected, revoked, ...)
+
+    @property
+    def generated(self) -> torch.Tensor:
+        return self.sequences[:, self.prompt_width:]
+
+
+def _config_id(model, name: str) -> Optional[int]:
+    value = getattr(getattr(model, "config", None), name, None)
+    if isinstance(value, (list, tuple)):
+        value = value[0] if value else None
+    return value
+
+
+def resolve_special_ids(model, tokenizer=None, mask_id: Optional[int] = None,
+                        eos_id: Optional[int] = None, pad_id: Optional[int] = None):
+    """mask/eos/pad ids: explicit argument > model config > tokenizer; mask is required."""
+    def pick(explicit, config_name, tok_name):
+        if explicit is not None:
+            return int(explicit)
+        value = _config_id(model, config_name)
+        if value is None and tokenizer is not None:
+            value = getattr(tokenizer, tok_name, None)
+        return None if value is None else int(value)
+
+    mask = pick(mask_id, "mask_token_id", "mask_token_id")
+    if mask is None:
+        raise ValueError("No [MASK] id: the model config has no mask_token_id and no tokenizer "
+                         "with a mask token was given. Pass mask_id=... explicitly.")
+    return mask, pick(eos_id, "eos_token_id", "eos_token_id"), pick(pad_id, "pad_token_id", "pad_token_id")
+
+
+def _prepare_prompt(prompt, attention_mask, pad_token: int, device):
+    """(B, P) ids and an attention mask (None when no row is padded); ragged lists left-padded."""
+    if isinstance(prompt, torch.Tensor):
+        if prompt.dim() == 1:
+            prompt = prompt.unsqueeze(0)
+        if prompt.dim() != 2:
+            raise ValueError(f"prompt must be (B, P) token ids, got shape {tuple(prompt.shape)}.")
+        ids = prompt.to(device=device, dtype=torch.long)
+        if attention_mask is not None:
+            attention_mask = attention_mask.to(device=device, dtype=torch.long)
+            if attention_mask.shape != ids.shape:
+                raise ValueError("attention_mask must have the prompt's shape (B, P).")
+    else:
+        rows = [list(map(int, r)) for r in prompt]
+        if not rows or any(len(r) == 0 for r in rows):
+            raise ValueError("Every prompt needs at least one token.")
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), pad_token, dtype=torch.long, device=device)
+        attention_mask = torch.zeros_like(ids)
+        for i, r in enumerate(rows):
+            ids[i, width - len(r):] = torch.tensor(r, device=device)
+            attention_mask[i, width - len(r):] = 1
+    if attention_mask is not None and bool(attention_mask.all()):
+        attention_mask = None
+    return ids, attention_mask
+
+
+def _close_finished_rows(state: DecodeState) -> None:
+    """Early stop: a row whose answer so far ends in EOS followed only by EOS is done."""
+    if state.eos_id is None:
+        return
+    gen = state.x[:, state.prompt_width:state.block_end]  # (B, G_done)
+    is_eos = gen == state.eos_id
+    seen_eos = is_eos.cumsum(dim=1) > 0
+    ended = is_eos.any(dim=1) & ~(seen_eos & ~is_eos).any(dim=1)  # (B,)
+    newly = ended & ~state.finished
+    if bool(newly.any()):
+        state.x[newly, state.block_end:] = state.eos_id
+        if state.injected is not None:
+            state.injected[newly, state.block_end:] = False
+        state.finished |= newly
+
+
+def _commit(state: DecodeState, transfer_fn, config: DecodeConfig, schedule: Optional[torch.Tensor],
+            banned: Sequence[int]) -> None:
+    """Step 2c: upstream's commit rule on the window's logits."""
+    w0, _ = state.window
+    x_win = state.window_view(state.x)  # (B, W) view into the canvas
+    cols = torch.arange(w0, state.window[1], device=state.x.device)
+    in_block = (cols >= state.block_start) & (cols < state.block_end)  # (W,)
+    mask_index = (x_win == state.mask_id) & in_block  # (B, W)
+    logits = suppress_ids(state.logits, mask_index, banned)
+    if schedule is None:
+        k = None
+    elif state.block_step < schedule.shape[1]:
+        k = schedule[:, state.block_step]
+    else:  # only reachable when hooks revoked tokens after the schedule ran out
+        k = torch.ones(state.batch_size, dtype=torch.long, device=state.x.device)
+    if transfer_fn is get_transfer_index:
+        x0, transfer = transfer_fn(logits, config.temperature, config.remasking, mask_index, x_win,
+                                   k, config.threshold, generator=state.generator)
+    else:
+        x0, transfer = transfer_fn(logits, config.temperature, config.remasking, mask_index, x_win,
+                                   k, config.threshold)
+    transfer = transfer & mask_index
+    x_win[transfer] = x0[transfer]
+    state.x0, state.transfer = x0, transfer
+
+
+@torch.no_grad()
+def generate(model, prompt: Union[torch.Tensor, Sequence[Sequence[int]]], steps: Optional[int] = 128,
+             gen_length: int = 128, block_length: int = 128, temperature: float = 0.0,
+             remasking: str = "low_confidence", mask_id: Optional[int] = None,
+             threshold: Optional[float] = None, cache: str = "dual",
+             callbacks: Optional[Sequence[DecodeCallback]] = None, *,
+             attention_mask: Optional[torch.Tensor] = None, tokenizer=None,
+             eos_id: Optional[int] = None, pad_id: Optional[int] = None, early_stop: bool = False,
+             seed: int = 0, use_upstream: bool = True, fast_dllm_path: Optional[str] = None,
+             transfer_fn=None) -> GenerateOutput:
+    """Fast-dLLM decoding with callbacks; upstream's argument names and defaults.
+
+    Args:
+        model: a mask predictor with ``forward(input_ids | inputs_embeds, past_key_values,
+            use_cache, replace_position) -> .logits`` (upstream ``LLaDAModelLM`` or ours).
+        prompt: (B, P) token ids, or a list of B id lists of any lengths (left-padded here).
+        steps: total steps of the fixed schedule (used when ``threshold`` is None); None means
+            ``gen_length``. Must be a multiple of the number of blocks.
+        gen_length, block_length: canvas length and semi-autoregressive block size.
+        temperature, remasking, threshold: upstream's commit rule settings.
+        mask_id: [MASK] id; None reads it from the model config (or ``tokenizer``).
+        cache: ``'none'``, ``'prefix'`` or ``'dual'``.
+        callbacks: :class:`DecodeCallback` objects, called in order.
+        attention_mask: (B, P) for an already left-padded prompt tensor.
+        eos_id, pad_id: default from the model config / tokenizer.
+        early_stop: close a row once its answer ended with EOS (fills the rest with EOS).
+        seed: seeds the generator handed to callbacks (and our sampler when temperature > 0).
+        use_upstream / fast_dllm_path: use a Fast-dLLM checkout's ``get_transfer_index``
+            when one is found (``FAST_DLLM_PATH`` or ``sys.path``).
+        transfer_fn: override the commit rule (same signature as upstream's).
+    """
+    config = DecodeConfig(gen_length=gen_length, block_length=block_length, steps=steps,
+                          temperature=temperature, remasking=remasking, threshold=threshold,
+                          cache=cache, early_stop=early_stop)
+    mask, eos, pad = resolve_special_ids(model, tokenizer, mask_id, eos_id, pad_id)
+    if transfer_fn is None:
+        transfer_fn, _ = resolve_transfer_fn(use_upstream, fast_dllm_path)
+    device = next(model.parameters()).device
+    fill = pad if pad is not None else (eos if eos is not None else mask)
+    ids, prompt_mask = _prepare_prompt(prompt, attention_mask, fill, device)
+    B, P = ids.shape
+    L = P + config.gen_length
+
+    # 1. Canvas: prompt, then gen_length masks.
+    x = torch.full((B, L), mask, dtype=torch.long, device=device)
+    x[:, :P] = ids
+    full_mask = None
+    if prompt_mask is not None:
+        full_mask = torch.ones((B, L), dtype=torch.long, device=device)
+        full_mask[:, :P] = prompt_mask
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed)
+    state = DecodeState(
+        model=model, x=x, attention_mask=full_mask, prompt_width=P,
+        prompt_lengths=(prompt_mask.sum(1) if prompt_mask is not None
+                        else torch.full((B,), P, device=device)),
+        gen_length=config.gen_length, block_length=config.block_length, mask_id=mask,
+        eos_id=eos, pad_id=pad, generator=generator,
+        nfe=torch.zeros(B, dtype=torch.long, device=device),
+        finished=torch.zeros(B, dtype=torch.bool, device=device),
+    )
+    hooks = as_callback_list(callbacks)
+    hooks.reset()
+    strategy = make_cache_strategy(config.cache)
+    # Never commit [MASK]; nor a dedicated [PAD] (LLaDA's pad *is* its EOS, which must stay).
+    banned = sorted({mask} | ({pad} if pad is not None and pad != eos else set()))
+    steps_per_block = config.resolved_steps // config.num_blocks
+    # Hooks may revoke tokens, so a block can need more steps than it has masks; this bound is
+    # never reached by the rule itself (it commits >= 1 token per step) and guards termination.
+    max_block_steps = steps_per_block + 2 * config.block_length + strategy.min_block_steps + 1
+
+    hooks.fire("on_init", state)
+    for block in range(config.num_blocks):
+        # 2a. Block bounds and schedule.
+        state.block, state.block_step = block, 0
+        state.block_start = P + block * config.block_length
+        state.block_end = state.block_start + config.block_length
+        hooks.fire("on_block_start", state)
+        schedule = None
+        if config.threshold is None:
+            block_mask = state.x[:, state.block_start:state.block_end] == mask
+            schedule = num_transfer_schedule(block_mask, steps_per_block)  # (B, steps_per_block)
+        while True:
+            # 2b. One forward over the strategy's window.
+            state.window = strategy.window(state)
+            needed = ~state.finished & ((state.block_masks() > 0)
+                                        | (state.block_step < strategy.min_block_steps))
+            state.inputs_embeds = None
+            hooks.fire("before_forward", state)
+            if state.inputs_embeds is not None:
+                inputs = {"inputs_embeds": state.inputs_embeds}
+            else:
+                inputs = {"input_ids": state.window_view(state.x)}
+            state.logits = strategy.forward(state, inputs)  # (B, W, V)
+            state.inputs_embeds = None
+            state.nfe += needed.long()
+            state.total_nfe += 1
+            hooks.fire("after_forward", state)
+            # 2c. Commit; 2d. hooks may revoke.
+            _commit(state, transfer_fn, config, schedule, banned)
+            state.revoked = None
+            hooks.fire("after_commit", state)
+            state.block_step += 1
+            state.step += 1
+            # 2e. Block done?
+            remaining = state.block_masks().masked_fill(state.finished, 0)
+            if state.block_step >= strategy.min_block_steps and not bool(remaining.any()):
+                break
+            if state.block_step >= max_block_steps:
+                raise RuntimeError(
+                    f"Block {block} did not finish in {max_block_steps} steps: a callback keeps "
+                    "revoking tokens. Bound its revisions (e.g. remask_max_revisions).")
+        # 2f. Block end.
+        hooks.fire("on_block_end", state)
+        if config.early_stop:
+            _close_finished_rows(state)
+            if bool(state.finished.all()):
+                break
+    # 3. Finish.
+    state.logits = None
+    hooks.fire("on_finish", state)
+    stats = {"finished_early": state.finished.clone()}
+    if state.injected is not None:
+        stats["injected_left"] = state.injected[:, P:].sum(1)
+    if state.revisions is not None:
+        stats["revoked"] = state.revisions[:, P:].sum(1)
+    for key, value in state.extras.items():
+        if isinstance(value, torch.Tensor) and value.shape[:1] == (B,):
+            stats[key] = value
+    return GenerateOutput(sequences=state.x, nfe=state.nfe, total_nfe=state.total_nfe,
+                          prompt_width=P, attention_mask=full_mask, stats=stats)

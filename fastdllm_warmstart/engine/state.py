@@ -1,0 +1,77 @@
+"""The one explicit state object every callback receives."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional, Tuple
+
+import torch
+
+
+@dataclass
+class DecodeState:
+    """Everything the decoding loop knows, batch-first.
+
+    Canvas-wide tensors are ``(B, L)`` with ``L = prompt_width + gen_length``; per-forward tensors
+    are ``(B, W)`` over the forward's window ``[window[0], window[1])``.
+    """
+
+    model: Any
+    x: torch.Tensor                       # (B, L) long: the canvas
+    attention_mask: Optional[torch.Tensor]  # (B, L) long, 0 at left padding; None = no padding
+    prompt_width: int                     # P: padded prompt length, generation starts here
+    prompt_lengths: torch.Tensor          # (B,) real prompt lengths
+    gen_length: int
+    block_length: int
+    mask_id: int
+    eos_id: Optional[int]
+    pad_id: Optional[int]
+    generator: torch.Generator            # seeded randomness for callbacks
+
+    # Prior bookkeeping, filled by warm-start callbacks.
+    prior_ids: Optional[torch.Tensor] = None   # (B, L) long proposal ids, -1 where none
+    injected: Optional[torch.Tensor] = None    # (B, L) bool: holds an injected, unconfirmed token
+    confirmed: Optional[torch.Tensor] = None   # (B, L) bool: prior the model has confirmed
+    revisions: Optional[torch.Tensor] = None   # (B, L) long: times a position was revoked
+
+    # Loop position.
+    block: int = 0
+    block_start: int = 0
+    block_end: int = 0
+    block_step: int = 0                   # forwards so far in the current block
+    step: int = 0                         # forwards so far in the whole generation
+    window: Tuple[int, int] = (0, 0)      # columns the last/next forward covers
+
+    # Per-forward data.
+    inputs_embeds: Optional[torch.Tensor] = None  # (B, W, C) supplied by before_forward hooks
+    logits: Optional[torch.Tensor] = None         # (B, W, V) of the last forward
+    x0: Optional[torch.Tensor] = None             # (B, W) proposed tokens of the last commit
+    confidence: Optional[torch.Tensor] = None     # (B, W) float64 prob of x0 (masked cols)
+    transfer: Optional[torch.Tensor] = None       # (B, W) bool: committed by the last commit
+    revoked: Optional[torch.Tensor] = None        # (B, W) bool: remasked after the last commit
+
+    # Accounting.
+    nfe: Optional[torch.Tensor] = None    # (B,) long: forwards each row needed
+    total_nfe: int = 0                    # forward calls made (upstream's counter)
+    finished: Optional[torch.Tensor] = None  # (B,) bool: rows stopped early
+    extras: dict = field(default_factory=dict)  # free space for third-party hooks
+
+    @property
+    def batch_size(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def gen_slice(self) -> slice:
+        return slice(self.prompt_width, self.prompt_width + self.gen_length)
+
+    def window_view(self, t: torch.Tensor) -> torch.Tensor:
+        """Slice a canvas-wide ``(B, L, ...)`` tensor to the current window."""
+        return t[:, self.window[0]:self.window[1]]
+
+    def block_masks(self) -> torch.Tensor:
+        """(B,) number of [MASK] positions left in the current block."""
+        return (self.x[:, self.block_start:self.block_end] == self.mask_id).sum(dim=1)
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """Input embeddings of ``ids`` via the model's own embedding table."""
+        return self.model.get_input_embeddings()(ids)

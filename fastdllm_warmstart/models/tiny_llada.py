@@ -1,0 +1,247 @@
+"""A small LLaDA-style bidirectional masked-diffusion transformer.
+
+It implements the same forward protocol as Fast-dLLM's ``LLaDAModelLM`` so that the decoding
+engine treats both alike:
+
+    forward(input_ids=None, inputs_embeds=None, attention_mask=None, past_key_values=None,
+            use_cache=False, replace_position=None) -> CausalLMOutputWithPast(logits, past_key_values)
+
+KV-cache semantics (the ones the prefix and dual cache strategies rely on):
+
+* ``past_key_values`` is a list with one ``(key, value)`` pair per layer, each ``(B, H, Lp, Dh)``;
+  keys are stored *after* the rotary embedding, at their absolute positions.
+* Without ``replace_position`` the new tokens are appended after the ``Lp`` cached ones (prefix
+  cache): queries sit at positions ``Lp .. Lp+T-1``.
+* With ``replace_position`` (bool, ``(B, L)`` or ``(1, L)``, the same columns in every row, ``T``
+  of them set) the new keys/values *replace* the cached ones at those columns (dual cache) and the
+  queries sit at those columns. The returned cache holds the replaced tensors; the input cache is
+  not modified.
+
+Positions come from ``attention_mask`` when one is given (``cumsum(mask) - 1``), so a left-padded
+row sees exactly the positions it would see alone; padded keys are never attended to.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from transformers import PretrainedConfig, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+KV = Tuple[torch.Tensor, torch.Tensor]
+
+
+class TinyLLaDAConfig(PretrainedConfig):
+    model_type = "tiny_llada"
+
+    def __init__(
+        self,
+        vocab_size: int = 256,
+        d_model: int = 128,
+        n_layers: int = 4,
+        n_heads: int = 4,
+        mlp_ratio: float = 4.0,
+        rope_theta: float = 10000.0,
+        max_sequence_length: int = 1024,
+        init_std: float = 0.02,
+        mask_token_id: Optional[int] = None,
+        **kwargs,
+    ):
+        if d_model % n_heads != 0:
+            raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads}).")
+        if (d_model // n_heads) % 2 != 0:
+            raise ValueError("d_model // n_heads must be even for rotary embeddings.")
+        self.vocab_size = vocab_size
+        self.d_model = d_model
+        self.n_layers = n_layers
+        self.n_heads = n_heads
+        self.mlp_ratio = mlp_ratio
+        self.rope_theta = rope_theta
+        self.max_sequence_length = max_sequence_length
+        self.init_std = init_std
+        self.mask_token_id = mask_token_id
+        kwargs.setdefault("use_cache", False)
+        super().__init__(**kwargs)
+
+    # Names transformers utilities look for.
+    @property
+    def hidden_size(self) -> int:
+        return self.d_model
+
+    @property
+    def num_hidden_layers(self) -> int:
+        return self.n_layers
+
+    @property
+    def num_attention_heads(self) -> int:
+        return self.n_heads
+
+
+def positions_from_mask(attention_mask: Optional[torch.Tensor], batch: int, length: int,
+                        device: torch.device) -> torch.Tensor:
+    """Absolute positions (B, L): ``cumsum(mask) - 1`` (pads clamped to 0), else ``arange``."""
+    if attention_mask is None:
+        return torch.arange(length, device=device).unsqueeze(0).expand(batch, length)
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+class RotaryEmbedding(nn.Module):
+    def __init__(self, head_dim: int, theta: float):
+        super().__init__()
+        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        # x: (B, H, T, Dh), positions: (B, T)
+        freqs = positions.to(torch.float32)[..., None] * self.inv_freq  # (B, T, Dh/2)
+        cos = freqs.cos()[:, None].to(x.dtype)  # (B, 1, T, Dh/2)
+        sin = freqs.sin()[:, None].to(x.dtype)
+        x1, x2 = x[..., 0::2], x[..., 1::2]
+        out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+        return out.flatten(-2)
+
+
+class Block(nn.Module):
+    def __init__(self, config: TinyLLaDAConfig):
+        super().__init__()
+        d = config.d_model
+        hidden = int(config.mlp_ratio * d)
+        self.n_heads = config.n_heads
+        self.head_dim = d // config.n_heads
+        self.attn_norm = nn.RMSNorm(d, eps=1e-6)
+        self.qkv = nn.Linear(d, 3 * d, bias=False)
+        self.attn_out = nn.Linear(d, d, bias=False)
+        self.mlp_norm = nn.RMSNorm(d, eps=1e-6)
+        self.gate_up = nn.Linear(d, 2 * hidden, bias=False)  # SwiGLU
+        self.down = nn.Linear(hidden, d, bias=False)
+        self.rotary = RotaryEmbedding(self.head_dim, config.rope_theta)
+
+    def forward(self, x: torch.Tensor, q_pos: torch.Tensor, key_mask: Optional[torch.Tensor],
+                layer_past: Optional[KV], replace_cols: Optional[torch.Tensor]) -> Tuple[torch.Tensor, KV]:
+        B, T, C = x.shape
+        q, k, v = self.qkv(self.attn_norm(x)).split(C, dim=-1)
+        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, Dh)
+        k = k.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        v = v.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        q = self.rotary(q, q_pos)
+        k = self.rotary(k, q_pos)
+        if layer_past is not None:
+            past_k, past_v = layer_past
+            if replace_cols is None:
+                k = torch.cat((past_k, k), dim=2)
+                v = torch.cat((past_v, v), dim=2)
+            else:
+                full_k, full_v = past_k.clone(), past_v.clone()
+                full_k[:, :, replace_cols] = k
+                full_v[:, :, replace_cols] = v
+                k, v = full_k, full_v
+        attn_mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, S)
+        att = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, H, T, Dh)
+        x = x + self.attn_out(att.transpose(1, 2).reshape(B, T, C))
+        gate, up = self.gate_up(self.mlp_norm(x)).chunk(2, dim=-1)
+        x = x + self.down(F.silu(gate) * up)
+        return x, (k, v)
+
+
+class TinyLLaDAModelLM(PreTrainedModel):
+    """Bidirectional transformer (RMSNorm, SwiGLU, RoPE) predicting every position's token."""
+
+    config_class = TinyLLaDAConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    _no_split_modules = ["Block"]
+
+    def __init__(self, config: TinyLLaDAConfig):
+        super().__init__(config)
+        self.wte = nn.Embedding(config.vocab_size, config.d_model)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.norm = nn.RMSNorm(config.d_model, eps=1e-6)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.init_std
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, nn.RMSNorm):
+            nn.init.ones_(module.weight)
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.wte
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.wte = value
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def forward(
+        self,
+        input_ids: Optional[torch.LongTensor] = None,
+        inputs_embeds: Optional[torch.FloatTensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        past_key_values: Optional[Sequence[KV]] = None,
+        use_cache: Optional[bool] = None,
+        replace_position: Optional[torch.Tensor] = None,
+        return_dict: Optional[bool] = None,
+        **unused,
+    ) -> CausalLMOutputWithPast:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
+        if unused:
+            raise TypeError(f"Unexpected arguments to TinyLLaDAModelLM.forward: {sorted(unused)}")
+        x = self.wte(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, C)
+        B, T, _ = x.shape
+        past_len = 0 if not past_key_values else past_key_values[0][0].shape[2]
+
+        replace_cols = None
+        if replace_position is not None:
+            if past_key_values is None:
+                raise ValueError("replace_position needs past_key_values (dual cache).")
+            rp = replace_position.bool()
+            if rp.shape[0] > 1 and not torch.equal(rp, rp[:1].expand_as(rp)):
+                raise ValueError("replace_position must select the same columns in every row.")
+            replace_cols = rp[0].nonzero(as_tuple=True)[0]  # (T,)
+            if replace_cols.numel() != T:
+                raise ValueError(f"replace_position selects {replace_cols.numel()} columns for {T} inputs.")
+            total = past_len
+        else:
+            total = past_len + T
+
+        key_mask = None
+        if attention_mask is not None:
+            if attention_mask.shape[-1] != total:
+                raise ValueError(f"attention_mask has length {attention_mask.shape[-1]}, expected {total} "
+                                 "(cached + new positions).")
+            key_mask = attention_mask.bool()
+            if bool(key_mask.all()):
+                key_mask = None
+        all_pos = positions_from_mask(attention_mask, B, total, x.device)  # (B, total)
+        q_pos = all_pos[:, replace_cols] if replace_cols is not None else all_pos[:, past_len:past_len + T]
+
+        presents: List[KV] = []
+        for i, block in enumerate(self.blocks):
+            layer_past = past_key_values[i] if past_key_values else None
+            x, kv = block(x, q_pos, key_mask, layer_past, replace_cols)
+            if use_cache:
+                presents.append(kv)
+        logits = self.lm_head(self.norm(x))  # (B, T, V)
+        return CausalLMOutputWithPast(logits=logits, past_key_values=presents if use_cache else None)
+
+
+def register_auto_classes() -> None:
+    """Make ``AutoConfig`` / ``AutoModel`` resolve ``model_type: tiny_llada`` checkpoints."""
+    from transformers import AutoConfig, AutoModel
+
+    try:
+        AutoConfig.register(TinyLLaDAConfig.model_type, TinyLLaDAConfig)
+        AutoModel.register(TinyLLaDAConfig, TinyLLaDAModelLM)
+    except ValueError:  # already registered
+        pass
