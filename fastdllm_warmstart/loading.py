@@ -1,0 +1,119 @@
+"""Loading the diffusion LM: the embedded tiny model, or a LLaDA checkpoint.
+
+A LLaDA checkpoint (``model_type: llada``) is loaded with the ``LLaDAModelLM`` class of the user's
+Fast-dLLM checkout when one is found (it has the KV cache the prefix/dual strategies need), else
+with the checkpoint's own remote code (``trust_remote_code``), which may lack a KV cache.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+from pathlib import Path
+from typing import Optional, Tuple, Union
+
+import torch
+
+from .assets import DLLM_NAME, asset_path
+from .upstream import find_upstream
+
+logger = logging.getLogger(__name__)
+
+
+class ModelLoadError(ValueError):
+    """The model path, dtype or device cannot be used; the message names the fix."""
+
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
+           "fp16": torch.float16, "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def resolve_device(device: Optional[str]) -> torch.device:
+    if device in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ModelLoadError(f"device={device!r} is not a torch device; use cpu, cuda, cuda:0 or auto.") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"device={device!r} but no CUDA GPU is visible; use --device cpu.")
+    return dev
+
+
+def resolve_dtype(dtype: Union[None, str, torch.dtype], device: torch.device, large: bool) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "", "auto"):
+        # LLaDA-8B runs in bf16 on GPUs as upstream does; tiny models and CPUs use fp32.
+        return torch.bfloat16 if (large and device.type == "cuda") else torch.float32
+    try:
+        return _DTYPES[str(dtype).lower()]
+    except KeyError:
+        raise ModelLoadError(f"dtype={dtype!r} is not supported; use one of {', '.join(sorted(_DTYPES))} "
+                             "or auto.") from None
+
+
+def _read_config(path: Path) -> dict:
+    cfg = path / "config.json"
+    if not cfg.is_file():
+        raise ModelLoadError(f"No config.json in {path}: model_path must be a local checkpoint folder "
+                             "(nothing is downloaded here). Omit it to use the embedded tiny model.")
+    try:
+        return json.loads(cfg.read_text())
+    except json.JSONDecodeError as exc:
+        raise ModelLoadError(f"{cfg} is not valid JSON: {exc}.") from exc
+
+
+def load_dllm(model_path: Optional[str] = None, *, device: Optional[str] = "cpu",
+              dtype: Union[None, str, torch.dtype] = None,
+              fast_dllm_path: Optional[str] = None) -> Tuple[torch.nn.Module, object, str]:
+    """Returns ``(model, tokenizer, model_id)`` with the model in eval mode on ``device``."""
+    from transformers import AutoTokenizer
+
+    from .models import TinyLLaDAModelLM
+
+    path = asset_path(DLLM_NAME) if model_path in (None, "", "embedded") else Path(model_path).expanduser()
+    if not path.exists():
+        raise ModelLoadError(f"model_path {str(path)!r} does not exist. Give a local checkpoint folder, "
+                             "or omit model_path for the embedded tiny model.")
+    config = _read_config(path)
+    dev = resolve_device(device)
+    model_type = config.get("model_type")
+    if model_type == "tiny_llada":
+        torch_dtype = resolve_dtype(dtype, dev, large=False)
+        model = TinyLLaDAModelLM.from_pretrained(str(path), dtype=torch_dtype)
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+    elif model_type == "llada":
+        torch_dtype = resolve_dtype(dtype, dev, large=True)
+        upstream = find_upstream(fast_dllm_path)
+        if upstream is not None and upstream.model_class is not None:
+            logger.info("Loading %s with LLaDAModelLM from %s", path, upstream.root)
+            model = upstream.model_class.from_pretrained(str(path), dtype=torch_dtype)
+        else:
+            from transformers import AutoModel
+
+            logger.warning("No Fast-dLLM checkout found: loading %s with its own remote code; "
+                           "prefix/dual cache need Fast-dLLM's LLaDAModelLM (set FAST_DLLM_PATH).", path)
+            model = AutoModel.from_pretrained(str(path), trust_remote_code=True, dtype=torch_dtype)
+        tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=True)
+    else:
+        raise ModelLoadError(f"{path} holds a {model_type!r} model; expected a masked-diffusion LM "
+                             "(model_type 'llada' or 'tiny_llada').")
+    model = model.to(dev).eval()
+    return model, tokenizer, str(path)
+
+
+def check_cache_support(model, cache: str) -> None:
+    """Clear error when the model cannot run the asked-for cache strategy."""
+    if cache == "none":
+        return
+    params = inspect.signature(model.forward).parameters
+    missing = [name for name in ("past_key_values", "use_cache") if name not in params]
+    if cache == "dual" and "replace_position" not in params:
+        missing.append("replace_position")
+    if missing:
+        raise ModelLoadError(
+            f"cache={cache!r} needs a model whose forward takes {', '.join(missing)}; "
+            f"{type(model).__name__} does not. Use --cache none, or load LLaDA through a Fast-dLLM "
+            "checkout (--fast-dllm-path or FAST_DLLM_PATH).")

@@ -1,0 +1,168 @@
+"""Text in, answers out: the dLLM, the aux proposer and the callbacks wired together.
+
+The CLI, the benchmark and the lm-eval model all decode through :class:`WarmStartRunner`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, List, Optional, Sequence
+
+import torch
+
+from .config import RunConfig
+from .engine import DecodeCallback, generate
+from .engine.loop import resolve_special_ids
+from .loading import check_cache_support, load_dllm
+from .warmstart import build_callbacks, proposals_to_tensor
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class GenerationResult:
+    prompt: str
+    text: str                       # answer, special tokens skipped, cut at the first EOS
+    token_ids: List[int]            # the generation region's ids
+    nfe: int                        # forwards this row needed
+    gen_tokens: int                 # answer tokens before the first EOS (no padding, no prompt)
+    dllm_seconds: float             # this row's share of its batch's decoding time
+    aux_seconds: float = 0.0        # this row's share of the aux proposer's time
+    warm: bool = False              # a proposal was used for this row
+    fallback: Optional[str] = None  # why the warm start fell back to a cold start
+    proposal_text: Optional[str] = None
+    injected: int = 0               # prior tokens put on the canvas (token injection)
+    revoked: int = 0                # priors revoked by the remask step
+    extra: dict = field(default_factory=dict)
+
+
+class WarmStartRunner:
+    """Holds a dLLM, its tokenizer, a run config and (when a warm start is asked for) a proposer."""
+
+    def __init__(self, model, tokenizer, config: Optional[RunConfig] = None, *, proposer=None,
+                 model_id: str = "model", fast_dllm_path: Optional[str] = None,
+                 callbacks: Sequence[DecodeCallback] = ()):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config or RunConfig()
+        self.model_id = model_id
+        self.fast_dllm_path = fast_dllm_path
+        self.extra_callbacks = list(callbacks)
+        self.device = next(model.parameters()).device
+        self.mask_id, self.eos_id, self.pad_id = resolve_special_ids(model, tokenizer)
+        check_cache_support(model, self.config.decode.cache)
+        self._proposer = proposer
+
+    @classmethod
+    def from_pretrained(cls, model_path: Optional[str] = None, config: Optional[RunConfig] = None, *,
+                        device: Optional[str] = "cpu", dtype=None, fast_dllm_path: Optional[str] = None,
+                        callbacks: Sequence[DecodeCallback] = ()) -> "WarmStartRunner":
+        model, tokenizer, model_id = load_dllm(model_path, device=device, dtype=dtype,
+                                               fast_dllm_path=fast_dllm_path)
+        return cls(model, tokenizer, config, model_id=model_id, fast_dllm_path=fast_dllm_path,
+                   callbacks=callbacks)
+
+    @property
+    def proposer(self):
+        """The aux proposer, built on first use (only warm-start runs need one)."""
+        if self._proposer is None:
+            from .aux import build_proposer
+
+            self._proposer = build_proposer(self.config.aux, self.tokenizer, device=self.device)
+        return self._proposer
+
+    # -- prompts ---------------------------------------------------------------------------
+    def format_prompt(self, prompt: str, apply_chat_template: Optional[bool] = None) -> str:
+        """The dLLM's input text: its chat template when it has one (Instruct models)."""
+        has_template = bool(getattr(self.tokenizer, "chat_template", None))
+        if apply_chat_template is None:
+            apply_chat_template = has_template
+        if apply_chat_template and not has_template:
+            raise ValueError("apply_chat_template=True but the dLLM tokenizer has no chat template.")
+        if not apply_chat_template:
+            return prompt
+        return self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
+                                                  add_generation_prompt=True, tokenize=False)
+
+    def encode(self, texts: Sequence[str]) -> List[List[int]]:
+        ids = [list(self.tokenizer(t)["input_ids"]) for t in texts]
+        for i, row in enumerate(ids):
+            if not row:
+                raise ValueError(f"Prompt {i} encodes to no tokens; give a non-empty prompt.")
+        return ids
+
+    # -- decoding --------------------------------------------------------------------------
+    def _proposals(self, prompts: Sequence[str]):
+        """(B, G) aligned proposal ids (-1 for cold rows) and the per-row Proposal records."""
+        gen_length = self.config.decode.gen_length
+        if not self.config.warm.enabled:
+            return None, [None] * len(prompts)
+        records = self.proposer.propose(list(prompts), gen_length)
+        ids = [r.token_ids if (r is not None and r.ok) else None for r in records]
+        for i, r in enumerate(records):
+            if r is None or not r.ok:
+                logger.warning("Prompt %d: no usable proposal (%s); decoding it cold.", i,
+                               getattr(r, "error", "missing"))
+        return proposals_to_tensor(ids, gen_length, device=self.device), records
+
+    def _decode_row(self, ids: List[int]) -> tuple:
+        cut = ids.index(self.eos_id) if (self.eos_id is not None and self.eos_id in ids) else len(ids)
+        answer = ids[:cut]
+        text = self.tokenizer.decode(answer, skip_special_tokens=True).strip()
+        n = sum(1 for t in answer if t not in (self.pad_id, self.mask_id))
+        return text, n
+
+    def generate_batch(self, prompts: Sequence[str],
+                       apply_chat_template: Optional[bool] = None) -> List[GenerationResult]:
+        d = self.config.decode
+        proposals, records = self._proposals(prompts)
+        callbacks = build_callbacks(self.config, proposals) + self.extra_callbacks
+        input_ids = self.encode([self.format_prompt(p, apply_chat_template) for p in prompts])
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        start = time.perf_counter()
+        out = generate(self.model, input_ids, steps=d.steps, gen_length=d.gen_length,
+                       block_length=d.block_length, temperature=d.temperature, remasking=d.remasking,
+                       mask_id=self.mask_id, threshold=d.threshold, cache=d.cache, callbacks=callbacks,
+                       eos_id=self.eos_id, pad_id=self.pad_id, early_stop=d.early_stop,
+                       seed=self.config.warm.seed, fast_dllm_path=self.fast_dllm_path)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        elapsed = time.perf_counter() - start
+        generated = out.generated.tolist()
+        injected = out.stats.get("injected")
+        revoked = out.stats.get("revoked")
+        results = []
+        for i, prompt in enumerate(prompts):
+            text, n_tokens = self._decode_row(generated[i])
+            rec = records[i]
+            warm = proposals is not None and bool((proposals[i] >= 0).any())
+            fallback = None
+            if self.config.warm.enabled and not warm:
+                fallback = getattr(rec, "error", None) or "no proposal"
+            results.append(GenerationResult(
+                prompt=prompt, text=text, token_ids=generated[i], nfe=int(out.nfe[i]),
+                gen_tokens=n_tokens, dllm_seconds=elapsed / len(prompts),
+                aux_seconds=float(getattr(rec, "aux_seconds", 0.0) or 0.0), warm=warm,
+                fallback=fallback, proposal_text=getattr(rec, "text", None),
+                injected=int(injected[i]) if injected is not None else 0,
+                revoked=int(revoked[i]) if revoked is not None else 0,
+            ))
+        return results
+
+    def generate(self, prompts: Sequence[str], batch_size: int = 8,
+                 apply_chat_template: Optional[bool] = None, progress: Any = None) -> List[GenerationResult]:
+        """Decode ``prompts`` in batches of ``batch_size``; ``progress`` is an optional tqdm bar."""
+        if isinstance(prompts, str):
+            raise TypeError("generate() takes a list of prompts; wrap a single prompt in a list.")
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size} must be >= 1.")
+        results: List[GenerationResult] = []
+        for start in range(0, len(prompts), batch_size):
+            chunk = list(prompts[start:start + batch_size])
+            results.extend(self.generate_batch(chunk, apply_chat_template))
+            if progress is not None:
+                progress.update(len(chunk))
+        return results

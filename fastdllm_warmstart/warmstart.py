@@ -1,0 +1,277 @@
+"""Warm-start initialisation, prior skepticism and residual context, as decoding callbacks.
+
+* :class:`TokenInjection` — each generation position independently receives the proposal's token
+  with probability ``rho`` (arXiv 2512.19004, Bernoulli-rho rule); the rest stay [MASK].
+* :class:`EmbeddingInterpolation` — positions stay [MASK] on the canvas but the model is fed
+  ``(1 - alpha) * E[mask] + alpha * E[proposal]`` there.
+* :class:`ConfidenceRemask` — after each commit, priors in the current block that the model has
+  not confirmed are revoked with probability ``p(t)`` when the model gives them less than ``tau``.
+* :class:`ResidualContext` — Residual Context Diffusion (arXiv 2601.22954) style: masked positions
+  are fed back an entropy-gated mix of E[mask] and the expected embedding of the model's own
+  previous prediction there.
+
+Random draws use a counter-based hash of (seed, prompt, position, step), so a prompt's injection
+pattern and remask draws do not depend on which batch it is decoded in.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from typing import List, Optional, Sequence
+
+import torch
+
+from .config import RemaskConfig, ResidualConfig, RunConfig, WarmStartConfig
+from .engine.callbacks import DecodeCallback
+from .engine.state import DecodeState
+
+
+
+def _s64(value: int) -> int:
+    """An unsigned 64-bit constant as the signed int64 torch multiplies with (wrapping)."""
+    return value - (1 << 64) if value >= (1 << 63) else value
+
+
+_M1 = _s64(0xBF58476D1CE4E5B9)  # splitmix64 finaliser constants
+_M2 = _s64(0x94D049BB133111EB)
+_GOLDEN = _s64(0x9E3779B97F4A7C15)
+_COL = _s64(0xD1B54A32D192ED03)
+_STREAM = _s64(0xA0761D6478BD642F)
+
+
+def _mix(z: torch.Tensor) -> torch.Tensor:
+    # int64 arithmetic wraps around in torch; >> is arithmetic, which is fine for mixing.
+    z = (z ^ (z >> 30)) * _M1
+    z = (z ^ (z >> 27)) * _M2
+    return z ^ (z >> 31)
+
+
+def hashed_uniform(row_keys: torch.Tensor, columns: torch.Tensor, stream: int) -> torch.Tensor:
+    """(B, W) float64 uniforms in [0, 1), a pure function of (row key, column, stream)."""
+    z = row_keys.view(-1, 1) * _GOLDEN + columns.view(1, -1) * _COL + _s64((stream * _STREAM) % (1 << 64))
+    z = _mix(_mix(z))
+    return (z & ((1 << 53) - 1)).to(torch.float64) / float(1 << 53)
+
+
+def prompt_keys(state: DecodeState, seed: int) -> torch.Tensor:
+    """(B,) int64 key per row from the seed and the row's real (unpadded) prompt ids."""
+    keys = []
+    for row, length in zip(state.x[:, :state.prompt_width].tolist(), state.prompt_lengths.tolist()):
+        crc = zlib.crc32(repr(row[len(row) - int(length):]).encode())
+        keys.append((seed * 1_000_003 + crc) & ((1 << 62) - 1))
+    return torch.tensor(keys, dtype=torch.long, device=state.x.device)
+
+
+def proposals_to_tensor(proposals: Sequence[Optional[Sequence[int]]], gen_length: int,
+                        device=None) -> torch.Tensor:
+    """(B, G) long tensor of proposal ids, -1 for rows without a proposal."""
+    out = torch.full((len(proposals), gen_length), -1, dtype=torch.long, device=device)
+    for i, ids in enumerate(proposals):
+        if ids is None:
+            continue
+        if len(ids) != gen_length:
+            raise ValueError(f"Proposal {i} has {len(ids)} tokens; it must be aligned to gen_length "
+                             f"({gen_length}) first (see fastdllm_warmstart.aux.align_to_canvas).")
+        out[i] = torch.as_tensor(list(ids), dtype=torch.long, device=device)
+    return out
+
+
+class _PriorCallback(DecodeCallback):
+    """Shared set-up: lay the proposals onto canvas coordinates in ``state.prior_ids``."""
+
+    stream = 0
+
+    def __init__(self, proposals: torch.Tensor, seed: int = 0):
+        if proposals.dim() != 2:
+            raise ValueError("proposals must be a (B, gen_length) tensor (-1 = no proposal).")
+        self.proposals = proposals
+        self.seed = seed
+        self.row_keys: Optional[torch.Tensor] = None
+
+    def reset(self) -> None:
+        self.row_keys = None
+
+    def _lay_priors(self, state: DecodeState) -> torch.Tensor:
+        B, G = self.proposals.shape
+        if B != state.batch_size or G != state.gen_length:
+            raise ValueError(f"proposals have shape {(B, G)}; the batch needs "
+                             f"{(state.batch_size, state.gen_length)}.")
+        prior = torch.full_like(state.x, -1)
+        prior[:, state.gen_slice] = self.proposals.to(state.x.device)
+        prior[prior == state.mask_id] = -1  # a [MASK] proposal is no proposal
+        state.prior_ids = prior
+        L = state.x.shape[1]
+        if state.revisions is None:
+            state.revisions = torch.zeros((state.batch_size, L), dtype=torch.long, device=state.x.device)
+        if state.confirmed is None:
+            state.confirmed = torch.zeros((state.batch_size, L), dtype=torch.bool, device=state.x.device)
+        self.row_keys = prompt_keys(state, self.seed)
+        state.extras["prior_row_keys"] = self.row_keys
+        return prior
+
+
+class TokenInjection(_PriorCallback):
+    """Bernoulli(rho) token injection of the proposal into the masked canvas."""
+
+    def __init__(self, proposals: torch.Tensor, rho: float, seed: int = 0):
+        super().__init__(proposals, seed)
+        if not 0.0 <= rho <= 1.0:
+            raise ValueError(f"rho={rho} must lie in [0, 1].")
+        self.rho = rho
+
+    def on_init(self, state: DecodeState) -> None:
+        prior = self._lay_priors(state)
+        # Columns relative to the generation start, so padding width does not change the draw.
+        cols = torch.arange(state.x.shape[1], device=state.x.device) - state.prompt_width
+        draw = hashed_uniform(self.row_keys, cols, stream=0) < self.rho  # (B, L)
+        inject = draw & (prior >= 0) & (state.x == state.mask_id)
+        state.x[inject] = prior[inject]
+        state.injected = inject
+        state.extras["injected"] = inject[:, state.gen_slice].sum(1)
+
+
+class EmbeddingInterpolation(_PriorCallback):
+    """Feed ``(1 - alpha) * E[mask] + alpha * E[prior]`` at masked positions with a prior."""
+
+    def __init__(self, proposals: torch.Tensor, alpha: float, schedule: str = "every_forward",
+                 seed: int = 0):
+        super().__init__(proposals, seed)
+        if schedule not in ("every_forward", "block_first"):
+            raise ValueError(f"schedule={schedule!r}: use 'every_forward' or 'block_first'.")
+        self.alpha = alpha
+        self.schedule = schedule
+
+    def on_init(self, state: DecodeState) -> None:
+        self._lay_priors(state)
+
+    def before_forward(self, state: DecodeState) -> None:
+        if self.schedule == "block_first" and state.block_step > 0:
+            return
+        x_win = state.window_view(state.x)  # (B, W)
+        prior_win = state.window_view(state.prior_ids)  # (B, W)
+        use = (x_win == state.mask_id) & (prior_win >= 0)  # (B, W)
+        if not bool(use.any()):
+            return
+        embeds = state.inputs_embeds if state.inputs_embeds is not None else state.embed(x_win)  # (B, W, C)
+        prior_emb = state.embed(prior_win.clamp(min=0))  # (B, W, C)
+        mixed = (1.0 - self.alpha) * embeds + self.alpha * prior_emb
+        state.inputs_embeds = torch.where(use.unsqueeze(-1), mixed.to(embeds.dtype), embeds)
+
+
+class ConfidenceRemask(DecodeCallback):
+    """Prior skepticism: revoke unconfirmed priors the model finds unlikely.
+
+    Token mode: an injected token is put back to [MASK]. Embedding mode: the position keeps its
+    [MASK] and simply stops receiving the interpolated prior. Only priors are ever touched; a
+    token the model committed itself is never revoked. Every revocation is counted per position
+    and capped at ``max_revisions``, so decoding always terminates.
+    """
+
+    stream = 1
+
+    def __init__(self, config: RemaskConfig):
+        self.config = config
+
+    @staticmethod
+    def _prior_probs(state: DecodeState, lo: int, hi: int) -> torch.Tensor:
+        """(B, hi - lo) model probability of the prior token at canvas columns [lo, hi)."""
+        prior = state.prior_ids[:, lo:hi].clamp(min=0)  # (B, Wb)
+        w0 = state.window[0]
+        logits = state.logits[:, lo - w0:hi - w0].float()  # (B, Wb, V): logits are window-relative
+        picked = torch.gather(logits, -1, prior.unsqueeze(-1)).squeeze(-1)
+        return torch.exp(picked - torch.logsumexp(logits, dim=-1))
+
+    def after_commit(self, state: DecodeState) -> None:
+        if state.prior_ids is None or state.logits is None:
+            return
+        w0, w1 = state.window
+        lo, hi = max(w0, state.block_start), min(w1, state.block_end)
+        cols = slice(lo, hi)
+        has_prior = state.prior_ids[:, cols] >= 0  # (B, Wb)
+        if state.injected is not None:
+            candidates = state.injected[:, cols]  # token mode: injected, not yet revoked
+        else:
+            candidates = has_prior & (state.x[:, cols] == state.mask_id)  # embed mode
+        candidates = candidates & ~state.confirmed[:, cols]
+        if not bool(candidates.any()):
+            return
+        probs = self._prior_probs(state, lo, hi)
+        state.confirmed[:, cols] |= candidates & (probs >= self.config.confirm)
+        p_revoke = self.config.probability(state.step)
+        col_ids = torch.arange(lo, hi, device=state.x.device) - state.prompt_width
+        draw = hashed_uniform(state.extras["prior_row_keys"], col_ids, stream=self.stream + 2 + state.step)
+        revoke = (candidates & (probs < self.config.tau) & (draw < p_revoke)
+                  & (state.revisions[:, cols] < self.config.max_revisions))
+        if not bool(revoke.any()):
+            return
+        state.revisions[:, cols] += revoke.long()
+        if state.injected is not None:
+            state.x[:, cols][revoke] = state.mask_id
+            state.injected[:, cols] &= ~revoke
+        else:
+            state.prior_ids[:, cols][revoke] = -1
+        full = torch.zeros_like(state.x, dtype=torch.bool)
+        full[:, cols] = revoke
+        state.revoked = full[:, w0:w1]
+
+
+class ResidualContext(DecodeCallback):
+    """Entropy-gated soft residuals of the model's own previous predictions at masked positions."""
+
+    def __init__(self, config: ResidualConfig):
+        self.config = config
+        self.residual: Optional[torch.Tensor] = None  # (B, L, C)
+        self.weight: Optional[torch.Tensor] = None    # (B, L)
+
+    def reset(self) -> None:
+        self.residual = None
+        self.weight = None
+
+    def after_forward(self, state: DecodeState) -> None:
+        w0, w1 = state.window
+        masked = state.window_view(state.x) == state.mask_id  # (B, W)
+        if not bool(masked.any()):
+            return
+        table = state.model.get_input_embeddings().weight  # (V, C)
+        probs = torch.softmax(state.logits.float(), dim=-1)  # (B, W, V)
+        entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1)  # (B, W)
+        weight = (1.0 - entropy / math.log(probs.shape[-1])).clamp(0.0, 1.0) * masked
+        expected = probs.to(table.dtype) @ table  # (B, W, C)
+        if self.residual is None:
+            B, L = state.x.shape
+            self.residual = torch.zeros((B, L, table.shape[1]), dtype=table.dtype, device=table.device)
+            self.weight = torch.zeros((B, L), dtype=torch.float32, device=table.device)
+        self.residual[:, w0:w1] = torch.where(masked.unsqueeze(-1), expected, self.residual[:, w0:w1])
+        self.weight[:, w0:w1] = torch.where(masked, weight, self.weight[:, w0:w1])
+
+    def before_forward(self, state: DecodeState) -> None:
+        if self.residual is None:
+            return
+        x_win = state.window_view(state.x)
+        weight = state.window_view(self.weight) * (x_win == state.mask_id)  # (B, W)
+        if not bool((weight > 0).any()):
+            return
+        embeds = state.inputs_embeds if state.inputs_embeds is not None else state.embed(x_win)
+        gate = (self.config.strength * weight).unsqueeze(-1).to(embeds.dtype)  # (B, W, 1)
+        state.inputs_embeds = (1 - gate) * embeds + gate * state.window_view(self.residual)
+
+
+def build_callbacks(config: RunConfig, proposals: Optional[torch.Tensor]) -> List[DecodeCallback]:
+    """The callbacks a run config asks for, built-ins first, in the order they must run.
+
+    ``proposals``: (B, gen_length) ids with -1 for rows without a proposal (cold rows), or None.
+    """
+    callbacks: List[DecodeCallback] = []
+    warm: WarmStartConfig = config.warm
+    if warm.enabled and proposals is not None and bool((proposals >= 0).any()):
+        if warm.warm_init == "token":
+            callbacks.append(TokenInjection(proposals, rho=warm.rho, seed=warm.seed))
+        else:
+            callbacks.append(EmbeddingInterpolation(proposals, alpha=warm.alpha,
+                                                    schedule=warm.embed_schedule, seed=warm.seed))
+        if config.remask.enabled:
+            callbacks.append(ConfidenceRemask(config.remask))
+    if config.residual.enabled:
+        callbacks.append(ResidualContext(config.residual))
+    return callbacks

@@ -1,0 +1,40 @@
+"""Shared fixtures: tiny random-weight masked-diffusion models (no download)."""
+
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))  # tests/ helpers (reference_loops, tiny_tokenizers)
+
+from fastdllm_warmstart.models import TinyLLaDAConfig, TinyLLaDAModelLM  # noqa: E402
+
+torch.set_num_threads(1)  # tiny models: one thread is fastest and leaves the other core free
+
+MASK, EOS, PAD = 2, 3, 0
+VOCAB = 50
+
+
+def make_tiny_model(seed: int = 0, vocab: int = VOCAB, dtype=torch.float32, d_model: int = 32,
+                    n_layers: int = 2) -> TinyLLaDAModelLM:
+    torch.manual_seed(seed)
+    cfg = TinyLLaDAConfig(vocab_size=vocab, d_model=d_model, n_layers=n_layers, n_heads=2,
+                          mask_token_id=MASK, eos_token_id=EOS, pad_token_id=PAD, init_std=0.5)
+    model = TinyLLaDAModelLM(cfg).eval().to(dtype)
+    with torch.no_grad():
+        # Random weights should not make [MASK] the favourite: the reference oracle (like
+        # upstream) would re-commit [MASK] forever. Logit 0 for it; others are spread widely.
+        model.lm_head.weight[MASK] = 0
+        model.lm_head.weight[PAD] = 0  # the engine never commits a dedicated [PAD] either
+    return model
+
+
+@pytest.fixture
+def tiny_model():
+    return make_tiny_model()
+
+
+@pytest.fixture
+def tiny_model64():
+    return make_tiny_model(dtype=torch.float64)
