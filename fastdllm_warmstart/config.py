@@ -180,9 +180,12 @@ class RemaskConfig:
         _check_range("remask_confirm", self.confirm, 0.0, 1.0)
         _check_int("remask_max_revisions", self.max_revisions, 1)
 
-    def probability(self, step: int) -> float:
+    def probability(self, step):
+        """p(t) for an int step or a tensor of per-row steps."""
         if self.schedule == "linear":
-            return self.p_init * max(0.0, 1.0 - step / self.horizon)
+            if isinstance(step, int):
+                return self.p_init * max(0.0, 1.0 - step / self.horizon)
+            return self.p_init * (1.0 - step / self.horizon).clamp(min=0.0)
         return self.p_init * self.decay ** step
 
 

@@ -47,9 +47,15 @@ def _mix(z: torch.Tensor) -> torch.Tensor:
     return z ^ (z >> 31)
 
 
-def hashed_uniform(row_keys: torch.Tensor, columns: torch.Tensor, stream: int) -> torch.Tensor:
-    """(B, W) float64 uniforms in [0, 1), a pure function of (row key, column, stream)."""
-    z = row_keys.view(-1, 1) * _GOLDEN + columns.view(1, -1) * _COL + _s64((stream * _STREAM) % (1 << 64))
+def hashed_uniform(row_keys: torch.Tensor, columns: torch.Tensor, stream) -> torch.Tensor:
+    """(B, W) float64 uniforms in [0, 1), a pure function of (row key, column, stream).
+
+    ``stream`` is an int or a (B,) tensor (e.g. each row's own step count)."""
+    if isinstance(stream, int):
+        stream_term = _s64((stream * _STREAM) % (1 << 64))
+    else:
+        stream_term = (stream.long() * _STREAM).view(-1, 1)
+    z = row_keys.view(-1, 1) * _GOLDEN + columns.view(1, -1) * _COL + stream_term
     z = _mix(_mix(z))
     return (z & ((1 << 53) - 1)).to(torch.float64) / float(1 << 53)
 
@@ -178,7 +184,7 @@ class ConfidenceRemask(DecodeCallback):
         """(B, hi - lo) model probability of the prior token at canvas columns [lo, hi)."""
         prior = state.prior_ids[:, lo:hi].clamp(min=0)  # (B, Wb)
         w0 = state.window[0]
-        logits = state.logits[:, lo - w0:hi - w0].float()  # (B, Wb, V): logits are window-relative
+        logits = state.logits[:, lo - w0:hi - w0].double()  # (B, Wb, V): logits are window-relative
         picked = torch.gather(logits, -1, prior.unsqueeze(-1)).squeeze(-1)
         return torch.exp(picked - torch.logsumexp(logits, dim=-1))
 
@@ -193,14 +199,18 @@ class ConfidenceRemask(DecodeCallback):
             candidates = state.injected[:, cols]  # token mode: injected, not yet revoked
         else:
             candidates = has_prior & (state.x[:, cols] == state.mask_id)  # embed mode
-        candidates = candidates & ~state.confirmed[:, cols]
+        # Only rows this forward counted for: a row that was only carried along by its batch
+        # would not have run this step alone, so it must not be judged at it either.
+        candidates = candidates & ~state.confirmed[:, cols] & state.active.view(-1, 1)
         if not bool(candidates.any()):
             return
         probs = self._prior_probs(state, lo, hi)
         state.confirmed[:, cols] |= candidates & (probs >= self.config.confirm)
-        p_revoke = self.config.probability(state.step)
+        # t = the row's own step count (its NFE so far), so draws do not depend on the batch.
+        row_step = state.nfe - 1  # (B,)
+        p_revoke = self.config.probability(row_step.double()).view(-1, 1)  # (B, 1)
         col_ids = torch.arange(lo, hi, device=state.x.device) - state.prompt_width
-        draw = hashed_uniform(state.extras["prior_row_keys"], col_ids, stream=self.stream + 2 + state.step)
+        draw = hashed_uniform(state.extras["prior_row_keys"], col_ids, stream=row_step * 2 + self.stream)
         revoke = (candidates & (probs < self.config.tau) & (draw < p_revoke)
                   & (state.revisions[:, cols] < self.config.max_revisions))
         if not bool(revoke.any()):

@@ -242,6 +242,7 @@ def generate(model, prompt: Union[torch.Tensor, Sequence[Sequence[int]]], steps:
                 inputs = {"input_ids": state.window_view(state.x)}
             state.logits = strategy.forward(state, inputs)  # (B, W, V)
             state.inputs_embeds = None
+            state.active = needed
             state.nfe += needed.long()
             state.total_nfe += 1
             hooks.fire("after_forward", state)

@@ -52,6 +52,7 @@ class DecodeState:
 
     # Accounting.
     nfe: Optional[torch.Tensor] = None    # (B,) long: forwards each row needed
+    active: Optional[torch.Tensor] = None  # (B,) bool: rows the current forward counts for
     total_nfe: int = 0                    # forward calls made (upstream's counter)
     finished: Optional[torch.Tensor] = None  # (B,) bool: rows stopped early
     extras: dict = field(default_factory=dict)  # free space for third-party hooks

@@ -1,0 +1,274 @@
+"""Warm-start callbacks: injection statistics, interpolation inputs, remask safety, RCD."""
+
+import math
+
+import pytest
+import torch
+
+from conftest import MASK, VOCAB, make_tiny_model
+from fastdllm_warmstart import DecodeCallback, RemaskConfig, configs_from_flat, generate
+from fastdllm_warmstart.warmstart import (ConfidenceRemask, EmbeddingInterpolation, ResidualContext,
+                                          TokenInjection, build_callbacks, hashed_uniform)
+
+G = 32
+
+
+def proposals_for(batch, seed=0, gen_length=G):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(4, VOCAB, (batch, gen_length), generator=g)
+
+
+def prompts_for(batch, seed=0):
+    g = torch.Generator().manual_seed(seed + 100)
+    return [torch.randint(4, VOCAB, (int(n),), generator=g).tolist()
+            for n in torch.randint(2, 9, (batch,), generator=g)]
+
+
+class Snapshot(DecodeCallback):
+    """Copies the canvas right after on_init (runs after the warm-start callback)."""
+
+    def on_init(self, state):
+        self.canvas = state.x.clone()
+        self.width = state.prompt_width
+
+
+def test_token_injection_rate_and_content(tiny_model):
+    B = 64
+    props = proposals_for(B)
+    snap = Snapshot()
+    generate(tiny_model, prompts_for(B), steps=G, gen_length=G, block_length=8, threshold=0.9,
+             cache="dual", callbacks=[TokenInjection(props, rho=0.25, seed=0), snap])
+    gen = snap.canvas[:, snap.width:]
+    injected = gen != MASK
+    n = injected.numel()
+    rate = injected.float().mean().item()
+    assert abs(rate - 0.25) < 4 * math.sqrt(0.25 * 0.75 / n)  # within 4 sigma
+    assert torch.equal(gen[injected], props[injected])  # injected tokens are the proposal's
+    # independence: per-row counts spread like a binomial, not all equal
+    assert injected.sum(1).float().std() > 1.0
+
+
+@pytest.mark.parametrize("rho", [0.0, 1.0])
+def test_token_injection_extremes(tiny_model, rho):
+    props = proposals_for(3)
+    props[1] = -1  # a cold row (its aux failed)
+    snap = Snapshot()
+    generate(tiny_model, prompts_for(3), steps=G, gen_length=G, block_length=8, threshold=0.9,
+             cache="none", callbacks=[TokenInjection(props, rho=rho, seed=0), snap])
+    gen = snap.canvas[:, snap.width:]
+    assert (gen[1] == MASK).all()
+    if rho == 0.0:
+        assert (gen == MASK).all()
+    else:
+        assert torch.equal(gen[0], props[0]) and torch.equal(gen[2], props[2])
+
+
+def test_injection_is_seeded_and_batch_invariant(tiny_model):
+    props = proposals_for(4)
+    prompts = prompts_for(4)
+
+    def pattern(seed, rows):
+        snap = Snapshot()
+        generate(tiny_model, [prompts[r] for r in rows], steps=G, gen_length=G, block_length=8,
+                 threshold=0.9, callbacks=[TokenInjection(props[rows], rho=0.5, seed=seed), snap])
+        return snap.canvas[:, snap.width:] != MASK
+
+    full = pattern(0, [0, 1, 2, 3])
+    assert torch.equal(full, pattern(0, [0, 1, 2, 3]))
+    assert not torch.equal(full, pattern(1, [0, 1, 2, 3]))
+    assert torch.equal(full[2:3], pattern(0, [2]))
+
+
+def test_hashed_uniform_is_uniform():
+    u = hashed_uniform(torch.arange(8), torch.arange(4096), stream=3)
+    assert abs(u.mean().item() - 0.5) < 0.01
+    assert abs(u.std().item() - math.sqrt(1 / 12)) < 0.01
+
+
+class EmbedSpy(torch.nn.Module):
+    """Wraps a model; records what each forward receives."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.inner = model
+        self.config = model.config
+        self.calls = []
+
+    def get_input_embeddings(self):
+        return self.inner.get_input_embeddings()
+
+    def forward(self, input_ids=None, inputs_embeds=None, **kw):
+        self.calls.append({"input_ids": None if input_ids is None else input_ids.clone(),
+                           "inputs_embeds": None if inputs_embeds is None else inputs_embeds.clone()})
+        return self.inner(input_ids=input_ids, inputs_embeds=inputs_embeds, **kw)
+
+
+class WindowRecorder(DecodeCallback):
+    """Records the canvas window and priors before each forward (after the interpolation hook)."""
+
+    def __init__(self):
+        self.windows = []
+
+    def before_forward(self, state):
+        self.windows.append((state.window_view(state.x).clone(), state.window_view(state.prior_ids).clone(),
+                             state.block_step))
+
+
+@pytest.mark.parametrize("cache", ["none", "prefix", "dual"])
+@pytest.mark.parametrize("schedule", ["every_forward", "block_first"])
+def test_interpolation_reaches_model_at_exact_positions(tiny_model, cache, schedule):
+    alpha = 0.6
+    spy = EmbedSpy(tiny_model)
+    props = proposals_for(2)
+    props[1, :10] = -1  # part of a row without a prior
+    rec = WindowRecorder()
+    generate(spy, prompts_for(2), steps=G, gen_length=G, block_length=8, threshold=0.9, cache=cache,
+             callbacks=[EmbeddingInterpolation(props, alpha=alpha, schedule=schedule), rec])
+    table = tiny_model.get_input_embeddings().weight
+    assert len(spy.calls) == len(rec.windows) > 0
+    fed = 0
+    for call, (x_win, prior_win, block_step) in zip(spy.calls, rec.windows):
+        use = (x_win == MASK) & (prior_win >= 0)
+        if schedule == "block_first" and block_step > 0:
+            use = torch.zeros_like(use)
+        if not use.any():
+            assert call["inputs_embeds"] is None and torch.equal(call["input_ids"], x_win)
+            continue
+        fed += 1
+        expected = table[x_win].clone()
+        expected[use] = (1 - alpha) * table[MASK] + alpha * table[prior_win[use]]
+        assert torch.allclose(call["inputs_embeds"], expected, atol=1e-6)
+    assert fed > 0
+
+
+def test_interpolation_changes_predictions_toward_prior(tiny_model):
+    """alpha=1 feeds exactly E[prior]: at interpolated positions the model sees the prior token."""
+    spy = EmbedSpy(tiny_model)
+    props = proposals_for(1)
+    generate(spy, prompts_for(1), steps=G, gen_length=G, block_length=8, threshold=0.9, cache="none",
+             callbacks=[EmbeddingInterpolation(props, alpha=1.0)])
+    first = spy.calls[0]["inputs_embeds"]
+    table = tiny_model.get_input_embeddings().weight
+    assert torch.allclose(first[0, -G:], table[props[0]], atol=1e-6)
+
+
+class CommitAudit(DecodeCallback):
+    """After every commit+remask, model-committed tokens must still be on the canvas."""
+
+    def __init__(self):
+        self.model_tokens = None
+        self.violations = 0
+
+    def after_commit(self, state):
+        w0, w1 = state.window
+        if self.model_tokens is None:
+            self.model_tokens = torch.zeros_like(state.x, dtype=torch.bool)
+        # tokens revoked by remask must never include model-committed ones
+        if state.revoked is not None:
+            committed_now = state.transfer
+            self.violations += int((state.revoked & committed_now).sum())
+            self.violations += int((state.revoked & self.model_tokens[:, w0:w1]).sum())
+        self.model_tokens[:, w0:w1] |= state.transfer
+        self.violations += int((state.x[self.model_tokens] == MASK).sum())
+
+
+@pytest.mark.parametrize("warm_init", ["token", "embed"])
+@pytest.mark.parametrize("cache", ["none", "prefix", "dual"])
+def test_remask_never_touches_model_tokens_and_terminates(tiny_model, warm_init, cache):
+    # tau=1, p=1: maximal skepticism, every unconfirmed prior is revoked on sight.
+    config = configs_from_flat(warm_init=warm_init, rho=0.7, remask=True, remask_tau=1.0,
+                               remask_p_init=1.0, remask_confirm=1.0, cache=cache, gen_length=G,
+                               block_length=8)
+    props = proposals_for(4)
+    audit = CommitAudit()
+    out = generate(tiny_model, prompts_for(4), steps=G, gen_length=G, block_length=8, threshold=0.9,
+                   cache=cache, callbacks=build_callbacks(config, props) + [audit])
+    assert audit.violations == 0
+    assert (out.generated != MASK).all()
+    revoked = out.stats["revoked"]
+    assert revoked.sum() > 0
+    if warm_init == "token":
+        assert torch.equal(revoked + out.stats["injected_left"], out.stats["injected"])
+    # bounded: at most one revision per position, so at most one extra step per position
+    assert int(out.nfe.max()) <= G + int(revoked.max()) + 2 * (G // 8)
+
+
+def test_remask_spares_confirmed_and_likely_priors():
+    """Hand-made state: one prior the model confirms, one likely, one unlikely."""
+
+    class S:  # minimal stand-in for DecodeState
+        pass
+
+    s = S()
+    s.mask_id, s.prompt_width, s.step = MASK, 0, 0
+    s.x = torch.tensor([[7, 8, 9, 5]])
+    s.prior_ids = torch.tensor([[7, 8, 9, -1]])
+    s.injected = torch.tensor([[True, True, True, False]])
+    s.confirmed = torch.zeros((1, 4), dtype=torch.bool)
+    s.revisions = torch.zeros((1, 4), dtype=torch.long)
+    s.window, s.block_start, s.block_end = (0, 4), 0, 4
+    s.extras = {"prior_row_keys": torch.tensor([1])}
+    s.active, s.nfe = torch.tensor([True]), torch.tensor([1])
+    logits = torch.full((1, 4, 12), -20.0)
+    logits[0, 0, 7] = 10.0          # prob ~1 -> confirmed
+    logits[0, 1, 8] = 0.0           # two-way tie -> 0.5 prob: kept at tau=0.4
+    logits[0, 1, 3] = 0.0
+    logits[0, 2, 4] = 10.0          # prior 9 unlikely -> revoked
+    logits[0, 3, 5] = 10.0
+    s.logits = logits
+    ConfidenceRemask(RemaskConfig(enabled=True, tau=0.4, p_init=1.0)).after_commit(s)
+    assert s.x.tolist() == [[7, 8, MASK, 5]]
+    assert s.confirmed.tolist() == [[True, False, False, False]]
+    assert s.injected.tolist() == [[True, True, False, False]]
+    assert s.revisions.tolist() == [[0, 0, 1, 0]]
+
+
+def test_remask_schedules_decay():
+    lin = RemaskConfig(enabled=True, p_init=0.8, schedule="linear", horizon=10)
+    exp = RemaskConfig(enabled=True, p_init=0.8, schedule="exp", decay=0.5)
+    assert lin.probability(0) == pytest.approx(0.8) and lin.probability(5) == pytest.approx(0.4)
+    assert lin.probability(20) == 0.0
+    assert exp.probability(2) == pytest.approx(0.2)
+
+
+def test_a_callback_that_never_stops_revoking_is_caught(tiny_model):
+    class Saboteur(DecodeCallback):
+        def after_commit(self, state):
+            state.x[:, state.block_start] = state.mask_id
+
+    with pytest.raises(RuntimeError, match="revoking"):
+        generate(tiny_model, [[5, 6]], steps=16, gen_length=16, block_length=8, threshold=0.9,
+                 callbacks=[Saboteur()])
+
+
+@pytest.mark.parametrize("cache", ["none", "prefix", "dual"])
+def test_residual_context_feeds_soft_embeddings(tiny_model, cache):
+    spy = EmbedSpy(tiny_model)
+    config = configs_from_flat(residual=True, residual_strength=0.5)
+    out = generate(spy, prompts_for(2), steps=G, gen_length=G, block_length=8, threshold=0.95,
+                   cache=cache, callbacks=[ResidualContext(config.residual)])
+    assert spy.calls[0]["inputs_embeds"] is None  # nothing to feed back before the first forward
+    assert any(c["inputs_embeds"] is not None for c in spy.calls[1:])
+    assert (out.generated != MASK).all()
+
+
+def test_warm_start_batch_equals_one_by_one(tiny_model64):
+    props = proposals_for(3)
+    props[1] = -1
+    prompts = prompts_for(3)
+    for warm_init in ("token", "embed"):
+        config = configs_from_flat(warm_init=warm_init, rho=0.5, remask=True, remask_tau=0.9,
+                                   gen_length=G, block_length=8)
+        batch = generate(tiny_model64, prompts, steps=G, gen_length=G, block_length=8, threshold=0.9,
+                         callbacks=build_callbacks(config, props))
+        for r in range(3):
+            one = generate(tiny_model64, [prompts[r]], steps=G, gen_length=G, block_length=8,
+                           threshold=0.9, callbacks=build_callbacks(config, props[r:r + 1]))
+            assert torch.equal(batch.generated[r], one.generated[0])
+            assert int(batch.nfe[r]) == int(one.nfe[0])
+
+
+def test_bad_proposal_shape_is_a_clear_error(tiny_model):
+    with pytest.raises(ValueError, match="shape"):
+        generate(tiny_model, [[5, 6]], steps=16, gen_length=16, block_length=8, threshold=0.9,
+                 callbacks=[TokenInjection(proposals_for(1, gen_length=8), rho=0.5)])
