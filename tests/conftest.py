@@ -38,3 +38,33 @@ def tiny_model():
 @pytest.fixture
 def tiny_model64():
     return make_tiny_model(dtype=torch.float64)
+
+
+@pytest.fixture(scope="session")
+def random_model_dirs(tmp_path_factory):
+    """A random-weight tiny dLLM and aux model saved as checkpoints, with the project's real
+    tokenizers: the full load -> propose -> decode path without needing the trained assets."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from fastdllm_warmstart.tokenization import build_aux_tokenizer, build_dllm_tokenizer
+
+    root = tmp_path_factory.mktemp("models")
+    dtok = build_dllm_tokenizer()
+    torch.manual_seed(0)
+    dcfg = TinyLLaDAConfig(vocab_size=len(dtok), d_model=32, n_layers=2, n_heads=2,
+                           mask_token_id=dtok.mask_token_id, eos_token_id=dtok.eos_token_id,
+                           pad_token_id=dtok.pad_token_id)
+    dllm = TinyLLaDAModelLM(dcfg)
+    dllm.save_pretrained(root / "dllm")
+    dtok.save_pretrained(root / "dllm")
+    atok = build_aux_tokenizer()
+    acfg = LlamaConfig(vocab_size=len(atok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                       num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
+                       eos_token_id=atok.eos_token_id, pad_token_id=atok.pad_token_id,
+                       bos_token_id=atok.bos_token_id)
+    aux = LlamaForCausalLM(acfg)
+    aux.generation_config.eos_token_id = atok.eos_token_id
+    aux.generation_config.pad_token_id = atok.pad_token_id
+    aux.save_pretrained(root / "aux")
+    atok.save_pretrained(root / "aux")
+    return {"dllm": str(root / "dllm"), "aux": str(root / "aux")}
