@@ -12,7 +12,7 @@ setup(
     include_package_data=True,
     package_data={
         "fastdllm_warmstart": [
-            "assets/*/*", "presets/*.json", "tasks/*.yaml", "tasks/*/*.yaml", "tasks/*/*.jsonl", "tasks/data/*",
+            "assets/*/*", "presets/*.json", "tasks/*.yaml", "tasks/*/*.yaml", "tasks/*/*.py", "tasks/*/*.jsonl", "tasks/data/*",
         ],
     },
     install_requires=[

@@ -65,6 +65,26 @@ def _read_config(path: Path) -> dict:
         raise ModelLoadError(f"{cfg} is not valid JSON: {exc}.") from exc
 
 
+def _post_init_compatible(model_class):
+    """Upstream's ``LLaDAModelLM.__init__`` never calls ``post_init()``, which transformers 5's
+    ``from_pretrained`` relies on (``all_tied_weights_keys``). A subclass finishes construction the
+    way transformers expects; the user's checkout is not modified."""
+    if getattr(model_class, "_fdw_post_init_shim", False):
+        return model_class
+
+    def __init__(self, config, *args, **kwargs):
+        model_class.__init__(self, config, *args, **kwargs)
+        if not hasattr(self, "all_tied_weights_keys"):
+            self.post_init()
+
+    def tie_weights(self, *args, **kwargs):  # transformers 5 passes keywords upstream's lacks
+        return model_class.tie_weights(self)
+
+    return type(model_class.__name__, (model_class,), {
+        "__init__": __init__, "tie_weights": tie_weights, "_fdw_post_init_shim": True,
+        "__module__": model_class.__module__})
+
+
 def load_dllm(model_path: Optional[str] = None, *, device: Optional[str] = "cpu",
               dtype: Union[None, str, torch.dtype] = None,
               fast_dllm_path: Optional[str] = None) -> Tuple[torch.nn.Module, object, str]:
@@ -89,7 +109,7 @@ def load_dllm(model_path: Optional[str] = None, *, device: Optional[str] = "cpu"
         upstream = find_upstream(fast_dllm_path)
         if upstream is not None and upstream.model_class is not None:
             logger.info("Loading %s with LLaDAModelLM from %s", path, upstream.root)
-            model = upstream.model_class.from_pretrained(str(path), dtype=torch_dtype)
+            model = _post_init_compatible(upstream.model_class).from_pretrained(str(path), dtype=torch_dtype)
         else:
             from transformers import AutoModel
 

@@ -185,3 +185,15 @@ def test_parity_with_real_upstream_checkout():
                            cache=cache)
             assert torch.equal(out.sequences, ref), (cache, threshold)
             assert out.total_nfe == ref_nfe
+
+
+def test_from_pretrained_round_trip_is_exact(tmp_path, tiny_model):
+    """Reloading must give the same logits (a non-persistent rotary buffer once broke this)."""
+    from fastdllm_warmstart.models import TinyLLaDAModelLM
+
+    tiny_model.save_pretrained(tmp_path)
+    x = torch.randint(4, VOCAB, (2, 12), generator=torch.Generator().manual_seed(0))
+    ref = tiny_model(x).logits
+    for _ in range(2):
+        again = TinyLLaDAModelLM.from_pretrained(tmp_path).eval()
+        assert torch.equal(again(x).logits, ref)

@@ -70,3 +70,30 @@ def test_generate_uses_upstream_commit_rule_when_found(fake_checkout, monkeypatc
     monkeypatch.delenv("FAST_DLLM_PATH")
     plain = generate(tiny_model, prompt, steps=16, gen_length=16, block_length=8, threshold=0.9, cache="dual")
     assert torch.equal(out.sequences, plain.sequences)
+
+
+@pytest.mark.skipif(not __import__("os").environ.get("FAST_DLLM_PATH"),
+                    reason="set FAST_DLLM_PATH to a Fast-dLLM checkout")
+def test_loads_llada_checkpoint_through_checkout(tmp_path):
+    """A LLaDA checkpoint loads with the checkout's LLaDAModelLM (transformers 5 shim) and decodes."""
+    from fastdllm_warmstart import configs_from_flat
+    from fastdllm_warmstart.loading import load_dllm
+    from fastdllm_warmstart.runner import WarmStartRunner
+    from fastdllm_warmstart.tokenization import build_dllm_tokenizer
+
+    up = find_upstream()
+    cfg_mod = sys.modules["model.configuration_llada"]
+    tok = build_dllm_tokenizer()
+    cfg = cfg_mod.LLaDAConfig(
+        d_model=32, n_heads=2, n_layers=1, mlp_hidden_size=64, vocab_size=len(tok), embedding_size=len(tok),
+        block_type="llama", rope=True, mask_token_id=tok.mask_token_id, eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.eos_token_id, max_sequence_length=256, include_bias=False, weight_tying=False,
+        layer_norm_type="rms", activation_type="silu", mlp_ratio=2, attention_layer_norm=False,
+        init_device="cpu", init_fn="normal", init_std=0.5, use_cache=False, flash_attention=False)
+    up.model_class(cfg, init_params=True).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    model, tokenizer, _ = load_dllm(str(tmp_path))
+    assert model.config.mask_token_id == tok.mask_token_id
+    for cache in ("none", "prefix", "dual"):
+        runner = WarmStartRunner(model, tokenizer, configs_from_flat(cache=cache, gen_length=16, block_length=8))
+        assert runner.generate(["Question: Tom has 3 apples.\nAnswer:"])[0].nfe >= 2

@@ -189,6 +189,11 @@ def generate(model, prompt: Union[torch.Tensor, Sequence[Sequence[int]]], steps:
     ids, prompt_mask = _prepare_prompt(prompt, attention_mask, fill, device)
     B, P = ids.shape
     L = P + config.gen_length
+    if prompt_mask is not None and not getattr(model, "supports_padding", False):
+        logger.warning("Prompts of different lengths were left-padded, but %s may ignore the "
+                       "attention mask (upstream LLaDAModelLM does): padded rows can differ from "
+                       "decoding them alone. Use batch_size=1 for exact per-prompt results.",
+                       type(model).__name__)
 
     # 1. Canvas: prompt, then gen_length masks.
     x = torch.full((B, L), mask, dtype=torch.long, device=device)

@@ -89,14 +89,22 @@ def positions_from_mask(attention_mask: Optional[torch.Tensor], batch: int, leng
 
 
 class RotaryEmbedding(nn.Module):
+    """Rotary position embedding. The frequencies are computed in ``forward`` rather than held
+    in a buffer: ``from_pretrained`` (transformers 5) materialises non-persistent buffers
+    without running ``__init__``, which left a buffer holding garbage after every load."""
+
     def __init__(self, head_dim: int, theta: float):
         super().__init__()
-        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.head_dim = head_dim
+        self.theta = theta
+
+    def inv_freq(self, device: torch.device) -> torch.Tensor:
+        exponents = torch.arange(0, self.head_dim, 2, dtype=torch.float32, device=device) / self.head_dim
+        return 1.0 / (self.theta ** exponents)  # (Dh/2,)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         # x: (B, H, T, Dh), positions: (B, T)
-        freqs = positions.to(torch.float32)[..., None] * self.inv_freq  # (B, T, Dh/2)
+        freqs = positions.to(torch.float32)[..., None] * self.inv_freq(x.device)  # (B, T, Dh/2)
         cos = freqs.cos()[:, None].to(x.dtype)  # (B, 1, T, Dh/2)
         sin = freqs.sin()[:, None].to(x.dtype)
         x1, x2 = x[..., 0::2], x[..., 1::2]
@@ -153,6 +161,8 @@ class TinyLLaDAModelLM(PreTrainedModel):
     base_model_prefix = "model"
     main_input_name = "input_ids"
     _no_split_modules = ["Block"]
+    # Honours attention_mask (left padding is invisible); upstream LLaDAModelLM ignores it.
+    supports_padding = True
 
     def __init__(self, config: TinyLLaDAConfig):
         super().__init__(config)

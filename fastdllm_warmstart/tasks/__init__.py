@@ -1,0 +1,1 @@
+"""Synthetic evaluation tasks shipped with the plugin (``tinygsm``)."""

@@ -1,0 +1,213 @@
+"""``patches/``: the additions-only patch for a Fast-dLLM checkout.
+
+Always checked: the patch only adds files (no context or removed lines, so no upstream line can be
+in it), carries no NVIDIA copyright text, matches ``patches/src`` and the apply script refuses a
+folder that is not a checkout. With ``FAST_DLLM_PATH`` pointing at a checkout, the patch is also
+applied to a temporary copy and the hook's functions are compared with upstream's own.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+PATCHES = ROOT / "patches"
+PATCH = PATCHES / "fastdllm-warmstart.patch"
+ADDED = ("llada/warmstart_hook.py", "llada/eval_llada_warmstart.py")
+
+
+def _sections(text):
+    """(path, header lines, body lines) per file of a unified diff."""
+    parts = re.split(r"(?m)^(?=diff --git )", text)
+    return [p.splitlines() for p in parts if p.strip()]
+
+
+def test_patch_only_adds_files():
+    sections = _sections(PATCH.read_text(encoding="utf-8"))
+    assert sorted(s[0].split()[-1][2:] for s in sections) == sorted(ADDED)
+    for lines in sections:
+        assert lines[1] == "new file mode 100644"
+        assert lines[2] == "--- /dev/null" and lines[3].startswith("+++ b/llada/")
+        hunk = re.fullmatch(r"@@ -0,0 \+1,(\d+) @@", lines[4])
+        assert hunk, lines[4]
+        body = lines[5:]
+        assert len(body) == int(hunk.group(1))
+        # No context (' ') and no removed ('-') lines: nothing of upstream's can be in the patch.
+        assert all(line.startswith("+") for line in body)
+
+
+def test_patch_has_no_upstream_license_text():
+    text = PATCH.read_text(encoding="utf-8")
+    for banned in ("NVIDIA", "Copyright", "SPDX-License-Identifier", "Apache License"):
+        assert banned not in text
+
+
+def test_patch_matches_sources():
+    spec = importlib.util.spec_from_file_location("make_patch", PATCHES / "make_patch.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.render() == PATCH.read_text(encoding="utf-8"), \
+        "run python patches/make_patch.py after editing patches/src"
+
+
+def test_apply_script_refuses_a_non_checkout(tmp_path):
+    proc = subprocess.run(["bash", str(PATCHES / "apply.sh"), str(tmp_path)], capture_output=True,
+                          text=True)
+    assert proc.returncode == 2 and "not a Fast-dLLM checkout" in proc.stderr
+
+
+# ----------------------------------------------------------------------------------------------
+# with a real checkout
+# ----------------------------------------------------------------------------------------------
+
+def _checkout() -> Path:
+    path = os.environ.get("FAST_DLLM_PATH")
+    if not path:
+        pytest.skip("set FAST_DLLM_PATH to a Fast-dLLM checkout to apply the patch to it")
+    root = Path(path).expanduser()
+    for cand in (root, root.parent, root.parent.parent):
+        if (cand / "llada" / "generate.py").is_file():
+            return cand
+    pytest.skip(f"FAST_DLLM_PATH={path} has no llada/generate.py")
+
+
+@pytest.fixture
+def patched(tmp_path):
+    src = _checkout()
+    dst = tmp_path / "Fast-dLLM"
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".git", "asset", "*.pdf", "__pycache__"))
+    before = {p: p.read_bytes() for p in dst.rglob("*") if p.is_file()}
+    proc = subprocess.run(["bash", str(PATCHES / "apply.sh"), str(dst)], capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr
+    return dst, before
+
+
+def test_apply_adds_files_and_revert_removes_them(patched):
+    dst, before = patched
+    for rel in ADDED:
+        assert (dst / rel).is_file()
+    assert all(p.read_bytes() == data for p, data in before.items())  # upstream files untouched
+    proc = subprocess.run(["bash", str(PATCHES / "apply.sh"), str(dst), "--revert"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    after = {p: p.read_bytes() for p in dst.rglob("*") if p.is_file()}
+    assert after == before
+
+
+def test_no_added_line_copies_an_upstream_line():
+    upstream = set()
+    for path in (_checkout() / "llada").rglob("*.py"):
+        upstream |= {line.strip() for line in path.read_text(encoding="utf-8", errors="ignore")
+                     .splitlines() if len(line.strip()) >= 30}
+    added = [line[1:].strip() for line in PATCH.read_text(encoding="utf-8").splitlines()
+             if line.startswith("+") and not line.startswith("+++")]
+    assert not [line for line in added if line in upstream]
+
+
+def _load(name, path, llada):
+    sys.path.insert(0, str(llada))
+    try:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(llada))
+
+
+def _tiny_model(tmp_path):
+    """A random tiny dLLM with the real tiny tokenizer, saved (so its tokenizer can be found)
+    and unable to prefer [MASK]/[PAD], which upstream's loop would commit."""
+    from fastdllm_warmstart.models import TinyLLaDAConfig, TinyLLaDAModelLM
+    from fastdllm_warmstart.tokenization import build_dllm_tokenizer
+
+    tok = build_dllm_tokenizer()
+    torch.manual_seed(0)
+    cfg = TinyLLaDAConfig(vocab_size=len(tok), d_model=32, n_layers=2, n_heads=2, init_std=0.5,
+                          mask_token_id=tok.mask_token_id, eos_token_id=tok.eos_token_id,
+                          pad_token_id=tok.pad_token_id)
+    model = TinyLLaDAModelLM(cfg).eval()
+    with torch.no_grad():
+        model.lm_head.weight[[tok.mask_token_id, tok.pad_token_id]] = 0
+    model.save_pretrained(str(tmp_path / "tiny"))
+    tok.save_pretrained(str(tmp_path / "tiny"))
+    model.config._name_or_path = str(tmp_path / "tiny")
+    return model, tok
+
+
+@pytest.mark.parametrize("threshold", [None, 0.9])
+def test_hook_matches_upstream_generate(patched, tmp_path, threshold, monkeypatch):
+    dst, _ = patched
+    for name in [k for k in os.environ if k.startswith("FASTDLLM_WARMSTART_")]:
+        monkeypatch.delenv(name)
+    llada = dst / "llada"
+    upstream = _load("fdl_upstream_generate", llada / "generate.py", llada)
+    hook = _load("fdl_warmstart_hook", llada / "warmstart_hook.py", llada)
+    model, tok = _tiny_model(tmp_path)
+    prompt = torch.tensor([tok("Question: Tom has 7 apples . He buys 5 more . How many ?\nAnswer:")
+                           ["input_ids"]])
+    kwargs = dict(steps=16, gen_length=16, block_length=8, temperature=0.0,
+                  remasking="low_confidence", mask_id=tok.mask_token_id, threshold=threshold)
+    for fn in ("generate", "generate_with_prefix_cache", "generate_with_dual_cache"):
+        x_up, nfe_up = getattr(upstream, fn)(model, prompt, **kwargs)
+        x_ws, nfe_ws = getattr(hook, fn)(model, prompt, **kwargs)
+        assert torch.equal(x_up, x_ws), fn
+        assert nfe_up == nfe_ws, fn
+
+
+def test_hook_warm_start_from_environment(patched, tmp_path, monkeypatch):
+    dst, _ = patched
+    llada = dst / "llada"
+    hook = _load("fdl_warmstart_hook_warm", llada / "warmstart_hook.py", llada)
+    model, tok = _tiny_model(tmp_path)
+    ids = tok("Question: Tom has 7 apples . How many ?\nAnswer:")["input_ids"]
+    text = tok.decode(ids, skip_special_tokens=True)  # what the hook hands the proposer
+    proposal = "7 + 5 = 12 . #### 12"
+    path = tmp_path / "proposals.jsonl"
+    path.write_text(json.dumps({"prompt": text, "proposal": proposal}) + "\n", encoding="utf-8")
+    kwargs = dict(steps=16, gen_length=16, block_length=8, mask_id=tok.mask_token_id, threshold=0.9)
+    _, cold_nfe = hook.generate(model, torch.tensor([ids]), **kwargs)
+    monkeypatch.setenv("FASTDLLM_WARMSTART_WARM_INIT", "token")
+    monkeypatch.setenv("FASTDLLM_WARMSTART_RHO", "1.0")
+    monkeypatch.setenv("FASTDLLM_WARMSTART_PROPOSALS", str(path))
+    x, nfe = hook.generate(model, torch.tensor([ids]), **kwargs)
+    answer = tok.decode(x[0, len(ids):].tolist(), skip_special_tokens=True)
+    assert answer.startswith(proposal)  # rho=1: every position starts from the proposal
+    assert nfe < cold_nfe
+    monkeypatch.setenv("FASTDLLM_WARMSTART_RHOO", "1.0")
+    with pytest.raises(ValueError, match="FASTDLLM_WARMSTART_RHOO is not a warm-start setting"):
+        hook.generate(model, torch.tensor([ids]), **kwargs)
+
+
+def test_eval_entry_point_wires_hook_and_fixes_harness(patched):
+    """eval_llada_warmstart.py: eval_llada's generate* are the hook's, llada_dist gets a device
+    setter and working collectives, and both models are registered."""
+    dst, _ = patched
+    code = "\n".join([
+        "import torch, eval_llada_warmstart as entry, eval_llada, warmstart_hook",
+        "from lm_eval.api.registry import get_model",
+        "assert eval_llada.generate_with_dual_cache is warmstart_hook.generate_with_dual_cache",
+        "assert eval_llada.generate is warmstart_hook.generate",
+        "cls = eval_llada.LLaDAEvalHarness",
+        "assert get_model('llada_dist') is cls and get_model('llada_warmstart').__name__ == "
+        "'LLaDAWarmStartLM'",
+        "lm = cls.__new__(cls); lm.accelerator = None",
+        "lm.device = 'cpu'; assert lm.device == torch.device('cpu')",
+        "t = torch.tensor(3); assert lm.all_gather(t) is t and lm.gather_object(1) == [1]",
+        "lm.barrier(); assert cls.cfg == 0.0",
+        "print('ok')",
+    ])
+    proc = subprocess.run([sys.executable, "-c", code], cwd=dst / "llada", capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-2000:]
