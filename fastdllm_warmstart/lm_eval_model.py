@@ -422,7 +422,7 @@ class LLaDAWarmStartLM(LM):
     def _load_runner(self, device: torch.device):
         """The runner (and, for a warm start, its proposer now rather than at the first request);
         unusable paths or checkouts become :class:`ConfigError` naming the fix."""
-        from .aux.proposer import ProposalError
+        from .auxiliary.proposer import ProposalError
         from .loading import ModelLoadError
         from .runner import WarmStartRunner
         from .upstream import UpstreamError

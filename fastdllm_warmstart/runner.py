@@ -68,7 +68,7 @@ class WarmStartRunner:
     def proposer(self):
         """The aux proposer, built on first use (only warm-start runs need one)."""
         if self._proposer is None:
-            from .aux import build_proposer
+            from .auxiliary import build_proposer
 
             self._proposer = build_proposer(self.config.aux, self.tokenizer, device=self.device)
         return self._proposer

@@ -78,7 +78,7 @@ def proposals_to_tensor(proposals: Sequence[Optional[Sequence[int]]], gen_length
             continue
         if len(ids) != gen_length:
             raise ValueError(f"Proposal {i} has {len(ids)} tokens; it must be aligned to gen_length "
-                             f"({gen_length}) first (see fastdllm_warmstart.aux.align_to_canvas).")
+                             f"({gen_length}) first (see fastdllm_warmstart.auxiliary.align_to_canvas).")
         out[i] = torch.as_tensor(list(ids), dtype=torch.long, device=device)
     return out
 

@@ -1,4 +1,4 @@
-"""Tests of the auxiliary proposer (fastdllm_warmstart.aux), CPU only, tiny local models."""
+"""Tests of the auxiliary proposer (fastdllm_warmstart.auxiliary), CPU only, tiny local models."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from tiny_tokenizers import (CHAT_TEMPLATE, build_aux_model, build_aux_tokenizer,
                              build_dllm_tokenizer)
 
-from fastdllm_warmstart.aux import (AuxProposer, FileProposals, Proposal, ProposalCache,
+from fastdllm_warmstart.auxiliary import (AuxProposer, FileProposals, Proposal, ProposalCache,
                                     ProposalError, align_to_canvas, build_proposer)
 from fastdllm_warmstart.config import AuxConfig, ConfigError
 
@@ -240,7 +240,7 @@ def test_cache_tolerates_truncated_last_line(tmp_path, caplog):
     with path.open("a", encoding="utf-8") as handle:
         handle.write('{"key": "deadbeef", "text": "4 +')  # a killed run's half-written line
 
-    with caplog.at_level(logging.WARNING, logger="fastdllm_warmstart.aux.cache"):
+    with caplog.at_level(logging.WARNING, logger="fastdllm_warmstart.auxiliary.cache"):
         reloaded = ProposalCache(path)
     assert "truncated last line 2" in caplog.text
     assert reloaded.get(key_a)["text"] == "1 + 2 = 3" and len(reloaded) == 1
@@ -273,7 +273,7 @@ def test_generation_failure_isolated_to_its_prompt(dllm_tok, aux_tok, caplog):
             raise RuntimeError("simulated CUDA OOM")
 
     record_generate(model, explode)
-    with caplog.at_level(logging.WARNING, logger="fastdllm_warmstart.aux.proposer"):
+    with caplog.at_level(logging.WARNING, logger="fastdllm_warmstart.auxiliary.proposer"):
         out = AuxProposer(model, aux_tok, dllm_tok, model_id="tiny", batch_size=4) \
             .propose(PROMPTS, GEN_LENGTH)
     assert [p.ok for p in out] == [True, False, True, True, True]

@@ -15,7 +15,7 @@ Going through text is what makes two unrelated tokenizers meet: the aux tokenize
 
 Nothing here stops a run: a prompt whose proposal cannot be made gets ``Proposal(ok=False)`` and a
 logged warning, and the caller cold-starts it. Proposals can also come from a
-:class:`~fastdllm_warmstart.aux.cache.ProposalCache` or from a user file (:class:`FileProposals`).
+:class:`~fastdllm_warmstart.auxiliary.cache.ProposalCache` or from a user file (:class:`FileProposals`).
 """
 
 from __future__ import annotations
