@@ -216,7 +216,7 @@ def run_bench(args: argparse.Namespace) -> Dict[str, Any]:
     golds = [p["answer"] for p in problems]
 
     runner = WarmStartRunner.from_pretrained(args.model, base_config, device=args.device, dtype=args.dtype,
-                                             fast_dllm_path=args.fast_dllm_path)
+                                             fast_dllm_path=args.fast_dllm_path, threads=args.threads)
     fingerprint = hashlib.sha256(json.dumps({
         "data": str(data_path), "n": len(problems), "seeds": seeds, "model": runner.model_id,
         "modes": {k: v.to_dict() for k, v in mode_configs.items()}}, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -287,11 +287,17 @@ def run_bench(args: argparse.Namespace) -> Dict[str, Any]:
         "command": "fastdllm-warmstart bench " + " ".join(sys.argv[2:] if len(sys.argv) > 2 else []),
         "data": str(data_path), "n_problems": len(problems), "seeds": seeds,
         "model": runner.model_id, "aux_model": records[0].get("model") if records and records[0]["mode"] == "aux_only" else None,
-        "batch_size": args.batch_size, "device": str(runner.device),
+        "batch_size": args.batch_size, "device": str(runner.device), "threads": _threads(),
         "config": {m["mode"]: mode_configs[m["mode"]].to_dict() for m in modes},
         "versions": versions(), "records": records, "fingerprint": fingerprint,
         "flags": {k: v for k, v in flat_base.items() if k not in ("func",)},
     }
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def _flat_of(config: RunConfig) -> Dict[str, Any]:

@@ -67,6 +67,8 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     parser.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto")
     parser.add_argument("--batch-size", type=int, default=16, help="prompts decoded together (default 16)")
+    parser.add_argument("--threads", default="auto",
+                        help="CPU threads; auto = 1 for small models on CPU (default), else torch's default")
 
 
 def run_config_from_args(args: argparse.Namespace, base: Optional[Dict[str, Any]] = None) -> RunConfig:
@@ -93,7 +95,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
     config = run_config_from_args(args)
     runner = WarmStartRunner.from_pretrained(args.model, config, device=args.device, dtype=args.dtype,
-                                             fast_dllm_path=args.fast_dllm_path)
+                                             fast_dllm_path=args.fast_dllm_path, threads=args.threads)
     if args.template is not None:
         prompts = [args.template.format(prompt=p) for p in args.prompt]
     elif getattr(runner.tokenizer, "chat_template", None):

@@ -124,6 +124,32 @@ def load_dllm(model_path: Optional[str] = None, *, device: Optional[str] = "cpu"
     return model, tokenizer, str(path)
 
 
+SMALL_MODEL_PARAMS = 50_000_000
+
+
+def tune_cpu_threads(model, threads: Union[None, int, str] = "auto") -> int:
+    """Set torch's CPU thread count for decoding; returns the count in force.
+
+    ``auto``: one thread for small models on CPU. Their matrices are too small to split, and
+    with two OpenMP threads any other busy process on a 2-core machine made decoding ~30x slower
+    (measured: aux proposals 0.75 s vs 22 s for 32 prompts). Larger models keep torch's default.
+    """
+    if threads in (None, "", "auto"):
+        on_cpu = next(model.parameters()).device.type == "cpu"
+        small = sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMS
+        if on_cpu and small:
+            torch.set_num_threads(1)
+        return torch.get_num_threads()
+    try:
+        count = int(threads)
+    except (TypeError, ValueError):
+        raise ModelLoadError(f"threads={threads!r} must be a positive integer or auto.") from None
+    if count < 1:
+        raise ModelLoadError(f"threads={count} must be >= 1 (or auto).")
+    torch.set_num_threads(count)
+    return count
+
+
 def check_cache_support(model, cache: str) -> None:
     """Clear error when the model cannot run the asked-for cache strategy."""
     if cache == "none":

@@ -15,7 +15,7 @@ import torch
 from .config import RunConfig
 from .engine import DecodeCallback, generate
 from .engine.loop import resolve_special_ids
-from .loading import check_cache_support, load_dllm
+from .loading import check_cache_support, load_dllm, tune_cpu_threads
 from .warmstart import build_callbacks, proposals_to_tensor
 
 logger = logging.getLogger(__name__)
@@ -58,9 +58,11 @@ class WarmStartRunner:
     @classmethod
     def from_pretrained(cls, model_path: Optional[str] = None, config: Optional[RunConfig] = None, *,
                         device: Optional[str] = "cpu", dtype=None, fast_dllm_path: Optional[str] = None,
-                        callbacks: Sequence[DecodeCallback] = ()) -> "WarmStartRunner":
+                        callbacks: Sequence[DecodeCallback] = (), threads="auto") -> "WarmStartRunner":
+        """Load a dLLM (None = the embedded one); ``threads`` see :func:`tune_cpu_threads`."""
         model, tokenizer, model_id = load_dllm(model_path, device=device, dtype=dtype,
                                                fast_dllm_path=fast_dllm_path)
+        tune_cpu_threads(model, threads)
         return cls(model, tokenizer, config, model_id=model_id, fast_dllm_path=fast_dllm_path,
                    callbacks=callbacks)
 

@@ -120,3 +120,19 @@ def test_bench_smoke_and_resume(random_model_dirs, tmp_path, capsys):
     for a, b in zip(result["records"], again["records"]):
         if a["mode"] != "aux_only":
             assert (a["accuracy"], a["mean_nfe"]) == (b["accuracy"], b["mean_nfe"])
+
+
+def test_thread_setting(tiny_model):
+    import torch
+
+    from fastdllm_warmstart.loading import ModelLoadError, tune_cpu_threads
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert tune_cpu_threads(tiny_model, "auto") == 1 == torch.get_num_threads()  # small model on CPU
+        assert tune_cpu_threads(tiny_model, "2") == 2 == torch.get_num_threads()
+        with pytest.raises(ModelLoadError, match="positive integer"):
+            tune_cpu_threads(tiny_model, "many")
+    finally:
+        torch.set_num_threads(before)
