@@ -145,7 +145,8 @@ class RemaskConfig:
     not confirmed is revoked with probability ``p(t)`` when the model's probability of the prior
     token is below ``tau``. ``t`` counts the decoding steps of the generation. A prior counts as
     confirmed once the model gives it probability >= ``confirm``; confirmed priors and tokens the
-    model decoded itself are never revoked.
+    model decoded itself are never revoked. In token mode the block's unconfirmed priors reach the
+    model as [MASK] so that the probability is a real prediction (see ``ConfidenceRemask``).
     """
 
     enabled: bool = False

@@ -179,6 +179,31 @@ class ConfidenceRemask(DecodeCallback):
     def __init__(self, config: RemaskConfig):
         self.config = config
 
+    def before_forward(self, state: DecodeState) -> None:
+        """Token mode: show the model [MASK] at the block's unconfirmed injected positions.
+
+        A masked-diffusion model is trained to predict masked positions only; its output at a
+        position whose token it can see is untrained and mostly echoes the input, so judging a
+        visible prior would confirm it on sight. Masking it in the *input* (the canvas keeps the
+        token) makes the prediction there a genuine verdict. Priors in later blocks stay visible
+        as context."""
+        if state.injected is None or state.prior_ids is None:
+            return
+        w0, w1 = state.window
+        lo, hi = max(w0, state.block_start), min(w1, state.block_end)
+        hide = state.injected[:, lo:hi] & ~state.confirmed[:, lo:hi]  # (B, Wb)
+        if not bool(hide.any()):
+            return
+        if state.inputs_embeds is None:
+            ids = state.window_view(state.x).clone()  # (B, W)
+            ids[:, lo - w0:hi - w0][hide] = state.mask_id
+            state.inputs_embeds = state.embed(ids)  # (B, W, C)
+        else:
+            mask_emb = state.embed(torch.tensor(state.mask_id, device=state.x.device))  # (C,)
+            embeds = state.inputs_embeds.clone()
+            embeds[:, lo - w0:hi - w0][hide] = mask_emb.to(embeds.dtype)
+            state.inputs_embeds = embeds
+
     @staticmethod
     def _prior_probs(state: DecodeState, lo: int, hi: int) -> torch.Tensor:
         """(B, hi - lo) model probability of the prior token at canvas columns [lo, hi)."""

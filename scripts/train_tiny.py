@@ -360,6 +360,7 @@ def export(kind: str, args, tok, state: dict) -> None:
         "command": state.get("commands", []),
         "seed": args.seed,
         "hyperparameters": state["hparams"],
+        "hyperparameters_per_session": state.get("hparams_history", []),
         "steps_done": state["step"],
         "exported_step": chosen["step"],
         "exported_val_acc": chosen["acc"],
@@ -462,6 +463,9 @@ def main(argv=None) -> None:
         state = ck["state"]
         log(f"resumed from {ckpt_path} at step {state['step']}")
     state["commands"].append(command)
+    if not args.export_only:  # record the hyper-parameters of every (resumed) training session
+        state.setdefault("hparams_history", []).append(dict(hparams, from_step=state["step"]))
+        state["hparams"] = hparams
     if args.export_only:
         export(kind, args, tok, state)
         return

@@ -272,3 +272,21 @@ def test_bad_proposal_shape_is_a_clear_error(tiny_model):
     with pytest.raises(ValueError, match="shape"):
         generate(tiny_model, [[5, 6]], steps=16, gen_length=16, block_length=8, threshold=0.9,
                  callbacks=[TokenInjection(proposals_for(1, gen_length=8), rho=0.5)])
+
+
+@pytest.mark.parametrize("cache", ["none", "prefix", "dual"])
+def test_remask_judges_priors_through_a_masked_input(tiny_model, cache):
+    """With remask, unconfirmed injected tokens of the current block reach the model as [MASK]
+    (their verdict is a real prediction); injected tokens of later blocks stay visible."""
+    spy = EmbedSpy(tiny_model)
+    props = proposals_for(1)
+    config = configs_from_flat(warm_init="token", rho=1.0, remask=True, remask_p_init=0.0,
+                               remask_confirm=1.0, gen_length=G, block_length=8, cache=cache)
+    rec = WindowRecorder()
+    generate(spy, prompts_for(1), steps=G, gen_length=G, block_length=8, threshold=0.9, cache=cache,
+             callbacks=build_callbacks(config, props) + [rec])
+    table = tiny_model.get_input_embeddings().weight
+    first = spy.calls[0]["inputs_embeds"]  # (1, W, C): full canvas, block 0
+    P = first.shape[1] - G
+    assert torch.allclose(first[0, P:P + 8], table[MASK].expand(8, -1))          # block 0 hidden
+    assert torch.allclose(first[0, P + 8:], table[props[0, 8:]])                  # later blocks visible

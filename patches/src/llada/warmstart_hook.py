@@ -107,7 +107,7 @@ def _user_text(tokenizer, ids: List[int]) -> str:
 def _proposer(config: RunConfig, tokenizer, device):
     key = ("proposer", repr(config.aux))
     if key not in _state:
-        from fastdllm_warmstart.aux.proposer import build_proposer
+        from fastdllm_warmstart.auxiliary.proposer import build_proposer
 
         _state[key] = build_proposer(config.aux, tokenizer, device=device)
     return _state[key]
