@@ -128,13 +128,14 @@ def plot(records: List[Dict[str, Any]], path: str) -> None:
     except ImportError:
         raise ValueError("--plot needs matplotlib: pip install 'fastdllm-warmstart[plot]'.") from None
     fig, ax = plt.subplots(figsize=(6, 4))
-    for r in records:
-        if r["mode"] == "aux_only":
-            continue
+    # Alternate label sides in NFE order so neighbouring points stay readable.
+    points = sorted((r for r in records if r["mode"] != "aux_only"), key=lambda r: r["mean_nfe"])
+    for i, r in enumerate(points):
         lo, hi = r["accuracy_ci95"]
         ax.errorbar(r["mean_nfe"], r["accuracy"], yerr=[[r["accuracy"] - lo], [hi - r["accuracy"]]],
                     fmt="o", capsize=3)
-        ax.annotate(r["mode"], (r["mean_nfe"], r["accuracy"]), textcoords="offset points", xytext=(5, 5))
+        offset = (6, 6) if i % 2 == 0 else (6, -14)
+        ax.annotate(r["mode"], (r["mean_nfe"], r["accuracy"]), textcoords="offset points", xytext=offset)
     ax.set_xlabel("mean NFE (forward passes per answer)")
     ax.set_ylabel("accuracy (strict-match)")
     ax.set_title("Accuracy vs NFE per decoding mode")
