@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from .config import RunConfig, configs_from_flat
+from .config import configs_from_flat
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class StaticProposer:
 
 
 # -- aggregation ---------------------------------------------------------------------------
-def summarize(mode: str, rows: List[Dict[str, Any]], aux_seconds: float, baseline_nfe: Optional[float],
+def summarize(mode: str, rows: List[Dict[str, Any]], baseline_nfe: Optional[float],
               settings: Dict[str, Any]) -> Dict[str, Any]:
     from .scoring import wilson_interval
 
@@ -93,7 +93,7 @@ def summarize(mode: str, rows: List[Dict[str, Any]], aux_seconds: float, baselin
         "revoked_mean": sum(r.get("revoked", 0) for r in rows) / max(n, 1),
     }
     if len(seeds) > 1:
-        record["per_seed"] = {s: summarize(mode, [r for r in rows if r["seed"] == s], aux_seconds,
+        record["per_seed"] = {s: summarize(mode, [r for r in rows if r["seed"] == s],
                                            baseline_nfe, settings) for s in seeds}
         for sub in record["per_seed"].values():
             sub.pop("per_seed", None)
@@ -211,7 +211,7 @@ def run_bench(args: argparse.Namespace) -> Dict[str, Any]:
     flat_base = {k: v for k, v in vars(args).items() if v is not None}
     mode_configs = {}
     for m in modes:
-        merged = {**_flat_of(base_config), **m.get("settings", {})}
+        merged = {**base_config.to_flat(), **m.get("settings", {})}
         mode_configs[m["mode"]] = configs_from_flat(merged)
     prompts = [format_prompt(p["question"]) for p in problems]
     golds = [p["answer"] for p in problems]
@@ -276,7 +276,7 @@ def run_bench(args: argparse.Namespace) -> Dict[str, Any]:
     baseline_nfe = None
     for m in modes:
         rows = [r for k, r in progress.done.items() if k[0] == m["mode"]]
-        rec = summarize(m["mode"], rows, aux_total, baseline_nfe, m.get("settings", {}))
+        rec = summarize(m["mode"], rows, baseline_nfe, m.get("settings", {}))
         if m["mode"] == modes[0]["mode"] and not mode_configs[m["mode"]].warm.enabled:
             baseline_nfe = rec["mean_nfe"]
         records.append(rec)
@@ -299,14 +299,6 @@ def _threads() -> int:
     import torch
 
     return torch.get_num_threads()
-
-
-def _flat_of(config: RunConfig) -> Dict[str, Any]:
-    """The flat keys of a RunConfig (inverse of configs_from_flat)."""
-    from .config import _FLAT  # the one mapping of flat names
-
-    d = config.to_dict()
-    return {flat: d[section][field] for flat, (section, field) in _FLAT.items()}
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:

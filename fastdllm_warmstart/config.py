@@ -239,6 +239,11 @@ class RunConfig:
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def to_flat(self) -> Dict[str, Any]:
+        """The flat keys of this config (the inverse of :func:`configs_from_flat`)."""
+        d = self.to_dict()
+        return {flat: d[section][name] for flat, (section, name) in _FLAT.items()}
+
 
 # Flat name -> (section, field). The flat names are the CLI flags (with '-' for '_') and the
 # lm-eval --model_args keys.

@@ -136,3 +136,9 @@ def test_thread_setting(tiny_model):
             tune_cpu_threads(tiny_model, "many")
     finally:
         torch.set_num_threads(before)
+
+
+def test_to_flat_round_trips():
+    cfg = configs_from_flat(warm_init="embed", alpha=0.3, remask=True, remask_tau=0.9, threshold=None,
+                            cache="prefix", residual=True, proposal_cache="p.jsonl")
+    assert configs_from_flat(cfg.to_flat()) == cfg
