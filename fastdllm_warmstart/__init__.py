@@ -1,7 +1,7 @@
 """fastdllm-warmstart: warm-start initialisation and remasking hooks for Fast-dLLM decoding.
 
     from fastdllm_warmstart import generate
-    out = generate(model, prompt_ids, steps=48, gen_length=48, block_length=16, threshold=0.9,
+    out = generate(model, prompt_ids, steps=96, gen_length=96, block_length=32, threshold=0.9,
                    cache="dual", callbacks=[...])
     out.sequences, out.nfe
 """

@@ -18,12 +18,15 @@ import hashlib
 import json
 import logging
 import platform
+import random
+import shlex
 import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from .config import configs_from_flat
+from .engine.cache import make_cache_strategy
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +59,36 @@ def versions() -> Dict[str, str]:
             "python": platform.python_version(), "platform": platform.platform()}
 
 
+def embedded_file_id(path: Path) -> str:
+    """``embedded:NAME@sha256[:16]``: how result files name a data file shipped with the package
+    (as models are named ``embedded:tiny-dllm@fingerprint``); user paths are recorded as given."""
+    return f"embedded:{path.name}@{hashlib.sha256(path.read_bytes()).hexdigest()[:16]}"
+
+
+def shuffle_permutation(n: int, seed: int) -> List[int]:
+    """A seeded permutation of ``range(n)`` without fixed points (Sattolo's algorithm: one cycle
+    through all problems), so with ``--shuffle-proposals`` every problem is warm-started from the
+    draft of a *different* problem."""
+    if n < 2:
+        raise ValueError("--shuffle-proposals needs at least 2 problems; raise --limit.")
+    rng = random.Random(seed)
+    perm = list(range(n))
+    for i in range(n - 1, 0, -1):
+        j = rng.randrange(i)  # j < i: never leaves an element in place
+        perm[i], perm[j] = perm[j], perm[i]
+    return perm
+
+
+def resolved_loop_variants(mode_configs: Dict[str, Any], fast_dllm_path: Optional[str]) -> Dict[str, str]:
+    """The upstream loop each mode reproduces (``auto`` resolved against the found checkout)."""
+    from .engine import resolve_loop_variant
+    from .upstream import find_upstream
+
+    upstream = find_upstream(fast_dllm_path)
+    return {mode: resolve_loop_variant(cfg.decode.loop_variant, upstream)
+            for mode, cfg in mode_configs.items()}
+
+
 class StaticProposer:
     """Serves proposals drafted once for the whole run (every mode sees the same ones)."""
 
@@ -68,7 +101,10 @@ class StaticProposer:
 
 # -- aggregation ---------------------------------------------------------------------------
 def summarize(mode: str, rows: List[Dict[str, Any]], baseline_nfe: Optional[float],
-              settings: Dict[str, Any]) -> Dict[str, Any]:
+              settings: Dict[str, Any], nfe_floor: Optional[int] = None,
+              gen_length: Optional[int] = None) -> Dict[str, Any]:
+    """Aggregate one mode's rows. ``nfe_floor``: the fewest forwards an answer can take (one
+    per block, or two in the June-2025 cached loops); ``gen_length``: canvas tokens per answer."""
     from .scoring import wilson_interval
 
     n = len(rows)
@@ -91,31 +127,38 @@ def summarize(mode: str, rows: List[Dict[str, Any]], baseline_nfe: Optional[floa
         "warm_fallbacks": sum(1 for r in rows if r.get("fallback")),
         "injected_mean": sum(r.get("injected", 0) for r in rows) / max(n, 1),
         "revoked_mean": sum(r.get("revoked", 0) for r in rows) / max(n, 1),
+        "accepted_mean": sum(r.get("accepted", 0) for r in rows) / max(n, 1),
+        "nfe_floor": nfe_floor,
+        "nfe_over_floor": (nfe / nfe_floor) if nfe_floor else None,
+        # canvas tokens committed per forward (Fast-dLLM's tokens/NFE: gen_length / NFE)
+        "tokens_per_forward": (gen_length / nfe) if (gen_length and nfe) else None,
     }
     if len(seeds) > 1:
         record["per_seed"] = {s: summarize(mode, [r for r in rows if r["seed"] == s],
-                                           baseline_nfe, settings) for s in seeds}
+                                           baseline_nfe, settings, nfe_floor, gen_length) for s in seeds}
         for sub in record["per_seed"].values():
             sub.pop("per_seed", None)
     return record
 
 
 def format_table(records: List[Dict[str, Any]]) -> str:
-    header = (f"{'mode':<14} {'n':>5} {'strict acc [95% CI]':>24} {'flex acc':>9} {'mean NFE':>9} "
-              f"{'NFE cut':>8} {'dLLM s':>8} {'aux s':>7} {'wall s':>8} {'tok/s':>8}")
+    header = (f"{'mode':<16} {'n':>5} {'strict acc [95% CI]':>24} {'flex acc':>9} {'mean NFE':>9} "
+              f"{'floor':>6} {'x floor':>8} {'tok/fwd':>8} {'NFE cut':>8} {'dLLM s':>8} {'aux s':>7} "
+              f"{'wall s':>8}")
     lines = [header, "-" * len(header)]
     for r in records:
+        acc = (f"{r['accuracy']:>7.3f} [{r['accuracy_ci95'][0]:.3f},{r['accuracy_ci95'][1]:.3f}] "
+               f"{r['accuracy_flexible']:>9.3f}")
         if r["mode"] == "aux_only":
-            lines.append(f"{'aux_only':<14} {r['n']:>5} {r['accuracy']:>7.3f} "
-                         f"[{r['accuracy_ci95'][0]:.3f},{r['accuracy_ci95'][1]:.3f}] "
-                         f"{r['accuracy_flexible']:>9.3f} {'-':>9} {'-':>8} {'-':>8} {r['aux_s']:>7.1f} "
-                         f"{r['aux_s']:>8.1f} {'-':>8}")
+            lines.append(f"{'aux_only':<16} {r['n']:>5} {acc} {'-':>9} {'-':>6} {'-':>8} {'-':>8} {'-':>8} "
+                         f"{'-':>8} {r['aux_s']:>7.1f} {r['aux_s']:>8.1f}")
             continue
         cut = "-" if r["nfe_reduction"] is None else f"{100 * r['nfe_reduction']:.1f}%"
-        lines.append(f"{r['mode']:<14} {r['n']:>5} {r['accuracy']:>7.3f} "
-                     f"[{r['accuracy_ci95'][0]:.3f},{r['accuracy_ci95'][1]:.3f}] "
-                     f"{r['accuracy_flexible']:>9.3f} {r['mean_nfe']:>9.2f} {cut:>8} {r['dllm_s']:>8.1f} "
-                     f"{r['aux_s']:>7.1f} {r['wall_s']:>8.1f} {r['tokens_per_s']:>8.1f}")
+        floor = "-" if r.get("nfe_floor") is None else f"{r['nfe_floor']}"
+        over = "-" if r.get("nfe_over_floor") is None else f"{r['nfe_over_floor']:.2f}x"
+        tpf = "-" if r.get("tokens_per_forward") is None else f"{r['tokens_per_forward']:.2f}"
+        lines.append(f"{r['mode']:<16} {r['n']:>5} {acc} {r['mean_nfe']:>9.2f} {floor:>6} {over:>8} {tpf:>8} "
+                     f"{cut:>8} {r['dllm_s']:>8.1f} {r['aux_s']:>7.1f} {r['wall_s']:>8.1f}")
     return "\n".join(lines)
 
 
@@ -163,8 +206,9 @@ class _Progress:
     def _load(self, fingerprint: str) -> None:
         lines = self.path.read_text().splitlines()
         if not lines or json.loads(lines[0]).get("fingerprint") != fingerprint:
-            raise ValueError(f"{self.path} holds partial results of a different configuration; "
-                             "remove it or write to another --json path.")
+            raise ValueError(f"{self.path} holds partial results of a different configuration "
+                             "(problems, model, modes, seeds, --batch-size or --shuffle-proposals); "
+                             "resume with the same settings, remove it, or write to another --json path.")
         for line in lines[1:]:
             try:
                 row = json.loads(line)
@@ -181,7 +225,8 @@ class _Progress:
             fh.flush()
 
 
-def run_bench(args: argparse.Namespace) -> Dict[str, Any]:
+def run_bench(args: argparse.Namespace, modes: Optional[List[Dict[str, Any]]] = None) -> Dict[str, Any]:
+    """Run the bench; ``modes`` (a preset's list) replaces ``--preset`` (the sweep passes its grid)."""
     from tqdm.auto import tqdm
 
     from .cli import run_config_from_args
@@ -194,13 +239,15 @@ def run_bench(args: argparse.Namespace) -> Dict[str, Any]:
     if not data_path.is_file():
         raise ValueError(f"--data {data_path} does not exist; make one with `fastdllm-warmstart make-data`.")
     problems = load_jsonl(data_path)
+    data_id = args.data if args.data else embedded_file_id(data_path)  # no machine layout in results
     if args.limit is not None:
         if args.limit < 1:
             raise ValueError("--limit must be >= 1.")
         problems = problems[:args.limit]
     seeds = [int(s) for s in str(args.seeds).split(",") if s.strip()]
-    modes = load_preset(Path(args.preset) if args.preset else DEFAULT_PRESET)
-    if args.modes:
+    if modes is None:
+        modes = load_preset(Path(args.preset) if args.preset else DEFAULT_PRESET)
+    if getattr(args, "modes", None):
         wanted = [m.strip() for m in args.modes.split(",")]
         unknown = sorted(set(wanted) - {m["mode"] for m in modes})
         if unknown:
@@ -218,8 +265,14 @@ def run_bench(args: argparse.Namespace) -> Dict[str, Any]:
 
     runner = WarmStartRunner.from_pretrained(args.model, base_config, device=args.device, dtype=args.dtype,
                                              fast_dllm_path=args.fast_dllm_path, threads=args.threads)
+    shuffle_seed = getattr(args, "shuffle_proposals", None)
+    permutation = shuffle_permutation(len(problems), shuffle_seed) if shuffle_seed is not None else None
+    loop_variants = resolved_loop_variants(mode_configs, args.fast_dllm_path)
+    # Everything that decides an answer: the batch size too, since a model that ignores padding
+    # (upstream's LLaDA) decodes a prompt differently next to different neighbours.
     fingerprint = hashlib.sha256(json.dumps({
-        "data": str(data_path), "n": len(problems), "seeds": seeds, "model": runner.model_id,
+        "data": data_id, "n": len(problems), "seeds": seeds, "model": runner.model_id,
+        "batch_size": args.batch_size, "shuffle_proposals": shuffle_seed, "loop_variants": loop_variants,
         "modes": {k: v.to_dict() for k, v in mode_configs.items()}}, sort_keys=True, default=str).encode()).hexdigest()[:16]
     json_path = Path(args.json)
     progress = _Progress(json_path.with_suffix(".partial.jsonl"), fingerprint, args.resume)
@@ -231,6 +284,8 @@ def run_bench(args: argparse.Namespace) -> Dict[str, Any]:
     if any(c.warm.enabled for c in mode_configs.values()):
         warm_cfg = next(c for c in mode_configs.values() if c.warm.enabled)
         runner.config = warm_cfg
+        if args.quiet and hasattr(runner.proposer, "show_progress"):
+            runner.proposer.show_progress = False
         t0 = time.perf_counter()
         proposals = runner.proposer.propose(prompts, warm_cfg.decode.gen_length)
         aux_total = time.perf_counter() - t0
@@ -245,6 +300,8 @@ def run_bench(args: argparse.Namespace) -> Dict[str, Any]:
                         "accuracy_flexible": sum(f for _, f in aux_rows) / n,
                         "aux_s": aux_total, "wall_s": aux_total,
                         "proposal_failures": sum(1 for p in proposals if not p.ok)})
+        if permutation is not None:  # each problem gets another problem's draft
+            by_prompt = {prompts[i]: proposals[permutation[i]] for i in range(len(prompts))}
         runner._proposer = StaticProposer(by_prompt)
 
     # 3. Every mode x seed, saved batch by batch.
@@ -267,7 +324,7 @@ def run_bench(args: argparse.Namespace) -> Dict[str, Any]:
                              "flexible": flexible, "nfe": r.nfe, "gen_tokens": r.gen_tokens,
                              "dllm_s": r.dllm_seconds, "aux_s": by_prompt[prompts[i]].aux_seconds
                              if prompts[i] in by_prompt else 0.0, "fallback": r.fallback,
-                             "injected": r.injected, "revoked": r.revoked})
+                             "injected": r.injected, "revoked": r.revoked, "accepted": r.accepted})
             progress.add(rows)
             bar.update(len(idx))
     bar.close()
@@ -276,7 +333,9 @@ def run_bench(args: argparse.Namespace) -> Dict[str, Any]:
     baseline_nfe = None
     for m in modes:
         rows = [r for k, r in progress.done.items() if k[0] == m["mode"]]
-        rec = summarize(m["mode"], rows, baseline_nfe, m.get("settings", {}))
+        cfg = mode_configs[m["mode"]]
+        floor = cfg.decode.num_blocks * make_cache_strategy(cfg.decode.cache, loop_variants[m["mode"]]).min_block_steps
+        rec = summarize(m["mode"], rows, baseline_nfe, m.get("settings", {}), floor, cfg.decode.gen_length)
         if m["mode"] == modes[0]["mode"] and not mode_configs[m["mode"]].warm.enabled:
             baseline_nfe = rec["mean_nfe"]
         records.append(rec)
@@ -285,13 +344,18 @@ def run_bench(args: argparse.Namespace) -> Dict[str, Any]:
             if rec["mode"] != "aux_only" and rec.get("mean_nfe") is not None:
                 rec["nfe_reduction"] = 1.0 - rec["mean_nfe"] / baseline_nfe
     return {
-        "command": "fastdllm-warmstart bench " + " ".join(sys.argv[2:] if len(sys.argv) > 2 else []),
-        "data": str(data_path), "n_problems": len(problems), "seeds": seeds,
+        # The command as typed (paths as given), from the argv the CLI parsed.
+        "command": "fastdllm-warmstart " + " ".join(
+            shlex.quote(a) for a in getattr(args, "command_line", sys.argv[1:])),
+        "data": data_id, "n_problems": len(problems), "seeds": seeds,
         "model": runner.model_id, "aux_model": records[0].get("model") if records and records[0]["mode"] == "aux_only" else None,
         "batch_size": args.batch_size, "device": str(runner.device), "threads": _threads(),
         "config": {m["mode"]: mode_configs[m["mode"]].to_dict() for m in modes},
+        "loop_variants": {m["mode"]: loop_variants[m["mode"]] for m in modes},
+        "shuffle_proposals": (None if permutation is None
+                              else {"seed": shuffle_seed, "permutation": permutation}),
         "versions": versions(), "records": records, "fingerprint": fingerprint,
-        "flags": {k: v for k, v in flat_base.items() if k not in ("func",)},
+        "flags": {k: v for k, v in flat_base.items() if k not in ("func", "command_line")},
     }
 
 
@@ -315,19 +379,30 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_data_flags(p, json_default: str = "results/bench.json") -> None:
+    """The problem, seed, output and resume flags that ``bench`` and ``sweep`` share."""
+    from .cli import add_verbose_flag
+
+    p.add_argument("--data", help="JSONL of {question, answer} (default: shipped tinygsm test split)")
+    p.add_argument("--limit", type=int, help="use only the first N problems")
+    p.add_argument("--seeds", default="0", help="comma-separated warm-start seeds (default 0)")
+    p.add_argument("--json", default=json_default, help=f"output JSON (default {json_default})")
+    p.add_argument("--resume", action="store_true", help="continue from the partial results file")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--shuffle-proposals", type=int, nargs="?", const=0, default=None, metavar="SEED",
+                   help="warm-start every problem from the draft of another problem (a seeded "
+                        "permutation without fixed points; SEED default 0): bad drafts as input")
+    add_verbose_flag(p)
+
+
 def add_bench_parser(sub) -> None:
     from .cli import add_model_flags, add_run_flags
 
     p = sub.add_parser("bench", help="baseline vs warm starts on the same problems (the main job)")
-    p.add_argument("--data", help="JSONL of {question, answer} (default: shipped tinygsm test split)")
-    p.add_argument("--limit", type=int, help="use only the first N problems")
-    p.add_argument("--seeds", default="0", help="comma-separated warm-start seeds (default 0)")
     p.add_argument("--preset", help=f"JSON list of modes (default {DEFAULT_PRESET.name})")
     p.add_argument("--modes", help="comma-separated subset of the preset's modes")
-    p.add_argument("--json", default="results/bench.json", help="output JSON (default results/bench.json)")
     p.add_argument("--plot", help="write an accuracy-vs-NFE PNG here")
-    p.add_argument("--resume", action="store_true", help="continue from the partial results file")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_data_flags(p)
     add_model_flags(p)
     add_run_flags(p)
     p.set_defaults(func=_cmd_bench)

@@ -1,4 +1,4 @@
-"""``fastdllm-warmstart`` command line: generate, bench, eval, make-data.
+"""``fastdllm-warmstart`` command line: generate, bench, trace, eval, make-data.
 
 The CLI owns stdout. Configuration errors print one line naming the fix and exit with code 2.
 """
@@ -12,7 +12,9 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
-from .config import CACHE_MODES, EMBED_SCHEDULES, REMASK_SCHEDULES, REMASKING_RULES, WARM_INITS, ConfigError, RunConfig, configs_from_flat
+from .config import (CACHE_MODES, EMBED_SCHEDULES, LOOP_VARIANTS, PRIOR_CONTEXTS, REMASK_RULES, RESIDUAL_STARTS,
+                     REMASK_SCHEDULES, REMASKING_RULES,
+                     WARM_INITS, ConfigError, RunConfig, configs_from_flat)
 
 logger = logging.getLogger("fastdllm_warmstart")
 
@@ -24,12 +26,19 @@ def _optional_float(text: str) -> Optional[float]:
 def add_run_flags(parser: argparse.ArgumentParser) -> None:
     """Flags shared by generate, bench and eval; names match the flat config keys."""
     g = parser.add_argument_group("decoding (Fast-dLLM)")
-    g.add_argument("--gen-length", type=int, help="answer canvas length (default 48)")
-    g.add_argument("--block-length", type=int, help="semi-autoregressive block size (default 16)")
+    g.add_argument("--gen-length", type=int, help="answer canvas length (default 96)")
+    g.add_argument("--block-length", type=int, help="semi-autoregressive block size (default 32)")
     g.add_argument("--steps", type=int, help="fixed-schedule steps when --threshold none (default gen-length)")
     g.add_argument("--threshold", type=_optional_float,
                    help="confidence threshold of parallel decoding, or 'none' for the fixed schedule (default 0.9)")
+    g.add_argument("--factor", type=_optional_float,
+                   help="Fast-dLLM's factor rule instead of --threshold: commit the top n while the n-th "
+                        "confidence >= 1 - factor/(n+1) (default none: unused)")
     g.add_argument("--cache", choices=CACHE_MODES, help="KV cache strategy (default dual)")
+    g.add_argument("--loop-variant", choices=LOOP_VARIANTS,
+                   help="upstream loop to reproduce: current (a block the full forward completes costs "
+                        "1 forward), snapshot-2025-06 (always 2 with a cache) or auto (the found "
+                        "Fast-dLLM checkout's, else current; default)")
     g.add_argument("--remasking", choices=REMASKING_RULES, help="commit ranking rule (default low_confidence)")
     g.add_argument("--temperature", type=float, help="sampling temperature (default 0: greedy)")
     g.add_argument("--early-stop", action="store_true", default=None,
@@ -48,8 +57,17 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--remask-schedule", choices=REMASK_SCHEDULES, help="decay of the revocation probability")
     r.add_argument("--remask-horizon", type=int, help="linear schedule horizon in steps (default 32)")
     r.add_argument("--remask-decay", type=float, help="exp schedule decay per step (default 0.9)")
-    r.add_argument("--remask-confirm", type=float, help="probability at which a prior counts as confirmed")
-    r.add_argument("--remask-max-revisions", type=int, help="revocations allowed per position (default 1)")
+    r.add_argument("--remask-confirm", type=float, help="revoke rule: probability at which a prior counts as confirmed")
+    r.add_argument("--remask-rule", choices=REMASK_RULES,
+                   help="revoke (paper-style: judge injected priors, revoke unlikely ones) | accept | "
+                        "chain | prefix (commit draft tokens the dLLM supports early; default chain)")
+    r.add_argument("--remask-tau-accept", type=float,
+                   help="accept/chain: commit a draft token the model gives >= this (default 0.3)")
+    r.add_argument("--remask-rel", type=float,
+                   help="chain: ... or >= this x the probability of the draft token before it (default 0.3)")
+    r.add_argument("--remask-floor", type=float, help="chain: never below this probability (default 0.01)")
+    r.add_argument("--remask-context", choices=PRIOR_CONTEXTS,
+                   help="accept/chain/prefix: hidden (default) or visible later-block priors as context")
     a = parser.add_argument_group("auxiliary proposer")
     a.add_argument("--aux-model", help="HF causal LM folder (default: the embedded tiny aux model)")
     a.add_argument("--aux-max-new-tokens", type=int, help="aux greedy length (default 2 x gen-length)")
@@ -57,8 +75,12 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
     a.add_argument("--proposal-cache", help="JSONL cache of aux proposals, reused across runs")
     a.add_argument("--proposals", help="JSONL of ready proposals ({prompt, proposal}) instead of the aux model")
     x = parser.add_argument_group("residual context (RCD)")
-    x.add_argument("--residual", action="store_true", default=None, help="feed entropy-gated soft residuals")
-    x.add_argument("--residual-strength", type=float)
+    x.add_argument("--residual", action="store_true", default=None,
+                   help="feed the residual stream (for an RCD-trained model, e.g. the embedded tiny-dllm-rcd)")
+    x.add_argument("--residual-t-res", type=float, help="residual temperature at inference (default 0.95)")
+    x.add_argument("--residual-start", choices=RESIDUAL_STARTS,
+                   help="zeros (default) or reference: start the stream from one reference forward")
+    x.add_argument("--residual-reference", help="reference model for --residual-start reference ('embedded': tiny dLLM)")
 
 
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
@@ -69,6 +91,12 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="prompts decoded together (default 16)")
     parser.add_argument("--threads", default="auto",
                         help="CPU threads; auto = 1 for small models on CPU (default), else torch's default")
+
+
+def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
+    """``-v/--verbose`` after the subcommand too (``fastdllm-warmstart generate --verbose``)."""
+    parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="log diagnostics and library messages (loading bars, warnings) to stderr")
 
 
 def run_config_from_args(args: argparse.Namespace, base: Optional[Dict[str, Any]] = None) -> RunConfig:
@@ -89,19 +117,25 @@ def _fail(message: str) -> int:
 
 
 # -- generate ------------------------------------------------------------------------------
+def format_cli_prompts(runner, prompts: Sequence[str], template: Optional[str] = None) -> List[str]:
+    """``--template`` if given; else the prompt as is when the model has a chat template (it wraps
+    them); else the 'Question: ...\\nAnswer:' format the embedded model knows."""
+    from .tasks.tinygsm import format_prompt
+
+    if template is not None:
+        return [template.format(prompt=p) for p in prompts]
+    if getattr(runner.tokenizer, "chat_template", None):
+        return list(prompts)
+    return [format_prompt(p) for p in prompts]
+
+
 def _cmd_generate(args: argparse.Namespace) -> int:
     from .runner import WarmStartRunner
-    from .tasks.tinygsm import format_prompt
 
     config = run_config_from_args(args)
     runner = WarmStartRunner.from_pretrained(args.model, config, device=args.device, dtype=args.dtype,
                                              fast_dllm_path=args.fast_dllm_path, threads=args.threads)
-    if args.template is not None:
-        prompts = [args.template.format(prompt=p) for p in args.prompt]
-    elif getattr(runner.tokenizer, "chat_template", None):
-        prompts = list(args.prompt)  # the chat template wraps them
-    else:
-        prompts = [format_prompt(p) for p in args.prompt]  # the format the embedded model knows
+    prompts = format_cli_prompts(runner, args.prompt, args.template)
     start = time.perf_counter()
     results = runner.generate(prompts, batch_size=args.batch_size)
     wall = time.perf_counter() - start
@@ -149,18 +183,24 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--template", help="format string with {prompt}; default: the model's chat "
                                         "template, else 'Question: {prompt}\\nAnswer:'")
     gen.add_argument("--json", action="store_true", help="print JSON instead of text")
+    add_verbose_flag(gen)
     add_model_flags(gen)
     add_run_flags(gen)
     gen.set_defaults(func=_cmd_generate)
 
     from .bench import add_bench_parser
+    from .sweep import add_sweep_parser
+    from .trace import add_trace_parser
 
     add_bench_parser(sub)
+    add_sweep_parser(sub)
+    add_trace_parser(sub)
 
     data = sub.add_parser("make-data", help="draw a fresh tinygsm split")
     data.add_argument("--seed", type=int, required=True)
     data.add_argument("--n", type=int, required=True)
     data.add_argument("--out", required=True)
+    add_verbose_flag(data)
     data.set_defaults(func=_cmd_make_data)
 
     sub.add_parser("eval", help="lm-eval-harness run (all lm_eval flags plus ours)", add_help=False)
@@ -175,8 +215,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return eval_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    args.command_line = argv  # what was typed, for result files (paths as given)
+    from .verbosity import configure
+
+    configure(args.verbose)
     try:
         return args.func(args)
     except (ConfigError, ValueError, FileNotFoundError) as exc:

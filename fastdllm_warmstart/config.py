@@ -28,6 +28,17 @@ REMASKING_RULES = ("low_confidence", "random")
 WARM_INITS = ("none", "token", "embed")
 EMBED_SCHEDULES = ("every_forward", "block_first")
 REMASK_SCHEDULES = ("linear", "exp")
+# How --remask treats a prior (fastdllm_warmstart.priors): "revoke" is the paper-style confidence
+# remask (judge injected priors, revoke unlikely ones, never commit one early); the others commit
+# draft tokens the dLLM supports, earlier than it would commit them alone.
+REMASK_RULES = ("revoke", "accept", "chain", "prefix")
+PRIOR_CONTEXTS = ("hidden", "visible")
+RESIDUAL_STARTS = ("zeros", "reference")
+# Fast-dLLM's decoding loop exists in two shapes that give the same tokens but different NFE:
+# "current" (today's upstream: a cached loop checks for remaining masks before each cached
+# forward) and "snapshot-2025-06" (the June-2025 release: one cached forward always follows the
+# full one). "auto" follows the Fast-dLLM checkout that is found, else "current".
+LOOP_VARIANTS = ("auto", "current", "snapshot-2025-06")
 
 
 def _check_choice(name: str, value: Any, choices: Tuple[str, ...]) -> None:
@@ -58,12 +69,11 @@ def _check_int(name: str, value: Any, minimum: int) -> None:
 class DecodeConfig:
     """Fast-dLLM decoding settings (upstream's argument names and meanings)."""
 
-    # Length of the answer canvas. 48 fits every tinygsm answer (<= 40 tokens) with an EOS tail,
-    # as LLaDA's SFT data pads answers with EOS; LLaDA-8B users typically pass 256.
-    gen_length: int = 48
-    # Semi-autoregressive block size; Fast-dLLM's GSM8K scripts use 32 for 256 tokens. 16 keeps
-    # three blocks on the tiny canvas so the block structure is exercised.
-    block_length: int = 16
+    # Length of the answer canvas. 96 fits every tinygsm answer (<= 88 tokens by construction)
+    # with an EOS tail, as LLaDA's SFT data pads answers with EOS; LLaDA-8B users pass 256.
+    gen_length: int = 96
+    # Semi-autoregressive block size: Fast-dLLM's GSM8K setting (32, with gen_length 256).
+    block_length: int = 32
     # Total denoising steps for the fixed schedule (threshold=None); None means gen_length,
     # i.e. one token per step, upstream's usual setting.
     steps: Optional[int] = None
@@ -72,8 +82,17 @@ class DecodeConfig:
     # Fast-dLLM's parallel-decoding default: commit every masked position of the block whose
     # confidence >= 0.9 (always at least the most confident one). None = fixed schedule.
     threshold: Optional[float] = 0.9
+    # Fast-dLLM's second parallel-decoding rule (get_transfer_index_dynamic): commit the n most
+    # confident masked positions of the block while the n-th clears 1 - factor / (n + 1), at
+    # least one. None = unused. When set it is the commit rule and threshold is not used: the
+    # precedence of upstream's generate functions and eval_llada.py.
+    factor: Optional[float] = None
     # Fast-dLLM's fastest mode; all three give the same tokens up to cache approximation.
     cache: str = "dual"
+    # Which upstream loop to reproduce (LOOP_VARIANTS). "auto" reproduces the Fast-dLLM checkout
+    # that is found (the results are then the ones that checkout's own functions give), and
+    # today's upstream without one; record an explicit value to make NFE figures reproducible.
+    loop_variant: str = "auto"
     # Stop a row once it has produced EOS and everything after it is EOS. Off for parity.
     early_stop: bool = False
 
@@ -93,7 +112,10 @@ class DecodeConfig:
         _check_choice("remasking", self.remasking, REMASKING_RULES)
         if self.threshold is not None:
             _check_range("threshold", self.threshold, 0.0, 1.0, lo_open=True)
+        if self.factor is not None:
+            _check_range("factor", self.factor, 0.0, float("inf"), lo_open=True, hi_open=True)
         _check_choice("cache", self.cache, CACHE_MODES)
+        _check_choice("loop_variant", self.loop_variant, LOOP_VARIANTS)
         if not isinstance(self.early_stop, bool):
             raise ConfigError(f"early_stop must be true or false, got {self.early_stop!r}.")
 
@@ -104,6 +126,13 @@ class DecodeConfig:
     @property
     def resolved_steps(self) -> int:
         return self.gen_length if self.steps is None else self.steps
+
+    @property
+    def commit_rule(self) -> str:
+        """``factor``, ``threshold`` or ``schedule``: the rule that decides each step's commits."""
+        if self.factor is not None:
+            return "factor"
+        return "schedule" if self.threshold is None else "threshold"
 
 
 @dataclass(frozen=True)
@@ -166,20 +195,40 @@ class RemaskConfig:
     # The model's own commit threshold doubles as the confirmation level: a prior the model
     # would have decoded itself at this confidence counts as verified.
     confirm: float = 0.9
-    # A position may be revoked at most this many times (after a revocation it is an ordinary
-    # masked position, so 1 is the natural bound; the cap guarantees termination regardless).
-    max_revisions: int = 1
+    # No revision cap: a revoked position is an ordinary [MASK] (token mode) or loses its prior
+    # (embed mode), so it is never a candidate again; each position is revoked at most once and
+    # every step still commits a token, so decoding terminates.
+    # Which rule judges the priors (REMASK_RULES). "chain" is the default: on tinygsm it cuts the
+    # most forwards at the cold baseline's accuracy (README, results/sweep.jsonl).
+    rule: str = "chain"
+    # accept / chain: commit a draft token the model gives at least this probability (or ranks
+    # first). Below the 0.9 commit threshold on purpose: a coherent draft is judged as a whole.
+    tau_accept: float = 0.3
+    # chain: also commit a draft token whose probability is >= rel x that of the draft token before
+    # it (a chain-rule estimate of its conditional given the draft so far) ...
+    rel: float = 0.3
+    # ... as long as its own probability is at least this (a long run cannot carry a token the
+    # model gives next to nothing).
+    floor: float = 0.01
+    # accept / chain / prefix: hidden = unverified drafts never reach the model (robust to drafts
+    # for the wrong problem); visible = injected / interpolated priors of later blocks stay
+    # visible as context while the current block is judged.
+    context: str = "hidden"
 
     def __post_init__(self) -> None:
         if not isinstance(self.enabled, bool):
             raise ConfigError(f"remask must be true or false, got {self.enabled!r}.")
         _check_range("remask_tau", self.tau, 0.0, 1.0)
-        _check_range("remask_p", self.p_init, 0.0, 1.0)
+        _check_range("remask_p_init", self.p_init, 0.0, 1.0)
         _check_choice("remask_schedule", self.schedule, REMASK_SCHEDULES)
         _check_int("remask_horizon", self.horizon, 1)
         _check_range("remask_decay", self.decay, 0.0, 1.0)
         _check_range("remask_confirm", self.confirm, 0.0, 1.0)
-        _check_int("remask_max_revisions", self.max_revisions, 1)
+        _check_choice("remask_rule", self.rule, REMASK_RULES)
+        _check_range("remask_tau_accept", self.tau_accept, 0.0, 1.0, lo_open=True)
+        _check_range("remask_rel", self.rel, 0.0, 1.0, lo_open=True)
+        _check_range("remask_floor", self.floor, 0.0, 1.0, lo_open=True)
+        _check_choice("remask_context", self.context, PRIOR_CONTEXTS)
 
     def probability(self, step):
         """p(t) for an int step or a tensor of per-row steps."""
@@ -214,16 +263,29 @@ class AuxConfig:
 
 @dataclass(frozen=True)
 class ResidualConfig:
-    """Residual Context Diffusion (arXiv 2601.22954) style soft residuals at masked positions."""
+    """Residual Context Diffusion (arXiv 2601.22954) at inference (``fastdllm_warmstart.residual``):
+    masked positions are fed ``(1 - a) E[mask] + a sum_j p_j E_j`` from the model's previous
+    prediction, ``a = H(p) / log V``. Meant for a model trained to read it (``scripts/train_rcd.py``)."""
 
     enabled: bool = False
-    # Weight of the entropy-gated residual added to E[mask].
-    strength: float = 0.5
+    # Temperature of the residual distribution at inference: RCD trains at 1 and sharpens at
+    # inference to align the entropies (the paper uses 0.92-0.98).
+    t_res: float = 0.95
+    # Where the stream starts before a position was predicted: zeros (plain [MASK]) or one
+    # forward of the reference model (residual_reference). With --warm-init embed the aux draft
+    # is the start instead.
+    start: str = "zeros"
+    # The reference model for start=reference (a checkpoint folder; "embedded" = the tiny dLLM).
+    reference: Optional[str] = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.enabled, bool):
             raise ConfigError(f"residual must be true or false, got {self.enabled!r}.")
-        _check_range("residual_strength", self.strength, 0.0, 1.0)
+        _check_range("residual_t_res", self.t_res, 0.0, 10.0, lo_open=True)
+        _check_choice("residual_start", self.start, RESIDUAL_STARTS)
+        if self.start == "reference" and not self.reference:
+            raise ConfigError("residual_start=reference needs residual_reference=PATH (the model the "
+                              "RCD model was trained against; 'embedded' for the tiny dLLM).")
 
 
 @dataclass(frozen=True)
@@ -256,7 +318,9 @@ for _f in fields(RemaskConfig):
     if _f.name != "enabled":
         _FLAT[f"remask_{_f.name}"] = ("remask", _f.name)
 _FLAT["residual"] = ("residual", "enabled")
-_FLAT["residual_strength"] = ("residual", "strength")
+for _f in fields(ResidualConfig):
+    if _f.name != "enabled":
+        _FLAT[f"residual_{_f.name}"] = ("residual", _f.name)
 FLAT_KEYS = tuple(sorted(_FLAT))
 
 _SECTIONS = {"decode": DecodeConfig, "warm": WarmStartConfig, "remask": RemaskConfig,

@@ -28,8 +28,10 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional, Sequence
 
-from .config import (CACHE_MODES, EMBED_SCHEDULES, FLAT_KEYS, REMASK_SCHEDULES, REMASKING_RULES,
-                     WARM_INITS, ConfigError)
+from .config import (CACHE_MODES, EMBED_SCHEDULES, FLAT_KEYS, LOOP_VARIANTS, PRIOR_CONTEXTS, REMASK_RULES,
+                     RESIDUAL_STARTS,
+                     REMASK_SCHEDULES,
+                     REMASKING_RULES, WARM_INITS, ConfigError)
 
 PROG = "fastdllm-warmstart eval"
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
@@ -37,7 +39,9 @@ TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 # Flag names that would clash with lm-eval's own options.
 _RENAMED = {"seed": "warm-seed"}
 _CHOICES = {"warm_init": WARM_INITS, "cache": CACHE_MODES, "remasking": REMASKING_RULES,
-            "embed_schedule": EMBED_SCHEDULES, "remask_schedule": REMASK_SCHEDULES}
+            "embed_schedule": EMBED_SCHEDULES, "remask_schedule": REMASK_SCHEDULES,
+            "loop_variant": LOOP_VARIANTS, "remask_rule": REMASK_RULES, "remask_context": PRIOR_CONTEXTS,
+            "residual_start": RESIDUAL_STARTS}
 _HELP = {
     "warm_init": "canvas initialisation: none (cold, upstream), token (inject proposal tokens) or "
                  "embed (interpolate embeddings)",
@@ -54,18 +58,29 @@ _HELP = {
     "remask_schedule": "how the revocation probability decays over steps",
     "remask_horizon": "linear schedule: steps until the revocation probability reaches 0",
     "remask_decay": "exp schedule: per-step decay of the revocation probability",
-    "remask_confirm": "a proposal token the model gives at least this probability is kept",
-    "remask_max_revisions": "how often one position may be revoked",
+    "remask_confirm": "revoke rule: a proposal token the model gives at least this probability is kept",
+    "remask_rule": "revoke (paper-style) or a verification rule that commits supported drafts early: "
+                   "accept, chain (default) or prefix",
+    "remask_tau_accept": "accept/chain: commit a draft token the model gives at least this probability",
+    "remask_rel": "chain: or at least this times the probability of the draft token before it",
+    "remask_floor": "chain: never a draft token the model gives less than this",
+    "remask_context": "accept/chain/prefix: hidden (default) or visible later-block priors",
     "aux_max_new_tokens": "aux proposal length in aux tokens (default 2 x gen_length)",
     "aux_batch_size": "aux model batch size",
     "aux_chat_template": "use the aux tokenizer's chat template (default: iff it has one)",
-    "residual": "residual-context soft inputs at masked positions",
-    "residual_strength": "weight of the residual context",
+    "residual": "Residual Context Diffusion stream at masked positions (for an RCD-trained model)",
+    "residual_t_res": "residual temperature at inference",
+    "residual_start": "zeros or reference (one forward of residual_reference starts the stream)",
+    "residual_reference": "reference model for residual_start=reference",
     "gen_length": "answer canvas length",
     "block_length": "semi-autoregressive block length",
     "steps": "fixed-schedule steps (default gen_length)",
     "threshold": "parallel decoding confidence threshold (default: none = fixed schedule, as "
                  "Fast-dLLM's eval)",
+    "factor": "Fast-dLLM's factor rule (wins over threshold, as upstream): commit the top n while "
+              "the n-th confidence >= 1 - factor/(n+1)",
+    "loop_variant": "upstream loop to reproduce: current, snapshot-2025-06 or auto (the found "
+                    "Fast-dLLM checkout's, else current)",
     "cache": "KV cache: none, prefix or dual (default none, as Fast-dLLM's eval; or use "
              "use_cache/dual_cache in --model_args)",
     "temperature": "sampling temperature of the commit rule (0 = greedy)",

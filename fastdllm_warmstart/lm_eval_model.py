@@ -5,9 +5,10 @@ Importing this module registers the model with lm-eval (``--model llada_warmstar
 
 * Fast-dLLM's ``llada/eval_llada.py`` arguments keep upstream's names and meanings:
   ``model_path, mask_id, max_length, batch_size, mc_num, is_check_greedy, steps, gen_length,
-  block_length, remasking, device, use_cache, dual_cache, threshold, save_dir, show_speed``.
-  As upstream's eval: no ``threshold`` means the fixed step schedule, and
-  ``use_cache``/``dual_cache`` both false means no KV cache.
+  block_length, remasking, device, use_cache, dual_cache, threshold, factor, save_dir,
+  show_speed``. As upstream's eval: no ``threshold`` means the fixed step schedule, a ``factor``
+  selects the factor rule (and wins over ``threshold``), and ``use_cache``/``dual_cache`` both
+  false means no KV cache. ``loop_variant`` (ours) picks the upstream loop to reproduce.
 * Ours: ``fast_dllm_path, dtype, chat_template`` and every key of
   :data:`fastdllm_warmstart.config.FLAT_KEYS` (``warm_init, alpha, rho, remask, remask_tau,
   aux_model, proposals, proposal_cache, ...``), validated by
@@ -54,7 +55,7 @@ MODEL_NAME = "llada_warmstart"
 UPSTREAM_ARGS: Dict[str, Any] = {
     "model_path": None,          # None or "" -> the embedded tiny dLLM
     "mask_id": None,             # None -> from the model config / tokenizer
-    "max_length": 4096,          # longest sequence fed to the model (loglikelihood truncation)
+    "max_length": 4096,          # longest sequence fed to the model (capped by the model's limit)
     "batch_size": 8,             # prompts per generate call; rows per Monte-Carlo forward
     "mc_num": 128,               # Monte-Carlo samples per loglikelihood request
     "is_check_greedy": False,    # loglikelihood: also check greedy decoding reproduces the target
@@ -404,6 +405,12 @@ class LLaDAWarmStartLM(LM):
         self._rank, self._world_size, self._device = rank, world, device
 
         self.runner = self._load_runner(device)
+        self.loop_variant = self._resolve_loop_variant()
+        # Longest sequence fed to the model: max_length, capped by the model's own declared limit.
+        # Over-long contexts keep their last tokens with a warning, as lm-eval's HF models do.
+        if self.runner.max_length is None or self.settings.max_length < self.runner.max_length:
+            self.runner.max_length = self.settings.max_length
+        self.runner.truncation = "left"
         self.tokenizer = self.runner.tokenizer
         self.model = self.runner.model
         self.mask_id = self._check_mask_id(self.settings.mask_id)
@@ -418,6 +425,14 @@ class LLaDAWarmStartLM(LM):
                        if self.settings.save_dir is not None else None)
         self._speed_rows: Dict[str, List[Dict[str, Any]]] = defaultdict(list)
         self._warned: set = set()
+
+    def _resolve_loop_variant(self) -> str:
+        """The upstream loop decoding reproduces (``auto`` resolved against the found checkout)."""
+        from .engine import resolve_loop_variant
+        from .upstream import find_upstream
+
+        return resolve_loop_variant(self.settings.run.decode.loop_variant,
+                                    find_upstream(self.settings.fast_dllm_path))
 
     def _load_runner(self, device: torch.device):
         """The runner (and, for a warm start, its proposer now rather than at the first request);
@@ -518,6 +533,7 @@ class LLaDAWarmStartLM(LM):
             "version": __version__,
             "model_path": s.model_path or "embedded:tiny-dllm",
             "run_config": s.run.to_dict(),
+            "loop_variant": self.loop_variant,
             "harness": {"batch_size": s.batch_size, "mc_num": s.mc_num,
                         "is_check_greedy": s.is_check_greedy, "max_length": s.max_length,
                         "chat_template": bool(self.use_chat and not self._harness_templated),
@@ -542,13 +558,16 @@ class LLaDAWarmStartLM(LM):
 
     def _fingerprint(self) -> str:
         """What besides the prompt decides an answer (save_dir keys). Paths, not checkpoint
-        contents: use a fresh save_dir after retraining a model."""
+        contents: use a fresh save_dir after retraining a model. The batch size is part of it: a
+        model that ignores padding (upstream's LLaDA) decodes a prompt differently next to other
+        prompts, and the resolved loop variant decides the NFE recorded with each answer."""
         s = self.settings
         proposals = s.run.aux.proposals
         proposals_sha = (hashlib.sha256(Path(proposals).read_bytes()).hexdigest()
                          if proposals and Path(proposals).is_file() else None)
         return json.dumps({"model": s.model_path or "embedded:tiny-dllm", "dtype": str(s.dtype),
-                           "run": s.run.to_dict(), "proposals_sha256": proposals_sha},
+                           "run": s.run.to_dict(), "proposals_sha256": proposals_sha,
+                           "batch_size": s.batch_size, "loop_variant": self.loop_variant},
                           sort_keys=True)
 
     def _special_stop_ids(self, until: Sequence[str]) -> List[int]:
@@ -707,10 +726,11 @@ class LLaDAWarmStartLM(LM):
         return list(whole[:n]), list(whole[n:])
 
     def _truncate(self, ctx: List[int], cont: List[int]) -> List[int]:
-        room = self.settings.max_length - len(cont)
+        limit = self.runner.max_length
+        room = limit - len(cont)
         if room < 0:
-            raise ValueError(f"A continuation of {len(cont)} tokens exceeds max_length="
-                             f"{self.settings.max_length}; raise max_length.")
+            raise ValueError(f"A continuation of {len(cont)} tokens exceeds max_length={limit} (the "
+                             f"smaller of max_length and the model's limit); shorten it.")
         return ctx[-room:] if room else []
 
     def _mc_generator(self, ctx: Sequence[int], cont: Sequence[int]) -> torch.Generator:

@@ -17,6 +17,7 @@ import torch
 
 from .assets import DLLM_NAME, asset_path
 from .upstream import find_upstream
+from .verbosity import quiet_loading
 
 logger = logging.getLogger(__name__)
 
@@ -88,12 +89,21 @@ def _post_init_compatible(model_class):
 def load_dllm(model_path: Optional[str] = None, *, device: Optional[str] = "cpu",
               dtype: Union[None, str, torch.dtype] = None,
               fast_dllm_path: Optional[str] = None) -> Tuple[torch.nn.Module, object, str]:
-    """Returns ``(model, tokenizer, model_id)`` with the model in eval mode on ``device``."""
+    """Returns ``(model, tokenizer, model_id)`` with the model in eval mode on ``device``.
+
+    ``model_id`` names the model in result files without the machine's layout:
+    ``embedded:tiny-dllm@<fingerprint>`` for the embedded model, else ``model_path`` as given."""
+    with quiet_loading():
+        return _load_dllm(model_path, device=device, dtype=dtype, fast_dllm_path=fast_dllm_path)
+
+
+def _load_dllm(model_path, *, device, dtype, fast_dllm_path):
     from transformers import AutoTokenizer
 
     from .models import TinyLLaDAModelLM
 
-    path = asset_path(DLLM_NAME) if model_path in (None, "", "embedded") else Path(model_path).expanduser()
+    embedded = model_path in (None, "", "embedded")
+    path = asset_path(DLLM_NAME) if embedded else Path(model_path).expanduser()
     if not path.exists():
         raise ModelLoadError(f"model_path {str(path)!r} does not exist. Give a local checkpoint folder, "
                              "or omit model_path for the embedded tiny model.")
@@ -121,7 +131,31 @@ def load_dllm(model_path: Optional[str] = None, *, device: Optional[str] = "cpu"
         raise ModelLoadError(f"{path} holds a {model_type!r} model; expected a masked-diffusion LM "
                              "(model_type 'llada' or 'tiny_llada').")
     model = model.to(dev).eval()
-    return model, tokenizer, str(path)
+    return model, tokenizer, (embedded_model_id(DLLM_NAME, path) if embedded else str(model_path))
+
+
+def embedded_model_id(name: str, path: Path) -> str:
+    """``embedded:NAME@fingerprint``: how result files name a model shipped with the package."""
+    from .auxiliary.proposer import model_fingerprint
+
+    return f"embedded:{name}@{model_fingerprint(path)}"
+
+
+# Config attributes that bound the sequence length, in the order they are trusted.
+_LENGTH_LIMIT_KEYS = ("max_sequence_length", "max_position_embeddings", "n_positions", "max_seq_len",
+                      "seq_length")
+
+
+def model_max_length(model) -> Optional[int]:
+    """The longest sequence (prompt + canvas) the model's config declares, or None if it declares
+    none. LLaDA and the embedded model: ``max_sequence_length``; HF causal LMs:
+    ``max_position_embeddings``."""
+    config = getattr(model, "config", None)
+    for key in _LENGTH_LIMIT_KEYS:
+        value = getattr(config, key, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
 
 
 SMALL_MODEL_PARAMS = 50_000_000

@@ -15,7 +15,7 @@ import torch
 from .config import RunConfig
 from .engine import DecodeCallback, generate
 from .engine.loop import resolve_special_ids
-from .loading import check_cache_support, load_dllm, tune_cpu_threads
+from .loading import check_cache_support, load_dllm, model_max_length, tune_cpu_threads
 from .warmstart import build_callbacks, proposals_to_tensor
 
 logger = logging.getLogger(__name__)
@@ -35,11 +35,22 @@ class GenerationResult:
     proposal_text: Optional[str] = None
     injected: int = 0               # prior tokens put on the canvas (token injection)
     revoked: int = 0                # priors revoked by the remask step
+    accepted: int = 0               # draft tokens committed by a verification rule
     extra: dict = field(default_factory=dict)
 
 
+class PromptTooLongError(ValueError):
+    """A prompt plus the answer canvas exceeds what the model supports."""
+
+
 class WarmStartRunner:
-    """Holds a dLLM, its tokenizer, a run config and (when a warm start is asked for) a proposer."""
+    """Holds a dLLM, its tokenizer, a run config and (when a warm start is asked for) a proposer.
+
+    ``max_length`` bounds prompt + canvas: the model config's declared limit
+    (``max_sequence_length`` / ``max_position_embeddings``), None when it declares none; lower it
+    to cap further. A longer prompt raises :class:`PromptTooLongError`, or with
+    ``truncation="left"`` keeps its last tokens (with a warning), as lm-eval's HF models do.
+    """
 
     def __init__(self, model, tokenizer, config: Optional[RunConfig] = None, *, proposer=None,
                  model_id: str = "model", fast_dllm_path: Optional[str] = None,
@@ -54,6 +65,9 @@ class WarmStartRunner:
         self.mask_id, self.eos_id, self.pad_id = resolve_special_ids(model, tokenizer)
         check_cache_support(model, self.config.decode.cache)
         self._proposer = proposer
+        self.max_length: Optional[int] = model_max_length(model)
+        self.truncation = "error"  # or "left"
+        self._references: dict = {}
 
     @classmethod
     def from_pretrained(cls, model_path: Optional[str] = None, config: Optional[RunConfig] = None, *,
@@ -75,6 +89,18 @@ class WarmStartRunner:
             self._proposer = build_proposer(self.config.aux, self.tokenizer, device=self.device)
         return self._proposer
 
+    def reference_model(self):
+        """The model that starts the residual stream (``residual_start=reference``), loaded once."""
+        rc = self.config.residual
+        if not (rc.enabled and rc.start == "reference"):
+            return None
+        if rc.reference not in self._references:
+            path = None if rc.reference == "embedded" else rc.reference
+            model, _, _ = load_dllm(path, device=str(self.device), dtype=next(self.model.parameters()).dtype,
+                                    fast_dllm_path=self.fast_dllm_path)
+            self._references[rc.reference] = model
+        return self._references[rc.reference]
+
     # -- prompts ---------------------------------------------------------------------------
     def format_prompt(self, prompt: str, apply_chat_template: Optional[bool] = None) -> str:
         """The dLLM's input text: its chat template when it has one (Instruct models)."""
@@ -93,6 +119,34 @@ class WarmStartRunner:
         for i, row in enumerate(ids):
             if not row:
                 raise ValueError(f"Prompt {i} encodes to no tokens; give a non-empty prompt.")
+        return ids
+
+    def fit_to_length(self, ids: List[List[int]]) -> List[List[int]]:
+        """Check (or left-truncate) encoded prompts so that prompt + gen_length <= max_length."""
+        gen_length = self.config.decode.gen_length
+        if self.max_length is None:
+            return ids
+        room = self.max_length - gen_length
+        longest = max((len(row) for row in ids), default=0)
+        if longest <= room:
+            return ids
+        if room < 1:
+            raise PromptTooLongError(
+                f"gen_length {gen_length} leaves no room for a prompt within the model's limit of "
+                f"{self.max_length} positions (max sequence length in its config); lower gen_length.")
+        if self.truncation != "left":
+            where = "" if len(ids) == 1 else f"prompt {max(range(len(ids)), key=lambda i: len(ids[i]))}: "
+            raise PromptTooLongError(
+                f"{where}{longest} prompt tokens + gen_length {gen_length} = {longest + gen_length} "
+                f"positions exceed the model's limit of {self.max_length} (max sequence length in its "
+                f"config); shorten the prompt to at most {room} tokens or lower gen_length.")
+        for i, row in enumerate(ids):
+            if len(row) > room:
+                logger.warning("Left truncation applied. Original sequence length was %d, "
+                               "truncating to last %d tokens (model limit %d - gen_length %d). "
+                               "Some content will be lost.", len(row), room, self.max_length,
+                               gen_length)
+                ids[i] = row[-room:]
         return ids
 
     # -- decoding --------------------------------------------------------------------------
@@ -119,23 +173,27 @@ class WarmStartRunner:
     def generate_batch(self, prompts: Sequence[str],
                        apply_chat_template: Optional[bool] = None) -> List[GenerationResult]:
         d = self.config.decode
+        # Length first: an over-long prompt fails before the aux model drafts anything for it.
+        input_ids = self.fit_to_length(self.encode([self.format_prompt(p, apply_chat_template)
+                                                    for p in prompts]))
         proposals, records = self._proposals(prompts)
-        callbacks = build_callbacks(self.config, proposals) + self.extra_callbacks
-        input_ids = self.encode([self.format_prompt(p, apply_chat_template) for p in prompts])
+        callbacks = build_callbacks(self.config, proposals, self.reference_model()) + self.extra_callbacks
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         start = time.perf_counter()
         out = generate(self.model, input_ids, steps=d.steps, gen_length=d.gen_length,
                        block_length=d.block_length, temperature=d.temperature, remasking=d.remasking,
-                       mask_id=self.mask_id, threshold=d.threshold, cache=d.cache, callbacks=callbacks,
-                       eos_id=self.eos_id, pad_id=self.pad_id, early_stop=d.early_stop,
-                       seed=self.config.warm.seed, fast_dllm_path=self.fast_dllm_path)
+                       mask_id=self.mask_id, threshold=d.threshold, factor=d.factor, cache=d.cache,
+                       callbacks=callbacks, loop_variant=d.loop_variant, eos_id=self.eos_id,
+                       pad_id=self.pad_id, early_stop=d.early_stop, seed=self.config.warm.seed,
+                       fast_dllm_path=self.fast_dllm_path)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         elapsed = time.perf_counter() - start
         generated = out.generated.tolist()
         injected = out.stats.get("injected")
         revoked = out.stats.get("revoked")
+        accepted = out.stats.get("accepted")
         results = []
         for i, prompt in enumerate(prompts):
             text, n_tokens = self._decode_row(generated[i])
@@ -150,6 +208,7 @@ class WarmStartRunner:
                 aux_seconds=float(getattr(rec, "aux_seconds", 0.0) or 0.0), warm=warm,
                 fallback=fallback, proposal_text=getattr(rec, "text", None),
                 injected=int(injected[i]) if injected is not None else 0,
+                accepted=int(accepted[i]) if accepted is not None else 0,
                 revoked=int(revoked[i]) if revoked is not None else 0,
             ))
         return results

@@ -76,7 +76,8 @@ def _template_words() -> List[str]:
     for name, pron, poss in tinygsm.NAMES:
         texts += [name, pron, poss]
     texts += list(tinygsm.FRIENDS) + list(tinygsm.OBJECTS) + list(tinygsm.CONNECTORS)
-    texts += list(tinygsm.ADD_VERBS) + list(tinygsm.SUB_VERBS)
+    texts += list(tinygsm.ADD_VERBS) + list(tinygsm.SUB_VERBS) + list(tinygsm.ANSWER_WORDS)
+    texts += [w for pair in tinygsm.CONTAINERS for w in pair] + ["friends with in each"]
     texts += ["has more to doubles triples splits into equal groups and keeps one",
               "How many does have now", "Question Answer", tinygsm.PROMPT_TEMPLATE]
     for t in texts:
@@ -138,7 +139,7 @@ def build_dllm_tokenizer() -> PreTrainedTokenizerFast:
         tokenizer_object=tok,
         pad_token="[PAD]", unk_token="[UNK]", mask_token="[MASK]", eos_token="<|eos|>",
         padding_side="left", clean_up_tokenization_spaces=False,
-        model_max_length=1024,
+        model_max_length=512,  # the embedded models' position limit (config: 512)
     )
     return fast
 
@@ -178,7 +179,7 @@ def build_aux_tokenizer() -> PreTrainedTokenizerFast:
         tokenizer_object=tok,
         unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>",
         padding_side="left", clean_up_tokenization_spaces=False,
-        model_max_length=1024,
+        model_max_length=512,  # the embedded models' position limit (config: 512)
     )
     return fast
 

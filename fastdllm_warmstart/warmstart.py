@@ -6,12 +6,13 @@
   ``(1 - alpha) * E[mask] + alpha * E[proposal]`` there.
 * :class:`ConfidenceRemask` — after each commit, priors in the current block that the model has
   not confirmed are revoked with probability ``p(t)`` when the model gives them less than ``tau``.
-* :class:`ResidualContext` — Residual Context Diffusion (arXiv 2601.22954) style: masked positions
-  are fed back an entropy-gated mix of E[mask] and the expected embedding of the model's own
-  previous prediction there.
+* Residual Context Diffusion (arXiv 2601.22954) lives in :mod:`fastdllm_warmstart.residual`;
+  draft-verification rules (``--remask-rule accept|chain|prefix``) in :mod:`fastdllm_warmstart.priors`.
 
 Random draws use a counter-based hash of (seed, prompt, position, step), so a prompt's injection
-pattern and remask draws do not depend on which batch it is decoded in.
+pattern and remask draws do not depend on which batch it is decoded in. Every callback leaves the
+rows a forward does not count for (``state.active`` False: their block is done and they only ride
+along with their batch) exactly as they are, so a row decodes the same in any batch.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from .config import RemaskConfig, ResidualConfig, RunConfig, WarmStartConfig
+from .config import RemaskConfig, RunConfig, WarmStartConfig
 from .engine.callbacks import DecodeCallback
 from .engine.state import DecodeState
 
@@ -170,8 +171,10 @@ class ConfidenceRemask(DecodeCallback):
 
     Token mode: an injected token is put back to [MASK]. Embedding mode: the position keeps its
     [MASK] and simply stops receiving the interpolated prior. Only priors are ever touched; a
-    token the model committed itself is never revoked. Every revocation is counted per position
-    and capped at ``max_revisions``, so decoding always terminates.
+    token the model committed itself is never revoked. A revoked position stops being a
+    candidate (token mode: it is an ordinary [MASK] now; embed mode: it has no prior any more), so
+    each position is revoked at most once and decoding always terminates. Revocations are counted
+    per position in ``state.revisions``.
     """
 
     stream = 1
@@ -236,8 +239,7 @@ class ConfidenceRemask(DecodeCallback):
         p_revoke = self.config.probability(row_step.double()).view(-1, 1)  # (B, 1)
         col_ids = torch.arange(lo, hi, device=state.x.device) - state.prompt_width
         draw = hashed_uniform(state.extras["prior_row_keys"], col_ids, stream=row_step * 2 + self.stream)
-        revoke = (candidates & (probs < self.config.tau) & (draw < p_revoke)
-                  & (state.revisions[:, cols] < self.config.max_revisions))
+        revoke = candidates & (probs < self.config.tau) & (draw < p_revoke)
         if not bool(revoke.any()):
             return
         state.revisions[:, cols] += revoke.long()
@@ -251,51 +253,24 @@ class ConfidenceRemask(DecodeCallback):
         state.revoked = full[:, w0:w1]
 
 
-class ResidualContext(DecodeCallback):
-    """Entropy-gated soft residuals of the model's own previous predictions at masked positions."""
+def _remask_callback(config: RunConfig, proposals: torch.Tensor) -> DecodeCallback:
+    """``--remask`` with its rule: the paper-style revoke step, or a draft-verification rule."""
+    rm = config.remask
+    if rm.rule == "revoke":
+        return ConfidenceRemask(rm)
+    from .priors import build_verifier
 
-    def __init__(self, config: ResidualConfig):
-        self.config = config
-        self.residual: Optional[torch.Tensor] = None  # (B, L, C)
-        self.weight: Optional[torch.Tensor] = None    # (B, L)
-
-    def reset(self) -> None:
-        self.residual = None
-        self.weight = None
-
-    def after_forward(self, state: DecodeState) -> None:
-        w0, w1 = state.window
-        masked = state.window_view(state.x) == state.mask_id  # (B, W)
-        if not bool(masked.any()):
-            return
-        table = state.model.get_input_embeddings().weight  # (V, C)
-        probs = torch.softmax(state.logits.float(), dim=-1)  # (B, W, V)
-        entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1)  # (B, W)
-        weight = (1.0 - entropy / math.log(probs.shape[-1])).clamp(0.0, 1.0) * masked
-        expected = probs.to(table.dtype) @ table  # (B, W, C)
-        if self.residual is None:
-            B, L = state.x.shape
-            self.residual = torch.zeros((B, L, table.shape[1]), dtype=table.dtype, device=table.device)
-            self.weight = torch.zeros((B, L), dtype=torch.float32, device=table.device)
-        self.residual[:, w0:w1] = torch.where(masked.unsqueeze(-1), expected, self.residual[:, w0:w1])
-        self.weight[:, w0:w1] = torch.where(masked, weight, self.weight[:, w0:w1])
-
-    def before_forward(self, state: DecodeState) -> None:
-        if self.residual is None:
-            return
-        x_win = state.window_view(state.x)
-        weight = state.window_view(self.weight) * (x_win == state.mask_id)  # (B, W)
-        if not bool((weight > 0).any()):
-            return
-        embeds = state.inputs_embeds if state.inputs_embeds is not None else state.embed(x_win)
-        gate = (self.config.strength * weight).unsqueeze(-1).to(embeds.dtype)  # (B, W, 1)
-        state.inputs_embeds = (1 - gate) * embeds + gate * state.window_view(self.residual)
+    d = config.decode
+    return build_verifier(rm.rule, proposals, tau_accept=rm.tau_accept, rel=rm.rel, floor=rm.floor,
+                          threshold=None if d.factor is not None else d.threshold, context=rm.context)
 
 
-def build_callbacks(config: RunConfig, proposals: Optional[torch.Tensor]) -> List[DecodeCallback]:
+def build_callbacks(config: RunConfig, proposals: Optional[torch.Tensor],
+                    reference: Optional[torch.nn.Module] = None) -> List[DecodeCallback]:
     """The callbacks a run config asks for, built-ins first, in the order they must run.
 
     ``proposals``: (B, gen_length) ids with -1 for rows without a proposal (cold rows), or None.
+    ``reference``: the model that starts the residual stream (``residual_start=reference``).
     """
     callbacks: List[DecodeCallback] = []
     warm: WarmStartConfig = config.warm
@@ -306,7 +281,10 @@ def build_callbacks(config: RunConfig, proposals: Optional[torch.Tensor]) -> Lis
             callbacks.append(EmbeddingInterpolation(proposals, alpha=warm.alpha,
                                                     schedule=warm.embed_schedule, seed=warm.seed))
         if config.remask.enabled:
-            callbacks.append(ConfidenceRemask(config.remask))
+            callbacks.append(_remask_callback(config, proposals))
     if config.residual.enabled:
-        callbacks.append(ResidualContext(config.residual))
+        from .residual import ResidualContext
+
+        rc = config.residual
+        callbacks.append(ResidualContext(t_res=rc.t_res, start=rc.start, reference=reference))
     return callbacks

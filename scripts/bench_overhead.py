@@ -28,7 +28,8 @@ from fastdllm_warmstart.engine.transfer import get_transfer_index
 
 @torch.no_grad()
 def plain_loop(model, x_prompt, gen_length, block_length, threshold, cache, mask_id):
-    """The same algorithm with nothing around it (none or dual cache, threshold rule)."""
+    """The same algorithm with nothing around it (none or dual cache, threshold rule, today's
+    upstream loop: a block the full forward completes costs one forward)."""
     B, P = x_prompt.shape
     x = torch.full((B, P + gen_length), mask_id, dtype=torch.long)
     x[:, :P] = x_prompt
@@ -42,7 +43,7 @@ def plain_loop(model, x_prompt, gen_length, block_length, threshold, cache, mask
                 logits, lo = out.logits, 0
                 if cache == "dual":
                     past = out.past_key_values
-                    rp = torch.zeros((1, x.shape[1]), dtype=torch.bool)
+                    rp = torch.zeros((B, x.shape[1]), dtype=torch.bool)
                     rp[:, s:e] = True
             else:
                 out = model(input_ids=x[:, s:e], past_key_values=past, use_cache=True, replace_position=rp)
@@ -53,8 +54,7 @@ def plain_loop(model, x_prompt, gen_length, block_length, threshold, cache, mask
             mask_index = (win == mask_id) & (cols >= s) & (cols < e)
             x0, tr = get_transfer_index(logits, 0.0, "low_confidence", mask_index, win, None, threshold)
             win[tr] = x0[tr]
-            done = not bool((x[:, s:e] == mask_id).any())
-            if done and (cache == "none" or not first):
+            if not bool((x[:, s:e] == mask_id).any()):  # today's upstream: no step after a full block
                 break
             first = False
     return x, steps

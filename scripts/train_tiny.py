@@ -5,15 +5,15 @@
     python scripts/train_tiny.py aux  --seed 0 --out fastdllm_warmstart/assets/tiny-aux  --minutes 20
 
 * ``dllm``: :class:`fastdllm_warmstart.models.TinyLLaDAModelLM` trained with the LLaDA SFT
-  masked-diffusion objective. Sequence = left-[PAD]-ded prompt ``format_prompt(q)`` + a 48-token
-  answer canvas (``" " + answer`` + EOS, EOS-padded to 48); per sequence ``t ~ U(eps, 1)``
+  masked-diffusion objective. Sequence = left-[PAD]-ded prompt ``format_prompt(q)`` + a 96-token
+  answer canvas (``" " + answer`` + EOS, EOS-padded to 96); per sequence ``t ~ U(eps, 1)``
   (stratified over the batch), each canvas token is replaced by [MASK] with probability ``t``; loss =
   cross-entropy on masked canvas tokens weighted ``1/t``, normalised by the number of canvas tokens.
   Evaluated with a self-contained Fast-dLLM-style threshold decoder (threshold 0.9, blocks of 16
-  over a 48-token canvas, low-confidence remasking, never committing [MASK]/[PAD]).
+  over a 96-token canvas, low-confidence remasking, never committing [MASK]/[PAD]).
 * ``aux``: a tiny ``LlamaForCausalLM`` trained autoregressively on
   ``format_prompt(q) + " " + answer + "</s>"`` (loss on the completion), evaluated with greedy
-  ``generate`` (max_new_tokens 64). The exported checkpoint is the one whose accuracy is closest to
+  ``generate`` (max_new_tokens 128). The exported checkpoint is the one whose accuracy is closest to
   50% within 30-70% (it must be clearly weaker than the dLLM).
 
 Training data are drawn on the fly from the generator (seeded), never containing a test or
@@ -47,10 +47,9 @@ if str(REPO) not in sys.path:
 from fastdllm_warmstart.models import TinyLLaDAConfig, TinyLLaDAModelLM  # noqa: E402
 from fastdllm_warmstart.tasks import tinygsm  # noqa: E402
 from fastdllm_warmstart.tokenization import build_aux_tokenizer, build_dllm_tokenizer  # noqa: E402
+from fastdllm_warmstart.training import (BLOCK_LENGTH, GEN_LENGTH, THRESHOLD, ProblemStream,  # noqa: E402
+                                         dllm_encode_batch, dllm_loss, eval_dllm, score)
 
-GEN_LENGTH = 48
-BLOCK_LENGTH = 16
-THRESHOLD = 0.9
 VAL_SEED = 777  # validation problems used for the learning curve / checkpoint selection
 FRESH_SEED = 20241123  # a freshly drawn split for the final report
 
@@ -64,170 +63,6 @@ def versions() -> Dict[str, str]:
     import transformers
     return {"python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "tokenizers": tokenizers.__version__}
-
-
-class ProblemStream:
-    """Endless seeded stream of training problems, skipping excluded questions."""
-
-    def __init__(self, seed: int, exclude: set):
-        self.rng = random.Random(seed)
-        self.exclude = exclude
-
-    def next_batch(self, n: int, pool: int = 8) -> List[dict]:
-        """Batches come from a pool of ``pool`` batches sorted by question length (less padding)."""
-        if not getattr(self, "queue", None):
-            out = []
-            while len(out) < n * pool:
-                p = tinygsm.generate_problem(self.rng)
-                if p["question"] not in self.exclude:
-                    out.append(p)
-            out.sort(key=lambda p: len(p["question"]))
-            batches = [out[i * n:(i + 1) * n] for i in range(pool)]
-            self.rng.shuffle(batches)
-            self.queue = batches
-        return self.queue.pop()
-
-
-# ---------------------------------------------------------------------------------------------
-# dLLM
-# ---------------------------------------------------------------------------------------------
-
-def dllm_encode_batch(tok, problems: Sequence[dict], device) -> Dict[str, torch.Tensor]:
-    """Left-padded prompt ids + 48-token EOS-padded answer canvas."""
-    prompts = [tok.encode(tinygsm.format_prompt(p["question"]), add_special_tokens=False) for p in problems]
-    answers = [tok.encode(" " + p["answer"], add_special_tokens=False) for p in problems]
-    P = max(len(x) for x in prompts)
-    B = len(problems)
-    ids = torch.full((B, P + GEN_LENGTH), tok.pad_token_id, dtype=torch.long)
-    am = torch.zeros((B, P + GEN_LENGTH), dtype=torch.long)
-    for i, (pr, an) in enumerate(zip(prompts, answers)):
-        if len(an) >= GEN_LENGTH:
-            raise ValueError(f"answer too long ({len(an)} tokens)")
-        ids[i, P - len(pr):P] = torch.tensor(pr)
-        canvas = an + [tok.eos_token_id] * (GEN_LENGTH - len(an))
-        ids[i, P:] = torch.tensor(canvas)
-        am[i, P - len(pr):] = 1
-    return {"ids": ids.to(device), "am": am.to(device), "P": P}
-
-
-def dllm_loss(model, batch, mask_id: int, eos_id: int, gen: torch.Generator, prefix_frac: float = 0.0,
-              eq_frac: float = 0.0, forced_weight: float = 2.0, eps: float = 1e-3) -> torch.Tensor:
-    """LLaDA SFT loss. A fraction ``prefix_frac`` of the rows only mask at or after a random cut in
-    the answer (the states semi-autoregressive decoding visits: earlier tokens already committed)."""
-    ids, am, P = batch["ids"], batch["am"], batch["P"]
-    B = ids.shape[0]
-    u = torch.rand((), generator=gen).item()
-    t = ((u + torch.arange(B, dtype=torch.float32) / B) % 1.0)
-    t = (eps + (1 - eps) * t)[torch.randperm(B, generator=gen)]
-    canvas = ids[:, P:]
-    m = torch.rand(canvas.shape, generator=gen) < t[:, None]
-    if prefix_frac > 0:
-        ans_len = (canvas.cpu() != eos_id).sum(1)  # answer tokens before the EOS tail
-        cut = (torch.rand(B, generator=gen) * (ans_len + 1).float()).floor().long()
-        rows = torch.rand(B, generator=gen) < prefix_frac
-        eligible = torch.arange(canvas.shape[1])[None, :] >= cut[:, None]
-        m = torch.where(rows[:, None], m & eligible, m)
-    forced = torch.zeros_like(m)
-    if eq_frac > 0:
-        m, forced = _equation_focus(canvas.cpu(), m, eos_id, eq_frac, gen)
-    t, m, forced = t.to(ids.device), m.to(ids.device), forced.to(ids.device)
-    xt = ids.clone()
-    xt[:, P:] = torch.where(m, torch.full_like(canvas, mask_id), canvas)
-    logits = model(xt, attention_mask=am).logits[:, P:]
-    ce = F.cross_entropy(logits[m].float(), canvas[m], reduction="none")
-    w = torch.where(forced, torch.full_like(t[:, None].expand_as(m), forced_weight), (1.0 / t)[:, None].expand_as(m))[m]
-    return (ce * w).sum() / (B * GEN_LENGTH)
-
-
-def _equation_focus(canvas: torch.Tensor, m: torch.Tensor, eos_id: int, frac: float, gen: torch.Generator):
-    """Decode-state masking for a fraction of rows: for every other equation ``a op b = c .`` reveal
-    ``a op b =`` and mask ``c`` together with the next copy of it (next equation's ``a`` or the final
-    number), so the row carries clean "compute c from a op b" targets, as threshold decoding needs.
-    The canvas layout is 6 tokens per equation then ``#### N`` (tinygsm answers)."""
-    B, G = canvas.shape
-    m = m.clone()
-    forced = torch.zeros_like(m)
-    rows = (torch.rand(B, generator=gen) < frac).nonzero(as_tuple=True)[0].tolist()
-    ans_len = (canvas != eos_id).sum(1).tolist()
-    for r in rows:
-        n_eq = (ans_len[r] - 2) // 6
-        if n_eq < 1 or 6 * n_eq + 2 != ans_len[r]:
-            continue
-        parity = int(torch.randint(2, (1,), generator=gen))
-        for k in range(parity, n_eq, 2):
-            base = 6 * k
-            m[r, base:base + 4] = False  # a op b =
-            nxt = base + 6 if k + 1 < n_eq else 6 * n_eq + 1  # next equation's a, or the final N
-            for pos in (base + 4, nxt):
-                m[r, pos] = True
-                forced[r, pos] = True
-            if k + 1 == n_eq:
-                m[r, 6 * n_eq] = False  # keep "####" visible
-    return m, forced
-
-
-@torch.no_grad()
-def threshold_decode(model, tok, questions: Sequence[str], gen_length: int = GEN_LENGTH,
-                     block_length: int = BLOCK_LENGTH, threshold: float = THRESHOLD,
-                     batch_size: int = 100):
-    """Fast-dLLM-style parallel decoding. Returns (texts, nfe per problem)."""
-    model.eval()
-    device = next(model.parameters()).device
-    mask_id, pad_id, eos_id = tok.mask_token_id, tok.pad_token_id, tok.eos_token_id
-    texts: List[str] = []
-    nfes: List[int] = []
-    for start in range(0, len(questions), batch_size):
-        qs = questions[start:start + batch_size]
-        prompts = [tok.encode(tinygsm.format_prompt(q), add_special_tokens=False) for q in qs]
-        P = max(len(x) for x in prompts)
-        B = len(qs)
-        x = torch.full((B, P + gen_length), mask_id, dtype=torch.long, device=device)
-        am = torch.ones((B, P + gen_length), dtype=torch.long, device=device)
-        for i, pr in enumerate(prompts):
-            x[i, :P - len(pr)] = pad_id
-            am[i, :P - len(pr)] = 0
-            x[i, P - len(pr):P] = torch.tensor(pr, device=device)
-        nfe = torch.zeros(B, dtype=torch.long)
-        for b in range(gen_length // block_length):
-            s, e = P + b * block_length, P + (b + 1) * block_length
-            while True:
-                still = (x[:, s:e] == mask_id)
-                active = still.any(1).nonzero(as_tuple=True)[0]
-                if active.numel() == 0:
-                    break
-                logits = model(x[active], attention_mask=am[active]).logits[:, s:e].float()
-                logits[..., mask_id] = -float("inf")
-                logits[..., pad_id] = -float("inf")
-                conf, pred = torch.softmax(logits, dim=-1).max(-1)
-                blk_mask = still[active]
-                conf = torch.where(blk_mask, conf, torch.full_like(conf, -1.0))
-                commit = conf >= threshold
-                commit[torch.arange(active.numel()), conf.argmax(-1)] = True
-                commit &= blk_mask
-                sub = x[active, s:e]
-                sub[commit] = pred[commit]
-                x[active, s:e] = sub
-                nfe[active.cpu()] += 1
-        for i in range(B):
-            gen = x[i, P:].tolist()
-            if eos_id in gen:
-                gen = gen[:gen.index(eos_id)]
-            texts.append(tok.decode(gen, skip_special_tokens=True))
-        nfes += nfe.tolist()
-    return texts, nfes
-
-
-def score(problems: Sequence[dict], texts: Sequence[str]) -> float:
-    ok = sum(1 for p, t in zip(problems, texts) if tinygsm.extract_final(t) == int(p["final"]))
-    return ok / max(1, len(problems))
-
-
-def eval_dllm(model, tok, problems, batch_size=100) -> Dict[str, float]:
-    t0 = time.time()
-    texts, nfes = threshold_decode(model, tok, [p["question"] for p in problems], batch_size=batch_size)
-    model.train()
-    return {"acc": score(problems, texts), "nfe": sum(nfes) / len(nfes), "eval_s": time.time() - t0,
-            "example": texts[0]}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -260,7 +95,7 @@ def aux_loss(model, batch) -> torch.Tensor:
 
 
 @torch.no_grad()
-def eval_aux(model, tok, problems, max_new_tokens: int = 64) -> Dict[str, float]:
+def eval_aux(model, tok, problems, max_new_tokens: int = 128) -> Dict[str, float]:
     model.eval()
     t0 = time.time()
     texts, ntok = [], 0
@@ -301,6 +136,36 @@ def build(kind: str, args, tok):
     return LlamaForCausalLM(cfg)
 
 
+def init_from(model, tok, path: str) -> Dict[str, int]:
+    """Start ``model`` from an earlier checkpoint of the same architecture whose vocabulary may
+    differ: every weight is copied; embedding and output rows are matched by token *string*, so
+    tokens the old vocabulary lacked keep their fresh initialisation. Returns counts for the log."""
+    from transformers import AutoTokenizer
+    if path.endswith(".pt"):  # a snapshot of a run with this very vocabulary (train_tiny's snap_*.pt)
+        model.load_state_dict(torch.load(path, map_location="cpu"))
+        return {"tokens_matched": len(tok), "tokens_new": 0}
+    old_tok = AutoTokenizer.from_pretrained(path)
+    old = TinyLLaDAModelLM.from_pretrained(path, dtype=torch.float32)
+    old_sd, new_sd = old.state_dict(), model.state_dict()
+    old_vocab = old_tok.get_vocab()
+    matched = 0
+    with torch.no_grad():
+        for name, tensor in new_sd.items():
+            src = old_sd[name]
+            if name in ("wte.weight", "lm_head.weight"):
+                for t, i in tok.get_vocab().items():
+                    j = old_vocab.get(t)
+                    if j is not None:
+                        tensor[i].copy_(src[j])
+                        matched += name == "wte.weight"
+            else:
+                if src.shape != tensor.shape:
+                    raise SystemExit(f"--init-from: {name} has shape {tuple(src.shape)} there, "
+                                     f"{tuple(tensor.shape)} here: use the same --d-model/--layers")
+                tensor.copy_(src)
+    return {"tokens_matched": matched, "tokens_new": len(tok) - matched}
+
+
 def lr_at(step: int, args) -> float:
     if step < args.warmup:
         return args.lr * (step + 1) / args.warmup
@@ -338,7 +203,7 @@ def export(kind: str, args, tok, state: dict) -> None:
         from transformers import GenerationConfig
         GenerationConfig(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                          pad_token_id=tok.pad_token_id, do_sample=False,
-                         max_new_tokens=64).save_pretrained(out)
+                         max_new_tokens=128).save_pretrained(out)
 
     # reload exactly as users do and measure
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -361,6 +226,7 @@ def export(kind: str, args, tok, state: dict) -> None:
         "seed": args.seed,
         "hyperparameters": state["hparams"],
         "hyperparameters_per_session": state.get("hparams_history", []),
+        "init_from": state.get("init_from"),
         "steps_done": state["step"],
         "exported_step": chosen["step"],
         "exported_val_acc": chosen["acc"],
@@ -371,7 +237,7 @@ def export(kind: str, args, tok, state: dict) -> None:
                       "remasking": "low_confidence", "prompt": tinygsm.PROMPT_TEMPLATE,
                       "completion": "' ' + answer, then EOS padding to the canvas"}
                      if kind == "dllm" else
-                     {"greedy": True, "max_new_tokens": 64, "prompt": tinygsm.PROMPT_TEMPLATE}),
+                     {"greedy": True, "max_new_tokens": 128, "prompt": tinygsm.PROMPT_TEMPLATE}),
         "n_parameters": sum(p.numel() for p in m2.parameters()),
         "dir_size_bytes": size,
         "learning_curve": curve,
@@ -414,12 +280,23 @@ def main(argv=None) -> None:
     ap.add_argument("--forced-weight", type=float, default=2.0,
                     help="dllm: loss weight of the tokens forced masked by --eq-frac")
     ap.add_argument("--final-n", type=int, default=500, help="problems per final eval split")
+    ap.add_argument("--max-events", type=int, default=None,
+                    help="curriculum: train on problems with up to this many events (default: the task's)")
+    ap.add_argument("--max-groups", type=int, default=None,
+                    help="curriculum: ... and up to this many group events (default: the task's)")
+    ap.add_argument("--init-from", default=None,
+                    help="dllm: start a fresh run from this earlier checkpoint (weights matched by "
+                         "token string where the vocabulary changed); ignored on --resume")
     ap.add_argument("--ckpt-minutes", type=float, default=5.0)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--target", type=float, default=None, help="stop once val acc >= target")
     args = ap.parse_args(argv)
 
     kind = args.kind
+    if args.max_events is not None:  # curriculum: the training stream and the validation draw follow it
+        tinygsm.MAX_EVENTS = args.max_events
+    if args.max_groups is not None:
+        tinygsm.MAX_GROUP_EVENTS = args.max_groups
     defaults = {
         "dllm": dict(steps=6000, batch=64, lr=2e-3, d_model=128, layers=4, eval_every=300, threads=2),
         "aux": dict(steps=3000, batch=32, lr=3e-3, d_model=64, layers=2, eval_every=200, threads=1),
@@ -437,7 +314,8 @@ def main(argv=None) -> None:
     tok = build_dllm_tokenizer() if kind == "dllm" else build_aux_tokenizer()
     hparams = {k: getattr(args, k) for k in ("steps", "batch", "lr", "warmup", "min_lr_frac", "weight_decay",
                                                "d_model", "layers", "heads", "mlp_ratio", "eval_every",
-                                               "eval_n", "threads", "prefix_frac", "eq_frac", "forced_weight")}
+                                               "eval_n", "threads", "prefix_frac", "eq_frac", "forced_weight",
+                                               "max_events", "max_groups")}
     hparams.update(gen_length=GEN_LENGTH, vocab_size=len(tok), device=str(device))
     ckpt_path = work / "ckpt.pt"
     command = "python " + " ".join([os.path.relpath(__file__, REPO)] + sys.argv[1:])
@@ -462,6 +340,10 @@ def main(argv=None) -> None:
         gen.set_state(ck["gen_rng"])
         state = ck["state"]
         log(f"resumed from {ckpt_path} at step {state['step']}")
+    elif args.init_from and kind == "dllm" and not args.export_only:
+        info = init_from(model, tok, args.init_from)
+        state["init_from"] = dict(info, path=args.init_from)
+        log(f"initialised from {args.init_from}: {info}")
     state["commands"].append(command)
     if not args.export_only:  # record the hyper-parameters of every (resumed) training session
         state.setdefault("hparams_history", []).append(dict(hparams, from_step=state["step"]))

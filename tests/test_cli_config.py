@@ -21,7 +21,10 @@ from fastdllm_warmstart.cli import main
     ({"remask": "maybe"}, "expected true or false"),
     ({"remask_tau": "high"}, "expected a number"),
     ({"remask_schedule": "cosine"}, "choose one of linear, exp"),
-    ({"remask_max_revisions": 0}, "must be >= 1"),
+    ({"remask_max_revisions": 1}, "Unknown setting(s): remask_max_revisions"),
+    ({"factor": "-1"}, "factor=-1.0 is out of range"),
+    ({"factor": "many"}, "factor='many': expected a number"),
+    ({"loop_variant": "old"}, "choose one of auto, current, snapshot-2025-06"),
     ({"warm_nit": "embed"}, "Unknown setting(s): warm_nit"),
 ])
 def test_bad_settings_raise_config_error_with_fix(settings, hint):
@@ -55,6 +58,7 @@ def run_cli(args, **kw):
 @pytest.mark.parametrize("args, needle", [
     (["generate", "--prompt", "hi", "--alpha", "2"], "alpha=2.0 is out of range"),
     (["generate", "--prompt", "hi", "--gen-length", "50"], "multiple of block_length"),
+    (["generate", "--prompt", "hi", "--factor", "0"], "factor=0.0 is out of range"),
     (["generate", "--prompt", "hi", "--model", "/nonexistent/model"], "does not exist"),
     (["bench", "--data", "/nonexistent.jsonl"], "does not exist"),
 ])
@@ -73,7 +77,7 @@ def test_cli_unknown_flag_exits_2():
 def test_generate_json_cold_and_warm(random_model_dirs, capsys):
     args = ["generate", "--model", random_model_dirs["dllm"], "--prompt", "Tom has 7 apples. He buys 5 more.",
             "--prompt", "What is 3 + 4?", "--gen-length", "32", "--block-length", "16", "--json",
-            "--device", "cpu"]
+            "--device", "cpu", "--loop-variant", "current"]
     assert main(args) == 0
     cold = json.loads(capsys.readouterr().out)
     assert len(cold["results"]) == 2
@@ -81,9 +85,22 @@ def test_generate_json_cold_and_warm(random_model_dirs, capsys):
     assert cold["config"]["decode"]["gen_length"] == 32
     assert main(args + ["--warm-init", "token", "--rho", "1.0", "--aux-model", random_model_dirs["aux"]]) == 0
     warm = json.loads(capsys.readouterr().out)
-    assert all(r["proposal"] is not None for r in warm["results"])
-    # rho=1 fills the canvas with the proposal: the loop has nothing left to decode
-    assert all(r["warm"] and r["injected"] > 0 for r in warm["results"] if r["fallback"] is None)
+    # The random aux model still drafts text for every prompt: no row falls back to cold.
+    assert all(r["proposal"] is not None and r["warm"] and r["fallback"] is None for r in warm["results"])
+    # rho=1 fills the whole canvas with the proposal, so nothing is left to decode: each of the
+    # 32 / 16 = 2 blocks costs only its full forward (today's upstream loop).
+    assert all(r["injected"] == 32 and r["nfe"] == 2 for r in warm["results"])
+    # The decoding settings reach the loop: the June-2025 loop runs a cached step after each full
+    # forward (2 x 2 blocks), and a large factor commits many tokens per step.
+    assert main(args + ["--warm-init", "token", "--rho", "1.0", "--aux-model", random_model_dirs["aux"],
+                        "--loop-variant", "snapshot-2025-06"]) == 0
+    snapshot = json.loads(capsys.readouterr().out)
+    assert snapshot["config"]["decode"]["loop_variant"] == "snapshot-2025-06"
+    assert all(r["nfe"] == 4 for r in snapshot["results"])
+    assert main(args + ["--factor", "6"]) == 0
+    factor = json.loads(capsys.readouterr().out)
+    assert factor["config"]["decode"]["factor"] == 6.0
+    assert all(f["nfe"] < c["nfe"] for f, c in zip(factor["results"], cold["results"]))
 
 
 def test_make_data_cli(tmp_path, capsys):
@@ -102,12 +119,18 @@ def test_bench_smoke_and_resume(random_model_dirs, tmp_path, capsys):
     printed = capsys.readouterr().out
     result = json.loads(out.read_text())
     modes = [r["mode"] for r in result["records"]]
-    assert modes == ["aux_only", "baseline", "token", "token+remask", "embed", "embed+remask"]
+    assert modes == ["aux_only", "baseline", "token", "token+revoke", "token+remask", "embed", "embed+remask"]
     for rec in result["records"]:
         assert rec["n"] == 4
         assert {"accuracy", "accuracy_flexible", "wall_s"} <= rec.keys()
         if rec["mode"] != "aux_only":
             assert {"mean_nfe", "dllm_s", "aux_s", "nfe_reduction"} <= rec.keys()
+            # two blocks of 16, one forward each at best (today's upstream count, no checkout)
+            assert rec["nfe_floor"] == 2 and rec["mean_nfe"] >= 2
+            assert rec["nfe_over_floor"] == pytest.approx(rec["mean_nfe"] / 2)
+            assert rec["tokens_per_forward"] == pytest.approx(32 / rec["mean_nfe"])
+    assert result["config"]["token+remask"]["remask"]["rule"] == "chain"
+    assert result["config"]["token+revoke"]["remask"]["rule"] == "revoke"
     assert result["records"][1]["aux_s"] == 0.0 and result["records"][2]["aux_s"] > 0
     assert "torch" in result["versions"] and result["config"]["embed"]["warm"]["alpha"] == 0.6
     assert "baseline" in printed and (tmp_path / "plot.png").stat().st_size > 1000
@@ -120,6 +143,60 @@ def test_bench_smoke_and_resume(random_model_dirs, tmp_path, capsys):
     for a, b in zip(result["records"], again["records"]):
         if a["mode"] != "aux_only":
             assert (a["accuracy"], a["mean_nfe"]) == (b["accuracy"], b["mean_nfe"])
+
+
+def test_shuffle_permutation_has_no_fixed_point():
+    from fastdllm_warmstart.bench import shuffle_permutation
+
+    for n in (2, 3, 10, 500):
+        perm = shuffle_permutation(n, seed=0)
+        assert sorted(perm) == list(range(n)) and all(p != i for i, p in enumerate(perm))
+    assert shuffle_permutation(50, 1) == shuffle_permutation(50, 1) != shuffle_permutation(50, 2)
+    with pytest.raises(ValueError, match="at least 2 problems"):
+        shuffle_permutation(1, 0)
+
+
+def test_bench_shuffle_proposals_gives_each_problem_another_draft(random_model_dirs, tmp_path, capsys):
+    """With gold answers as proposals and rho=1 the answer *is* the proposal: unshuffled every
+    row is right; --shuffle-proposals gives every row another problem's gold, recorded in the
+    JSON, and a resume with another --batch-size is refused (it would change answers)."""
+    from fastdllm_warmstart.scoring import score
+    from fastdllm_warmstart.tasks.tinygsm import format_prompt
+
+    problems = [{"question": f"Tom has {n} apples. How many apples does Tom have now?",
+                 "answer": f"Tom has {n} apples now .\n#### {n}"} for n in (3, 14, 25, 36, 47)]
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(p) + "\n" for p in problems))
+    proposals = tmp_path / "gold.jsonl"
+    proposals.write_text("".join(json.dumps({"prompt": format_prompt(p["question"]), "proposal": p["answer"]})
+                                 + "\n" for p in problems))
+    preset = tmp_path / "preset.json"
+    preset.write_text(json.dumps([{"mode": "baseline", "settings": {}},
+                                  {"mode": "gold", "settings": {"warm_init": "token", "rho": 1.0}}]))
+    out = tmp_path / "bench.json"
+    args = ["bench", "--model", random_model_dirs["dllm"], "--data", str(data), "--proposals", str(proposals),
+            "--preset", str(preset), "--batch-size", "2", "--gen-length", "32", "--block-length", "16",
+            "--json", str(out), "--quiet"]
+
+    def gold_rows():
+        rows = [json.loads(line) for line in out.with_suffix(".partial.jsonl").read_text().splitlines()[1:]]
+        return {r["index"]: r["answer"] for r in rows if r["mode"] == "gold"}
+
+    assert main(args) == 0
+    plain = json.loads(out.read_text())
+    assert plain["shuffle_proposals"] is None and plain["records"][-1]["accuracy"] == 1.0
+    assert main(args + ["--shuffle-proposals", "3"]) == 0
+    shuffled = json.loads(out.read_text())
+    perm = shuffled["shuffle_proposals"]["permutation"]
+    assert shuffled["shuffle_proposals"]["seed"] == 3 and sorted(perm) == list(range(5))
+    for i, answer in gold_rows().items():
+        assert perm[i] != i
+        assert score(answer, problems[perm[i]]["answer"])[0] and not score(answer, problems[i]["answer"])[0]
+    assert shuffled["records"][-1]["accuracy"] == 0.0
+    assert shuffled["fingerprint"] != plain["fingerprint"]
+    capsys.readouterr()
+    assert main(args + ["--shuffle-proposals", "3", "--resume", "--batch-size", "1"]) == 2
+    assert "--batch-size" in capsys.readouterr().err
 
 
 def test_thread_setting(tiny_model):

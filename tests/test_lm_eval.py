@@ -113,6 +113,12 @@ def test_upstream_model_args_keep_upstream_meaning():
     assert EvalSettings.from_model_args({}).run.decode.cache == "none"  # upstream eval default
     assert EvalSettings.from_model_args({"use_cache": True}).run.decode.cache == "prefix"
     assert EvalSettings.from_model_args({"threshold": "0.9"}).run.decode.threshold == 0.9
+    # upstream eval_llada.py's factor: the factor rule, which wins over a threshold
+    both = EvalSettings.from_model_args({"factor": "1.5", "threshold": "0.9"}).run.decode
+    assert (both.factor, both.commit_rule) == (1.5, "factor")
+    assert EvalSettings.from_model_args({"factor": "1.0"}).run.decode.commit_rule == "factor"
+    assert EvalSettings.from_model_args({"loop_variant": "snapshot-2025-06"}).run.decode.loop_variant \
+        == "snapshot-2025-06"
 
 
 def test_our_model_args_pass_through():
@@ -132,6 +138,8 @@ def test_our_model_args_pass_through():
     ({"dual_cache": True}, "dual_cache=True needs use_cache=True"),
     ({"use_cache": True, "cache": "none"}, "contradicts"),
     ({"threshold": "high"}, "threshold='high': expected a number"),
+    ({"factor": "0"}, "factor=0.0 is out of range"),
+    ({"loop_variant": "2024"}, "loop_variant='2024' is not valid"),
     ({"gen_length": 30, "block_length": 8}, "must be a multiple of block_length"),
     ({"dtype": "float99"}, "dtype='float99' is not a torch dtype"),
     ({"show_speed": "maybe"}, "show_speed='maybe': expected true or false"),
@@ -275,6 +283,14 @@ def test_changed_settings_do_not_reuse_answers(model_path, tmp_path):
     other.generate_until(gen_requests(prompts))
     assert other.get_model_info()["llada_warmstart"]["speed"]["tinygsm"]["cached"] == 0
     assert len(AnswerStore(save, 0).load()) == 4
+    # The batch size decides answers on models that ignore padding (upstream LLaDA): a new key.
+    third = make_lm(model_path, save_dir=save, batch_size=1)
+    third.generate_until(gen_requests(prompts))
+    assert third.get_model_info()["llada_warmstart"]["speed"]["tinygsm"]["cached"] == 0
+    assert len(AnswerStore(save, 0).load()) == 6
+    again = make_lm(model_path, save_dir=save, batch_size=1)
+    again.generate_until(gen_requests(prompts))
+    assert again.get_model_info()["llada_warmstart"]["speed"]["tinygsm"]["cached"] == 2
 
 
 # ----------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ applied to a temporary copy and the hook's functions are compared with upstream'
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import json
 import os
 import re
@@ -146,24 +147,51 @@ def _tiny_model(tmp_path):
     return model, tok
 
 
-@pytest.mark.parametrize("threshold", [None, 0.9])
-def test_hook_matches_upstream_generate(patched, tmp_path, threshold, monkeypatch):
+@pytest.mark.parametrize("rule", [dict(threshold=None), dict(threshold=0.9), dict(threshold=0.2),
+                                  dict(factor=1.0)])
+def test_hook_matches_upstream_generate(patched, tmp_path, rule, monkeypatch):
+    """Same tokens and the same NFE as the checkout's own functions. Checkouts that decode
+    batches (today's upstream) get a batch, and upstream's NFE for a batch is its forward calls;
+    step_callback sees the same step indices."""
+    from fastdllm_warmstart.upstream import detect_loop_variant
+
     dst, _ = patched
     for name in [k for k in os.environ if k.startswith("FASTDLLM_WARMSTART_")]:
         monkeypatch.delenv(name)
     llada = dst / "llada"
     upstream = _load("fdl_upstream_generate", llada / "generate.py", llada)
     hook = _load("fdl_warmstart_hook", llada / "warmstart_hook.py", llada)
+    if "factor" in rule and not hasattr(upstream, "get_transfer_index_dynamic"):
+        pytest.skip("this checkout has no factor rule")
     model, tok = _tiny_model(tmp_path)
-    prompt = torch.tensor([tok("Question: Tom has 7 apples . He buys 5 more . How many ?\nAnswer:")
-                           ["input_ids"]])
-    kwargs = dict(steps=16, gen_length=16, block_length=8, temperature=0.0,
-                  remasking="low_confidence", mask_id=tok.mask_token_id, threshold=threshold)
-    for fn in ("generate", "generate_with_prefix_cache", "generate_with_dual_cache"):
+    questions = ["Tom has 7 apples . He buys 5 more . How many ?",
+                 "Amy has 9 pens . She loses 4 pens . How many ?",
+                 "Sam has 3 cups . He gets 8 more . How many now ?"]
+    rows = [tok(f"Question: {q}\nAnswer:")["input_ids"] for q in questions]
+    width = min(len(r) for r in rows)
+    batched = detect_loop_variant((llada / "generate.py").read_text()) == "current"
+    prompt = torch.tensor([r[-width:] for r in rows][:3 if batched else 1])
+    kwargs = dict(steps=32, gen_length=32, block_length=8, temperature=0.0,
+                  remasking="low_confidence", mask_id=tok.mask_token_id, **rule)
+    fn_cache = {"generate": "none", "generate_with_prefix_cache": "prefix",
+                "generate_with_dual_cache": "dual"}
+    for fn in fn_cache:
         x_up, nfe_up = getattr(upstream, fn)(model, prompt, **kwargs)
-        x_ws, nfe_ws = getattr(hook, fn)(model, prompt, **kwargs)
+        steps = []
+        x_ws, nfe_ws = getattr(hook, fn)(model, prompt, step_callback=steps.append, **kwargs)
         assert torch.equal(x_up, x_ws), fn
         assert nfe_up == nfe_ws, fn
+        assert steps == list(range(nfe_ws)), fn
+        if batched and rule.get("threshold") == 0.2:  # rows are slowest in different blocks here
+            from fastdllm_warmstart import generate as engine_generate
+
+            per_row = engine_generate(model, prompt, cache=fn_cache[fn], use_upstream=False, **{
+                k: v for k, v in kwargs.items() if k != "temperature"}).nfe
+            assert nfe_up > int(per_row.max()), fn
+        if "step_callback" in inspect.signature(getattr(upstream, fn)).parameters:
+            seen = []
+            getattr(upstream, fn)(model, prompt, step_callback=seen.append, **kwargs)
+            assert seen == steps, fn
 
 
 def test_hook_warm_start_from_environment(patched, tmp_path, monkeypatch):

@@ -8,42 +8,100 @@ import torch
 
 from conftest import VOCAB
 from fastdllm_warmstart import generate
-from fastdllm_warmstart.upstream import UpstreamError, _import_checkout, find_upstream, llada_dir
+from fastdllm_warmstart.upstream import (UpstreamError, _import_checkout, detect_loop_variant,
+                                         detect_replace_position_rows, find_upstream, llada_dir)
 
 FAKE_GENERATE = textwrap.dedent('''
-    from model.modeling_llada import LLaDAModelLM  # resolved relative to the checkout, as upstream
+    from {dot}model.modeling_llada import LLaDAModelLM  # both import styles occur upstream
     CALLS = []
 
     def get_transfer_index(logits, temperature, remasking, mask_index, x, num_transfer_tokens, threshold=None):
         import fastdllm_warmstart.engine.transfer as t
         CALLS.append(threshold)
         return t.get_transfer_index(logits, temperature, remasking, mask_index, x, num_transfer_tokens, threshold)
+
+    def get_transfer_index_dynamic(logits, temperature, remasking, mask_index, x, num_transfer_tokens, factor=1):
+        import fastdllm_warmstart.engine.transfer as t
+        CALLS.append(("factor", factor))
+        return t.get_transfer_index_dynamic(logits, temperature, remasking, mask_index, x, None, factor)
+''')
+
+# Hand-written loop skeletons (not upstream code) in the two shapes the detector must tell apart.
+LOOP_CHECK_FIRST = textwrap.dedent('''
+    def generate_with_dual_cache(model, prompt):
+        for block in range(3):
+            full_forward()
+            while True:
+                if no_masks_left():
+                    break
+                cached_forward()
+''')
+LOOP_FORWARD_FIRST = textwrap.dedent('''
+    def generate_with_prefix_cache(model, prompt):
+        for block in range(3):
+            full_forward()
+            while True:
+                cached_forward()
+                if no_masks_left():
+                    break
 ''')
 
 
 @pytest.fixture
 def fake_checkout(tmp_path):
-    def make(layout):
-        root = tmp_path / layout
+    def make(layout, relative=False, modeling="class LLaDAModelLM:\n    pass\n", extra=""):
+        root = tmp_path / f"{layout}{'-rel' if relative else ''}"
         llada = root / ("v1/llada" if layout == "v2" else "llada")
         (llada / "model").mkdir(parents=True)
-        (llada / "generate.py").write_text(FAKE_GENERATE)
+        (llada / "generate.py").write_text(FAKE_GENERATE.format(dot="." if relative else "") + extra)
         (llada / "model" / "__init__.py").write_text("")
-        (llada / "model" / "modeling_llada.py").write_text("class LLaDAModelLM:\n    pass\n")
+        (llada / "model" / "modeling_llada.py").write_text(modeling)
         return root
     _import_checkout.cache_clear()
     yield make
     _import_checkout.cache_clear()
-    for name in ("model", "model.modeling_llada", "fast_dllm_upstream_generate"):
-        sys.modules.pop(name, None)  # the fake must not leak into other tests
+    for name in list(sys.modules):
+        if name in ("model", "model.modeling_llada") or name.startswith("fast_dllm_upstream_"):
+            sys.modules.pop(name, None)  # the fake must not leak into other tests
 
 
+@pytest.mark.parametrize("relative", [False, True])
 @pytest.mark.parametrize("layout", ["v1", "v2"])
-def test_finds_both_layouts(fake_checkout, layout):
-    root = fake_checkout(layout)
+def test_finds_both_layouts_and_import_styles(fake_checkout, layout, relative):
+    root = fake_checkout(layout, relative=relative)
     assert llada_dir(root) is not None
     up = find_upstream(str(root))
     assert up.get_transfer_index is not None and up.model_class.__name__ == "LLaDAModelLM"
+    assert up.get_transfer_index_dynamic is not None
+
+
+def test_detects_the_loop_variant_and_replace_position_rows():
+    assert detect_loop_variant(LOOP_CHECK_FIRST) == "current"
+    assert detect_loop_variant(LOOP_FORWARD_FIRST) == "snapshot-2025-06"
+    assert detect_loop_variant("def generate(model, prompt):\n    pass\n") is None
+    assert detect_loop_variant("def broken(:") is None
+    per_row = "for b in range(n):\n    idx = replace_position[b].nonzero()\n"
+    pooled = "idx = replace_position.nonzero(as_tuple=True)[1]\n"
+    assert detect_replace_position_rows(per_row) == "batch"
+    assert detect_replace_position_rows(pooled) == "shared"
+    assert detect_replace_position_rows("no cache here") == "batch"
+
+
+def test_checkout_variant_is_followed(fake_checkout, monkeypatch, tiny_model):
+    """loop_variant=auto reproduces the found checkout's loop; an explicit value wins."""
+    root = fake_checkout("v1", extra=LOOP_FORWARD_FIRST,
+                         modeling="def attend(replace_position):\n"
+                                  "    return replace_position.nonzero(as_tuple=True)[1]\n"
+                                  "class LLaDAModelLM:\n    pass\n")
+    monkeypatch.setenv("FAST_DLLM_PATH", str(root))
+    up = find_upstream()
+    assert (up.loop_variant, up.replace_position_rows) == ("snapshot-2025-06", "shared")
+    kw = dict(steps=32, gen_length=32, block_length=8, threshold=0.3, cache="dual")
+    prompt = torch.randint(4, VOCAB, (1, 7), generator=torch.Generator().manual_seed(1))
+    auto = generate(tiny_model, prompt, **kw)
+    assert auto.loop_variant == "snapshot-2025-06" and auto.total_nfe == 8
+    assert generate(tiny_model, prompt, loop_variant="current", **kw).total_nfe == 4
+    assert generate(tiny_model, prompt, use_upstream=False, **kw).loop_variant == "current"
 
 
 def test_env_var_and_bad_path(fake_checkout, monkeypatch, tmp_path):
@@ -67,6 +125,8 @@ def test_generate_uses_upstream_commit_rule_when_found(fake_checkout, monkeypatc
     prompt = torch.randint(4, VOCAB, (1, 5), generator=torch.Generator().manual_seed(0))
     out = generate(tiny_model, prompt, steps=16, gen_length=16, block_length=8, threshold=0.9, cache="dual")
     assert len(up.generate_module.CALLS) == out.total_nfe > 0
+    factor = generate(tiny_model, prompt, steps=16, gen_length=16, block_length=8, factor=1.5, cache="dual")
+    assert up.generate_module.CALLS[out.total_nfe:] == [("factor", 1.5)] * factor.total_nfe
     monkeypatch.delenv("FAST_DLLM_PATH")
     plain = generate(tiny_model, prompt, steps=16, gen_length=16, block_length=8, threshold=0.9, cache="dual")
     assert torch.equal(out.sequences, plain.sequences)
@@ -82,9 +142,8 @@ def test_loads_llada_checkpoint_through_checkout(tmp_path):
     from fastdllm_warmstart.tokenization import build_dllm_tokenizer
 
     up = find_upstream()
-    cfg_mod = sys.modules["model.configuration_llada"]
     tok = build_dllm_tokenizer()
-    cfg = cfg_mod.LLaDAConfig(
+    cfg = up.config_class(
         d_model=32, n_heads=2, n_layers=1, mlp_hidden_size=64, vocab_size=len(tok), embedding_size=len(tok),
         block_type="llama", rope=True, mask_token_id=tok.mask_token_id, eos_token_id=tok.eos_token_id,
         pad_token_id=tok.eos_token_id, max_sequence_length=256, include_bias=False, weight_tying=False,
@@ -96,4 +155,4 @@ def test_loads_llada_checkpoint_through_checkout(tmp_path):
     assert model.config.mask_token_id == tok.mask_token_id
     for cache in ("none", "prefix", "dual"):
         runner = WarmStartRunner(model, tokenizer, configs_from_flat(cache=cache, gen_length=16, block_length=8))
-        assert runner.generate(["Question: Tom has 3 apples.\nAnswer:"])[0].nfe >= 2
+        assert runner.generate(["Question: Tom has 3 apples.\nAnswer:"])[0].nfe >= 1

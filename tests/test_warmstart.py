@@ -5,9 +5,10 @@ import math
 import pytest
 import torch
 
-from conftest import MASK, VOCAB, make_tiny_model
+from conftest import EOS, MASK, PAD, VOCAB, make_tiny_model
 from fastdllm_warmstart import DecodeCallback, RemaskConfig, configs_from_flat, generate
-from fastdllm_warmstart.warmstart import (ConfidenceRemask, EmbeddingInterpolation, ResidualContext,
+from fastdllm_warmstart.models import TinyLLaDAConfig, TinyLLaDAModelLM
+from fastdllm_warmstart.warmstart import (ConfidenceRemask, EmbeddingInterpolation,
                                           TokenInjection, build_callbacks, hashed_uniform)
 
 G = 32
@@ -141,15 +142,31 @@ def test_interpolation_reaches_model_at_exact_positions(tiny_model, cache, sched
     assert fed > 0
 
 
-def test_interpolation_changes_predictions_toward_prior(tiny_model):
-    """alpha=1 feeds exactly E[prior]: at interpolated positions the model sees the prior token."""
-    spy = EmbedSpy(tiny_model)
-    props = proposals_for(1)
-    generate(spy, prompts_for(1), steps=G, gen_length=G, block_length=8, threshold=0.9, cache="none",
-             callbacks=[EmbeddingInterpolation(props, alpha=1.0)])
-    first = spy.calls[0]["inputs_embeds"]
-    table = tiny_model.get_input_embeddings().weight
-    assert torch.allclose(first[0, -G:], table[props[0]], atol=1e-6)
+def echo_model():
+    """A tiny model whose prediction at a position is the token its input embedding is closest
+    to (tied, large embeddings; near-zero blocks), so the direction of a prediction is known."""
+    torch.manual_seed(0)
+    cfg = TinyLLaDAConfig(vocab_size=VOCAB, d_model=32, n_layers=1, n_heads=2, init_std=0.02,
+                          mask_token_id=MASK, eos_token_id=EOS, pad_token_id=PAD)
+    model = TinyLLaDAModelLM(cfg).eval()
+    with torch.no_grad():
+        model.wte.weight.normal_(0, 1.0)
+        model.lm_head.weight.copy_(model.wte.weight)
+    return model
+
+
+@pytest.mark.parametrize("cache", ["none", "prefix", "dual"])
+def test_interpolation_changes_predictions_toward_prior(cache):
+    """Fed 0.4 E[mask] + 0.6 E[prior], the model predicts the prior (and commits it at once);
+    cold, from E[mask] alone, it almost never does."""
+    model = echo_model()
+    props, prompts = proposals_for(2), prompts_for(2)
+    kw = dict(steps=G, gen_length=G, block_length=8, threshold=0.9, cache=cache)
+    cold = generate(model, prompts, **kw)
+    warm = generate(model, prompts, callbacks=[EmbeddingInterpolation(props, alpha=0.6)], **kw)
+    assert (warm.generated == props).float().mean() > 0.95
+    assert (cold.generated == props).float().mean() < 0.2
+    assert int(warm.nfe.max()) < int(cold.nfe.min())
 
 
 class CommitAudit(DecodeCallback):
@@ -172,25 +189,38 @@ class CommitAudit(DecodeCallback):
         self.violations += int((state.x[self.model_tokens] == MASK).sum())
 
 
+class RevisionAudit(DecodeCallback):
+    def on_finish(self, state):
+        self.max_revisions = int(state.revisions.max())
+
+
 @pytest.mark.parametrize("warm_init", ["token", "embed"])
 @pytest.mark.parametrize("cache", ["none", "prefix", "dual"])
 def test_remask_never_touches_model_tokens_and_terminates(tiny_model, warm_init, cache):
-    # tau=1, p=1: maximal skepticism, every unconfirmed prior is revoked on sight.
-    config = configs_from_flat(warm_init=warm_init, rho=0.7, remask=True, remask_tau=1.0,
-                               remask_p_init=1.0, remask_confirm=1.0, cache=cache, gen_length=G,
-                               block_length=8)
-    props = proposals_for(4)
-    audit = CommitAudit()
-    out = generate(tiny_model, prompts_for(4), steps=G, gen_length=G, block_length=8, threshold=0.9,
-                   cache=cache, callbacks=build_callbacks(config, props) + [audit])
+    """Priors of every fate in one run: revoked, confirmed, and kept unconfirmed (the model
+    neither rejects them below tau nor confirms them, or the p(t) draw spared them)."""
+    config = configs_from_flat(warm_init=warm_init, rho=0.7, remask=True, remask_rule="revoke",
+                               remask_tau=0.2, remask_p_init=0.5, remask_confirm=0.5, cache=cache,
+                               gen_length=G, block_length=8)
+    prompts = prompts_for(4)
+    # Half of each proposal is the model's own cold answer (priors it can confirm), half random.
+    props = generate(tiny_model, prompts, steps=G, gen_length=G, block_length=8, threshold=0.9,
+                     cache=cache).generated.clone()
+    props[:, ::2] = proposals_for(4)[:, ::2]
+    audit, revisions = CommitAudit(), RevisionAudit()
+    out = generate(tiny_model, prompts, steps=G, gen_length=G, block_length=8, threshold=0.9,
+                   cache=cache, callbacks=build_callbacks(config, props) + [audit, revisions])
     assert audit.violations == 0
     assert (out.generated != MASK).all()
-    revoked = out.stats["revoked"]
-    assert revoked.sum() > 0
+    revoked, confirmed = out.stats["revoked"], out.stats["confirmed"]
+    assert revoked.sum() > 0 and confirmed.sum() > 0
+    assert revisions.max_revisions == 1  # a revoked position is never a candidate again
     if warm_init == "token":
-        assert torch.equal(revoked + out.stats["injected_left"], out.stats["injected"])
-    # bounded: at most one revision per position, so at most one extra step per position
-    assert int(out.nfe.max()) <= G + int(revoked.max()) + 2 * (G // 8)
+        kept = out.stats["injected_left"]
+        assert torch.equal(revoked + kept, out.stats["injected"])
+        assert (kept - confirmed).sum() > 0  # unconfirmed priors that survived
+    # every step commits a token and each position is revoked at most once
+    assert int(out.nfe.max()) <= G + int(revoked.max())
 
 
 def test_remask_spares_confirmed_and_likely_priors():
@@ -241,31 +271,131 @@ def test_a_callback_that_never_stops_revoking_is_caught(tiny_model):
                  callbacks=[Saboteur()])
 
 
+class ForwardLog(DecodeCallback):
+    """Per forward: the window, the canvas there before the forward, and the logits after it."""
+
+    def __init__(self):
+        self.steps = []
+
+    def before_forward(self, state):
+        self.steps.append({"window": state.window, "x": state.window_view(state.x).clone()})
+
+    def after_forward(self, state):
+        self.steps[-1]["logits"] = state.logits.clone()
+
+
 @pytest.mark.parametrize("cache", ["none", "prefix", "dual"])
-def test_residual_context_feeds_soft_embeddings(tiny_model, cache):
+@pytest.mark.parametrize("start", ["zeros", "reference", "embed-draft"])
+def test_residual_context_feeds_rcd_inputs(tiny_model, cache, start):
+    """RCD as published: every forward receives, at each masked position the model has predicted,
+    (1 - a) E[mask] + a sum_j p_j E_j with p = softmax(logits / T_res) of its latest prediction
+    there and a = H(p) / log V (uncertain positions get the most); unmasked positions get their own
+    embedding. Before a position is predicted the stream holds its start: plain [MASK] (zeros), the
+    reference model's prediction (reference), or the aux draft's interpolation (embed warm start)."""
+    from fastdllm_warmstart.residual import ResidualContext
+
+    t_res = 0.8
     spy = EmbedSpy(tiny_model)
-    config = configs_from_flat(residual=True, residual_strength=0.5)
-    out = generate(spy, prompts_for(2), steps=G, gen_length=G, block_length=8, threshold=0.95,
-                   cache=cache, callbacks=[ResidualContext(config.residual)])
-    assert spy.calls[0]["inputs_embeds"] is None  # nothing to feed back before the first forward
-    assert any(c["inputs_embeds"] is not None for c in spy.calls[1:])
+    log = ForwardLog()
+    reference = make_tiny_model(seed=5)
+    callbacks = []
+    draft = proposals_for(1)
+    if start == "embed-draft":
+        callbacks.append(EmbeddingInterpolation(draft, alpha=0.6))
+    callbacks += [ResidualContext(t_res=t_res, start="reference" if start == "reference" else "zeros",
+                                  reference=reference), log]
+    out = generate(spy, prompts_for(1), steps=G, gen_length=G, block_length=8, threshold=0.95,
+                   cache=cache, callbacks=callbacks)
+    table = tiny_model.get_input_embeddings().weight.detach()  # (V, C)
+    L = out.sequences.shape[1]
+    P = L - G
+    residual, weight, has = torch.zeros((L, table.shape[1])), torch.zeros(L), torch.zeros(L, dtype=torch.bool)
+
+    def remember(logits, cols, masked):
+        probs = torch.softmax(logits.float() / t_res, dim=-1)  # (W, V)
+        entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1)
+        c = cols[masked]
+        residual[c] = (probs @ table)[masked]
+        weight[c] = (entropy / math.log(VOCAB))[masked]
+        has[c] = True
+
+    if start == "reference":
+        x0 = torch.cat([torch.tensor(prompts_for(1)), torch.full((1, G), MASK)], dim=1)
+        with torch.no_grad():
+            remember(reference(x0).logits[0], torch.arange(L), x0[0] == MASK)
+    assert len(spy.calls) == len(log.steps)
+    mixed_positions = 0
+    for call, step in zip(spy.calls, log.steps):
+        (w0, w1), x = step["window"], step["x"][0]
+        cols = torch.arange(w0, w1)
+        masked = x == MASK
+        expected = table[x].clone()
+        if start == "embed-draft":
+            prior = torch.full((L,), -1)
+            prior[P:] = draft[0]
+            fed = masked & (prior[w0:w1] >= 0)
+            expected[fed] = 0.4 * table[MASK] + 0.6 * table[prior[w0:w1].clamp(min=0)][fed]
+        use = masked & has[w0:w1]
+        a = weight[w0:w1].unsqueeze(-1)
+        expected[use] = ((1 - a) * table[x] + a * residual[w0:w1])[use]
+        mixed_positions += int(use.sum())
+        got = call["inputs_embeds"][0] if call["inputs_embeds"] is not None else table[x]
+        assert torch.allclose(got, expected, atol=1e-5)
+        remember(step["logits"][0], cols, masked)
+    assert mixed_positions > 0
+    if start == "reference":
+        assert spy.calls[0]["inputs_embeds"] is not None  # the stream starts before the first forward
     assert (out.generated != MASK).all()
 
 
-def test_warm_start_batch_equals_one_by_one(tiny_model64):
-    props = proposals_for(3)
-    props[1] = -1
-    prompts = prompts_for(3)
-    for warm_init in ("token", "embed"):
-        config = configs_from_flat(warm_init=warm_init, rho=0.5, remask=True, remask_tau=0.9,
-                                   gen_length=G, block_length=8)
-        batch = generate(tiny_model64, prompts, steps=G, gen_length=G, block_length=8, threshold=0.9,
-                         callbacks=build_callbacks(config, props))
-        for r in range(3):
-            one = generate(tiny_model64, [prompts[r]], steps=G, gen_length=G, block_length=8,
-                           threshold=0.9, callbacks=build_callbacks(config, props[r:r + 1]))
-            assert torch.equal(batch.generated[r], one.generated[0])
-            assert int(batch.nfe[r]) == int(one.nfe[0])
+def test_residual_weights_uncertain_positions_most():
+    from fastdllm_warmstart.residual import residual_inputs
+
+    table = torch.eye(4)
+    logits = torch.tensor([[[10.0, 0, 0, 0], [0.0, 0, 0, 0]]])  # confident, uniform
+    a, d = residual_inputs(logits, table)
+    assert a[0, 0] < 0.01 and a[0, 1] == pytest.approx(1.0)
+    assert torch.allclose(d[0, 1], torch.full((4,), 0.25))
+    a_sharp, _ = residual_inputs(torch.tensor([[[1.0, 0, 0, 0]]]), table, t_res=0.5)
+    a_flat, _ = residual_inputs(torch.tensor([[[1.0, 0, 0, 0]]]), table, t_res=1.0)
+    assert a_sharp < a_flat  # T_res < 1 sharpens: less residual
+
+
+# Remask with p(t) = 1 throughout (exp schedule, decay 1): a prior the model doubts at any step
+# is revoked, so judging a row that is done (and only rides along) would change it.
+CALLBACK_SETTINGS = {
+    "token": dict(warm_init="token", rho=0.5),
+    "token+remask": dict(warm_init="token", rho=0.5, remask=True, remask_rule="revoke", remask_tau=0.5,
+                         remask_confirm=0.95, remask_schedule="exp", remask_decay=1.0),
+    "embed": dict(warm_init="embed", alpha=0.6),
+    "embed-block_first+remask": dict(warm_init="embed", alpha=0.6, embed_schedule="block_first",
+                                     remask=True, remask_rule="revoke", remask_tau=0.5,
+                                     remask_confirm=0.95, remask_schedule="exp", remask_decay=1.0),
+    "residual": dict(residual=True),
+    "token+remask-default-rule": dict(warm_init="token", rho=0.5, remask=True),  # draft verifier
+}
+
+
+@pytest.mark.parametrize("variant", ["current", "snapshot-2025-06"])
+@pytest.mark.parametrize("cache", ["none", "prefix", "dual"])
+@pytest.mark.parametrize("mode", CALLBACK_SETTINGS)
+def test_every_callback_is_batch_invariant(tiny_model64, mode, cache, variant):
+    """A row decodes the same alone and in a batch, whichever callback runs: rows whose block is
+    done ride along inactive and no callback may change them (or learn from their forwards)."""
+    prompts = prompts_for(4)
+    kw = dict(steps=G, gen_length=G, block_length=8, threshold=0.9, cache=cache, loop_variant=variant)
+    # Half of each draft is the model's own cold answer, so priors of every fate occur (kept,
+    # confirmed, revoked) and rows that are done still hold unconfirmed priors a hook could touch.
+    props = generate(tiny_model64, prompts, **kw).generated.clone()
+    props[:, ::2] = proposals_for(4)[:, ::2]
+    props[1] = -1  # a cold row among warm ones
+    config = configs_from_flat(gen_length=G, block_length=8, **CALLBACK_SETTINGS[mode])
+    batch = generate(tiny_model64, prompts, callbacks=build_callbacks(config, props), **kw)
+    assert len(set(batch.nfe.tolist())) > 1  # rows do finish at different steps
+    for r in range(4):
+        one = generate(tiny_model64, [prompts[r]], callbacks=build_callbacks(config, props[r:r + 1]), **kw)
+        assert torch.equal(batch.generated[r], one.generated[0]), r
+        assert int(batch.nfe[r]) == int(one.nfe[0]), r
 
 
 def test_bad_proposal_shape_is_a_clear_error(tiny_model):
@@ -280,8 +410,9 @@ def test_remask_judges_priors_through_a_masked_input(tiny_model, cache):
     (their verdict is a real prediction); injected tokens of later blocks stay visible."""
     spy = EmbedSpy(tiny_model)
     props = proposals_for(1)
-    config = configs_from_flat(warm_init="token", rho=1.0, remask=True, remask_p_init=0.0,
-                               remask_confirm=1.0, gen_length=G, block_length=8, cache=cache)
+    config = configs_from_flat(warm_init="token", rho=1.0, remask=True, remask_rule="revoke",
+                               remask_p_init=0.0, remask_confirm=1.0, gen_length=G, block_length=8,
+                               cache=cache)
     rec = WindowRecorder()
     generate(spy, prompts_for(1), steps=G, gen_length=G, block_length=8, threshold=0.9, cache=cache,
              callbacks=build_callbacks(config, props) + [rec])

@@ -180,6 +180,7 @@ class AuxProposer:
         self.batch_size = batch_size
         self.use_chat_template = _resolve_chat_template(tokenizer, chat_template)
         self.cache = cache
+        self.show_progress = True  # a progress bar while drafting more than one batch
         self.device = _place_model(model, device)
         _prepare_tokenizer(tokenizer)
 
@@ -188,8 +189,11 @@ class AuxProposer:
                         config: AuxConfig, device: Any = "cpu", dtype: Any = None,
                         cache: Optional[ProposalCache] = None) -> "AuxProposer":
         """Load a local causal LM + tokenizer (``path=None``: the embedded ``tiny-aux``)."""
+        from ..verbosity import quiet_loading
+
         model_dir, model_id = _resolve_model_path(path)
-        model, tokenizer = _load_local(model_dir, dtype)
+        with quiet_loading():
+            model, tokenizer = _load_local(model_dir, dtype)
         return cls(model, tokenizer, target_tokenizer, model_id=model_id,
                    max_new_tokens=config.aux_max_new_tokens, batch_size=config.aux_batch_size,
                    chat_template=config.aux_chat_template, cache=cache, device=device)
@@ -245,7 +249,7 @@ class AuxProposer:
         generation_config = _greedy_generation_config(self.model, self.tokenizer, max_new_tokens)
         drafts: List[_Draft] = []
         with tqdm(total=len(prompts), desc="aux proposals", unit="prompt", leave=False,
-                  disable=len(prompts) <= self.batch_size) as bar:
+                  disable=len(prompts) <= self.batch_size or not self.show_progress) as bar:
             for batch in _chunks(prompts, self.batch_size):
                 drafts += self._draft_batch(batch, generation_config)
                 bar.update(len(batch))
@@ -377,7 +381,9 @@ def _resolve_model_path(path: Optional[PathLike]) -> Tuple[str, str]:
                 f"aux_model={str(path)!r} is a directory without config.json; point aux_model at "
                 f"a saved Hugging Face causal LM (model.save_pretrained + "
                 f"tokenizer.save_pretrained).")
-        return str(local), f"{local.resolve()}@{model_fingerprint(local)}"
+        # The path as given, not resolved: cache lines and result files carry no machine layout
+        # (the fingerprint already tells two models apart).
+        return str(local), f"{path}@{model_fingerprint(local)}"
     if local.exists() or local.is_absolute() or str(path).startswith((".", "~")):
         raise FileNotFoundError(
             f"aux_model={str(path)!r} is not a model directory; pass a local directory holding a "

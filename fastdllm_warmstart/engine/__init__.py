@@ -2,13 +2,14 @@
 
 from .cache import CACHE_STRATEGIES, CacheStrategy, DualCache, NoCache, PrefixCache, make_cache_strategy
 from .callbacks import EVENTS, CallbackList, DecodeCallback, EventRecorder
-from .loop import GenerateOutput, generate, resolve_special_ids
+from .loop import GenerateOutput, StepCallback, generate, resolve_loop_variant, resolve_special_ids
 from .state import DecodeState
-from .transfer import get_transfer_index, num_transfer_schedule, resolve_transfer_fn
+from .transfer import (get_transfer_index, get_transfer_index_dynamic, num_transfer_schedule,
+                       resolve_transfer_fn)
 
 __all__ = [
     "CACHE_STRATEGIES", "CacheStrategy", "DualCache", "NoCache", "PrefixCache", "make_cache_strategy",
-    "EVENTS", "CallbackList", "DecodeCallback", "EventRecorder", "GenerateOutput", "generate",
-    "resolve_special_ids", "DecodeState", "get_transfer_index", "num_transfer_schedule",
-    "resolve_transfer_fn",
+    "EVENTS", "CallbackList", "DecodeCallback", "EventRecorder", "GenerateOutput", "StepCallback",
+    "generate", "resolve_loop_variant", "resolve_special_ids", "DecodeState", "get_transfer_index",
+    "get_transfer_index_dynamic", "num_transfer_schedule", "resolve_transfer_fn",
 ]

@@ -6,10 +6,13 @@ They reproduce exactly what upstream Fast-dLLM recomputes:
 * ``prefix`` step 0 runs the whole canvas and keeps the keys/values of everything before the
   block; later steps run the block *and everything after it* against that prefix cache.
 * ``dual``   step 0 runs the whole canvas and keeps all keys/values; later steps run only the
-  block, replacing its keys/values in the cache (``replace_position``), the suffix stays cached.
+  block, replacing its keys/values in the cache (``replace_position``, a ``(B, L)`` mask as
+  today's upstream passes it; ``(1, L)`` for the June-2025 model, which reads the columns of all
+  rows together), the suffix stays cached.
 
-Upstream's cached loops always run at least one cached step after step 0, even when step 0 has
-already filled the block; ``min_block_steps`` encodes that so NFE matches upstream's count.
+``min_block_steps`` is the number of forwards a block costs even when step 0 fills it: 1 in
+today's upstream (its cached loops check for remaining masks before each cached forward), and 2
+for the cached strategies of the June-2025 snapshot, which always ran one cached step after step 0.
 """
 
 from __future__ import annotations
@@ -20,10 +23,16 @@ import torch
 
 from .state import DecodeState
 
+SNAPSHOT_2025_06 = "snapshot-2025-06"
+
 
 class CacheStrategy:
     name = "base"
-    min_block_steps = 1
+    cached = False  # True: forwards after step 0 reuse step 0's keys/values
+
+    def __init__(self, loop_variant: str = "current") -> None:
+        # The June-2025 cached loops always ran one cached forward after the full one.
+        self.min_block_steps = 2 if (self.cached and loop_variant == SNAPSHOT_2025_06) else 1
 
     def reset(self) -> None:
         pass
@@ -43,7 +52,6 @@ class CacheStrategy:
 
 class NoCache(CacheStrategy):
     name = "none"
-    min_block_steps = 1
 
     def window(self, state: DecodeState) -> Tuple[int, int]:
         return 0, state.x.shape[1]
@@ -56,9 +64,10 @@ class NoCache(CacheStrategy):
 
 class PrefixCache(CacheStrategy):
     name = "prefix"
-    min_block_steps = 2
+    cached = True
 
-    def __init__(self) -> None:
+    def __init__(self, loop_variant: str = "current") -> None:
+        super().__init__(loop_variant)
         self.past: Optional[List[Tuple[torch.Tensor, torch.Tensor]]] = None
 
     def reset(self) -> None:
@@ -80,9 +89,13 @@ class PrefixCache(CacheStrategy):
 
 class DualCache(CacheStrategy):
     name = "dual"
-    min_block_steps = 2
+    cached = True
 
-    def __init__(self) -> None:
+    def __init__(self, loop_variant: str = "current", replace_position_rows: str = "batch") -> None:
+        super().__init__(loop_variant)
+        if replace_position_rows not in ("batch", "shared"):
+            raise ValueError(f"replace_position_rows={replace_position_rows!r}: use 'batch' or 'shared'.")
+        self.replace_position_rows = replace_position_rows
         self.past: Optional[List[Tuple[torch.Tensor, torch.Tensor]]] = None
         self.replace_position: Optional[torch.Tensor] = None
 
@@ -99,8 +112,12 @@ class DualCache(CacheStrategy):
         if state.block_step == 0:
             out = self._call(state, inputs, use_cache=True)
             self.past = out.past_key_values
-            # One row suffices: blocks sit at the same columns in every (left-padded) row.
-            self.replace_position = torch.zeros((1, state.x.shape[1]), dtype=torch.bool, device=state.x.device)
+            # Blocks sit at the same columns in every (left-padded) row. Models derived from
+            # newer Fast-dLLM replace each row from its own mask row, so every row gets one;
+            # the June-2025 model pools the columns of all rows and needs a single row.
+            rows = state.x.shape[0] if self.replace_position_rows == "batch" else 1
+            self.replace_position = torch.zeros((rows, state.x.shape[1]), dtype=torch.bool,
+                                                device=state.x.device)
             self.replace_position[:, state.block_start:state.block_end] = True
             return out.logits  # (B, L, V)
         out = self._call(state, inputs, past_key_values=self.past, use_cache=True,
@@ -113,8 +130,11 @@ class DualCache(CacheStrategy):
 CACHE_STRATEGIES = {"none": NoCache, "prefix": PrefixCache, "dual": DualCache}
 
 
-def make_cache_strategy(name: str) -> CacheStrategy:
-    try:
-        return CACHE_STRATEGIES[name]()
-    except KeyError:
-        raise ValueError(f"Unknown cache mode {name!r}; choose one of {', '.join(CACHE_STRATEGIES)}.") from None
+def make_cache_strategy(name: str, loop_variant: str = "current",
+                        replace_position_rows: str = "batch") -> CacheStrategy:
+    """The strategy for cache mode ``name`` as the given upstream loop variant runs it."""
+    if name not in CACHE_STRATEGIES:
+        raise ValueError(f"Unknown cache mode {name!r}; choose one of {', '.join(CACHE_STRATEGIES)}.")
+    if name == "dual":
+        return DualCache(loop_variant, replace_position_rows)
+    return CACHE_STRATEGIES[name](loop_variant)

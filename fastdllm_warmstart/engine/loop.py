@@ -9,32 +9,38 @@ Algorithm (the numbers recur as comments in :func:`generate`):
       evenly over ``steps / num_blocks`` steps.
    b. Each step: the cache strategy picks the window the forward covers; ``before_forward``
       hooks may supply input embeddings; one forward (one NFE); ``after_forward``.
-   c. Commit by upstream's rule among the block's masked positions (threshold: all with
-      confidence >= threshold, at least the most confident one; else the schedule's top-k).
-      [MASK]/[PAD] are never committed.
-   d. ``after_commit`` hooks may revoke prior tokens back to [MASK].
-   e. Stop the block once it has no mask left and the strategy's minimum number of forwards
-      ran (cached strategies always run one cached step after the full one, as upstream does).
+   c. Commit by upstream's rule among the block's masked positions (factor: the top n while the
+      n-th confidence clears 1 - factor/(n+1); threshold: all with confidence >= threshold, at
+      least the most confident one; else the schedule's top-k). [MASK]/[PAD] are never committed.
+   d. ``after_commit`` hooks may revoke prior tokens back to [MASK] (an upstream-style
+      ``step_callback(step_idx)`` runs last, here).
+   e. Stop the block once no row has a mask left in it and the strategy's minimum number of
+      forwards ran: 1 in today's upstream loop, whose cached loops check for masks before each
+      cached forward (a block the full forward completes costs 1 forward); 2 for the cached
+      strategies of the June-2025 snapshot (``loop_variant="snapshot-2025-06"``).
    f. ``on_block_end``; with ``early_stop``, rows whose answer ended in EOS are closed.
 3. ``on_finish``; return the canvas and per-row NFE.
 
 A row's NFE counts the forwards it needed: those while its block still had masks, plus the
-strategy's minimum per block. For a batch of one it equals upstream's counter.
+strategy's minimum per block; ``total_nfe`` counts forward calls for the whole batch, which is
+upstream's counter (for a batch of one the two are equal). Rows carried along by a batch after
+their block is done are marked inactive (``state.active``) and nothing of theirs changes.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 
 from ..config import DecodeConfig
 from .cache import make_cache_strategy
-from .callbacks import DecodeCallback, as_callback_list
+from .callbacks import CallbackList, DecodeCallback, as_callback_list
 from .state import DecodeState
-from .transfer import get_transfer_index, num_transfer_schedule, resolve_transfer_fn, suppress_ids
+from .transfer import (BUILTIN_RULES, num_transfer_schedule, resolve_transfer_fn,
+                       suppress_ids)
 
 logger = logging.getLogger(__name__)
 
@@ -47,10 +53,45 @@ class GenerateOutput:
     prompt_width: int              # P: generated tokens are sequences[:, P:]
     attention_mask: Optional[torch.Tensor]  # (B, P + gen_length) or None
     stats: Dict[str, torch.Tensor]  # per-row counters (injected, revoked, ...)
+    loop_variant: str = "current"  # the upstream loop reproduced ("auto" resolved)
 
     @property
     def generated(self) -> torch.Tensor:
         return self.sequences[:, self.prompt_width:]
+
+    def __iter__(self):
+        """``x, nfe = generate(...)`` unpacks as upstream's return value (canvas, forward calls)."""
+        return iter((self.sequences, self.total_nfe))
+
+
+class StepCallback(DecodeCallback):
+    """Adapts upstream's ``step_callback(step_idx)``: called after every step's commit with the
+    0-based index of that step over the whole generation (upstream's ``step_idx``)."""
+
+    def __init__(self, fn: Callable[[int], None]):
+        if not callable(fn):
+            raise TypeError(f"step_callback must be callable, got {type(fn).__name__}.")
+        self.fn = fn
+
+    def after_commit(self, state: DecodeState) -> None:
+        self.fn(state.step)
+
+
+def resolve_loop_variant(requested: str = "auto", upstream=None) -> str:
+    """``auto`` -> the variant of the found checkout (``upstream``), else ``current``."""
+    if requested != "auto":
+        return requested
+    if upstream is not None and upstream.loop_variant is not None:
+        return upstream.loop_variant
+    return "current"
+
+
+def _replace_position_rows(model, upstream) -> str:
+    """``shared`` only for a model class from a checkout whose model pools the rows' columns."""
+    if (upstream is not None and upstream.model_class is not None
+            and isinstance(model, upstream.model_class)):
+        return upstream.replace_position_rows
+    return getattr(model, "replace_position_rows", "batch")
 
 
 def _config_id(model, name: str) -> Optional[int]:
@@ -123,7 +164,8 @@ def _close_finished_rows(state: DecodeState) -> None:
 
 def _commit(state: DecodeState, transfer_fn, config: DecodeConfig, schedule: Optional[torch.Tensor],
             banned: Sequence[int]) -> None:
-    """Step 2c: upstream's commit rule on the window's logits."""
+    """Step 2c: upstream's commit rule on the window's logits (``transfer_fn`` is the rule in
+    force: the factor rule when ``config.factor`` is set, else the threshold/schedule rule)."""
     w0, _ = state.window
     x_win = state.window_view(state.x)  # (B, W) view into the canvas
     cols = torch.arange(w0, state.window[1], device=state.x.device)
@@ -136,12 +178,16 @@ def _commit(state: DecodeState, transfer_fn, config: DecodeConfig, schedule: Opt
         k = schedule[:, state.block_step]
     else:  # only reachable when hooks revoked tokens after the schedule ran out
         k = torch.ones(state.batch_size, dtype=torch.long, device=state.x.device)
-    if transfer_fn is get_transfer_index:
+    if config.factor is not None:
+        k, last = None, config.factor  # upstream passes no counts to the factor rule
+    else:
+        last = config.threshold
+    if transfer_fn in BUILTIN_RULES:
         x0, transfer = transfer_fn(logits, config.temperature, config.remasking, mask_index, x_win,
-                                   k, config.threshold, generator=state.generator)
+                                   k, last, generator=state.generator)
     else:
         x0, transfer = transfer_fn(logits, config.temperature, config.remasking, mask_index, x_win,
-                                   k, config.threshold)
+                                   k, last)
     transfer = transfer & mask_index
     x_win[transfer] = x0[transfer]
     state.x0, state.transfer = x0, transfer
@@ -151,39 +197,57 @@ def _commit(state: DecodeState, transfer_fn, config: DecodeConfig, schedule: Opt
 def generate(model, prompt: Union[torch.Tensor, Sequence[Sequence[int]]], steps: Optional[int] = 128,
              gen_length: int = 128, block_length: int = 128, temperature: float = 0.0,
              remasking: str = "low_confidence", mask_id: Optional[int] = None,
-             threshold: Optional[float] = None, cache: str = "dual",
-             callbacks: Optional[Sequence[DecodeCallback]] = None, *,
+             threshold: Optional[float] = None, factor: Optional[float] = None,
+             step_callback: Optional[Callable[[int], None]] = None, *, cache: str = "dual",
+             callbacks: Optional[Sequence[DecodeCallback]] = None, loop_variant: str = "auto",
              attention_mask: Optional[torch.Tensor] = None, tokenizer=None,
              eos_id: Optional[int] = None, pad_id: Optional[int] = None, early_stop: bool = False,
              seed: int = 0, use_upstream: bool = True, fast_dllm_path: Optional[str] = None,
              transfer_fn=None) -> GenerateOutput:
-    """Fast-dLLM decoding with callbacks; upstream's argument names and defaults.
+    """Fast-dLLM decoding with callbacks; upstream's argument names, order and defaults.
 
     Args:
         model: a mask predictor with ``forward(input_ids | inputs_embeds, past_key_values,
             use_cache, replace_position) -> .logits`` (upstream ``LLaDAModelLM`` or ours).
         prompt: (B, P) token ids, or a list of B id lists of any lengths (left-padded here).
-        steps: total steps of the fixed schedule (used when ``threshold`` is None); None means
-            ``gen_length``. Must be a multiple of the number of blocks.
+        steps: total steps of the fixed schedule (used when ``threshold`` and ``factor`` are
+            None); None means ``gen_length``. Must be a multiple of the number of blocks.
         gen_length, block_length: canvas length and semi-autoregressive block size.
         temperature, remasking, threshold: upstream's commit rule settings.
         mask_id: [MASK] id; None reads it from the model config (or ``tokenizer``).
+        factor: upstream's factor rule (``get_transfer_index_dynamic``); when set it is the
+            commit rule and ``threshold`` is not used, as upstream.
+        step_callback: upstream's hook, called as ``step_callback(step_idx)`` after every step.
         cache: ``'none'``, ``'prefix'`` or ``'dual'``.
         callbacks: :class:`DecodeCallback` objects, called in order.
+        loop_variant: ``'current'`` (today's upstream), ``'snapshot-2025-06'`` (the June-2025
+            release: cached loops always run one cached step after the full one) or ``'auto'``
+            (the found checkout's, else current); the resolved value is ``output.loop_variant``.
         attention_mask: (B, P) for an already left-padded prompt tensor.
         eos_id, pad_id: default from the model config / tokenizer.
         early_stop: close a row once its answer ended with EOS (fills the rest with EOS).
         seed: seeds the generator handed to callbacks (and our sampler when temperature > 0).
-        use_upstream / fast_dllm_path: use a Fast-dLLM checkout's ``get_transfer_index``
-            when one is found (``FAST_DLLM_PATH`` or ``sys.path``).
-        transfer_fn: override the commit rule (same signature as upstream's).
+        use_upstream / fast_dllm_path: use a Fast-dLLM checkout's commit functions and loop
+            variant when one is found (``FAST_DLLM_PATH`` or ``sys.path``).
+        transfer_fn: override the commit rule in force (upstream's signature for that rule).
+
+    Returns a :class:`GenerateOutput`; ``x, nfe = generate(...)`` also works, as upstream.
     """
     config = DecodeConfig(gen_length=gen_length, block_length=block_length, steps=steps,
                           temperature=temperature, remasking=remasking, threshold=threshold,
-                          cache=cache, early_stop=early_stop)
+                          factor=factor, cache=cache, loop_variant=loop_variant,
+                          early_stop=early_stop)
     mask, eos, pad = resolve_special_ids(model, tokenizer, mask_id, eos_id, pad_id)
+    upstream = None
+    if use_upstream:
+        from ..upstream import find_upstream
+
+        upstream = find_upstream(fast_dllm_path)
     if transfer_fn is None:
-        transfer_fn, _ = resolve_transfer_fn(use_upstream, fast_dllm_path)
+        transfer_fn, _ = resolve_transfer_fn(upstream is not None, fast_dllm_path,
+                                             rule="factor" if factor is not None else "threshold",
+                                             upstream=upstream)
+    variant = resolve_loop_variant(config.loop_variant, upstream)
     device = next(model.parameters()).device
     fill = pad if pad is not None else (eos if eos is not None else mask)
     ids, prompt_mask = _prepare_prompt(prompt, attention_mask, fill, device)
@@ -214,8 +278,10 @@ def generate(model, prompt: Union[torch.Tensor, Sequence[Sequence[int]]], steps:
         finished=torch.zeros(B, dtype=torch.bool, device=device),
     )
     hooks = as_callback_list(callbacks)
+    if step_callback is not None:  # upstream's hook runs after every other after_commit
+        hooks = CallbackList(list(hooks) + [StepCallback(step_callback)])
     hooks.reset()
-    strategy = make_cache_strategy(config.cache)
+    strategy = make_cache_strategy(config.cache, variant, _replace_position_rows(model, upstream))
     # Never commit [MASK]; nor a dedicated [PAD] (LLaDA's pad *is* its EOS, which must stay).
     banned = sorted({mask} | ({pad} if pad is not None and pad != eos else set()))
     steps_per_block = config.resolved_steps // config.num_blocks
@@ -231,14 +297,15 @@ def generate(model, prompt: Union[torch.Tensor, Sequence[Sequence[int]]], steps:
         state.block_end = state.block_start + config.block_length
         hooks.fire("on_block_start", state)
         schedule = None
-        if config.threshold is None:
+        if config.commit_rule == "schedule":
             block_mask = state.x[:, state.block_start:state.block_end] == mask
             schedule = num_transfer_schedule(block_mask, steps_per_block)  # (B, steps_per_block)
         while True:
-            # 2b. One forward over the strategy's window.
+            # 2b. One forward over the strategy's window. Rows whose block is done ride along
+            # inactive: the forward does not count for them and hooks must leave them alone.
             state.window = strategy.window(state)
-            needed = ~state.finished & ((state.block_masks() > 0)
-                                        | (state.block_step < strategy.min_block_steps))
+            state.active = ~state.finished & ((state.block_masks() > 0)
+                                              | (state.block_step < strategy.min_block_steps))
             state.inputs_embeds = None
             hooks.fire("before_forward", state)
             if state.inputs_embeds is not None:
@@ -247,8 +314,7 @@ def generate(model, prompt: Union[torch.Tensor, Sequence[Sequence[int]]], steps:
                 inputs = {"input_ids": state.window_view(state.x)}
             state.logits = strategy.forward(state, inputs)  # (B, W, V)
             state.inputs_embeds = None
-            state.active = needed
-            state.nfe += needed.long()
+            state.nfe += state.active.long()
             state.total_nfe += 1
             hooks.fire("after_forward", state)
             # 2c. Commit; 2d. hooks may revoke.
@@ -264,7 +330,7 @@ def generate(model, prompt: Union[torch.Tensor, Sequence[Sequence[int]]], steps:
             if state.block_step >= max_block_steps:
                 raise RuntimeError(
                     f"Block {block} did not finish in {max_block_steps} steps: a callback keeps "
-                    "revoking tokens. Bound its revisions (e.g. remask_max_revisions).")
+                    "revoking tokens; a callback must not revoke a position forever.")
         # 2f. Block end.
         hooks.fire("on_block_end", state)
         if config.early_stop:
@@ -279,8 +345,10 @@ def generate(model, prompt: Union[torch.Tensor, Sequence[Sequence[int]]], steps:
         stats["injected_left"] = state.injected[:, P:].sum(1)
     if state.revisions is not None:
         stats["revoked"] = state.revisions[:, P:].sum(1)
+    if state.confirmed is not None:
+        stats["confirmed"] = state.confirmed[:, P:].sum(1)
     for key, value in state.extras.items():
         if isinstance(value, torch.Tensor) and value.shape[:1] == (B,):
             stats[key] = value
     return GenerateOutput(sequences=state.x, nfe=state.nfe, total_nfe=state.total_nfe,
-                          prompt_width=P, attention_mask=full_mask, stats=stats)
+                          prompt_width=P, attention_mask=full_mask, stats=stats, loop_variant=variant)

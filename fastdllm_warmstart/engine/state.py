@@ -52,7 +52,10 @@ class DecodeState:
 
     # Accounting.
     nfe: Optional[torch.Tensor] = None    # (B,) long: forwards each row needed
-    active: Optional[torch.Tensor] = None  # (B,) bool: rows the current forward counts for
+    # (B,) bool: rows the current forward counts for, set before ``before_forward``. False for a row
+    # whose block is done (or that stopped early) and only rides along with its batch: hooks must
+    # leave such a row unchanged, so that it decodes as it would alone.
+    active: Optional[torch.Tensor] = None
     total_nfe: int = 0                    # forward calls made (upstream's counter)
     finished: Optional[torch.Tensor] = None  # (B,) bool: rows stopped early
     extras: dict = field(default_factory=dict)  # free space for third-party hooks

@@ -1,10 +1,15 @@
-"""The commit rule: which masked positions receive a token this step.
+"""The commit rules: which masked positions receive a token this step.
 
-The rule is upstream Fast-dLLM's (``get_transfer_index`` in ``llada/generate.py``): with a
-``threshold``, commit every masked position whose confidence >= threshold and always the single
-most confident one; without, commit the ``k`` most confident positions of a fixed schedule.
-When a Fast-dLLM checkout is found, :func:`resolve_transfer_fn` returns upstream's own function
-so the threshold decoder stays upstream's; this module's vectorised equivalent serves otherwise.
+The rules are upstream Fast-dLLM's (``llada/generate.py``):
+
+* ``get_transfer_index`` with a ``threshold``: commit every masked position whose confidence
+  >= threshold and always the single most confident one; without one, the ``k`` most confident
+  positions of a fixed schedule.
+* ``get_transfer_index_dynamic`` with a ``factor``: sort the masked positions by confidence and
+  commit the first ``n`` while the n-th confidence clears ``1 - factor / (n + 1)`` (at least one).
+
+When a Fast-dLLM checkout is found, :func:`resolve_transfer_fn` returns upstream's own functions
+so the commit decisions stay upstream's; this module's vectorised equivalents serve otherwise.
 """
 
 from __future__ import annotations
@@ -36,11 +41,9 @@ def num_transfer_schedule(mask_index: torch.Tensor, steps: int) -> torch.Tensor:
     return base + (ramp < remainder).long()  # (B, steps)
 
 
-def get_transfer_index(logits: torch.Tensor, temperature: float, remasking: str,
-                       mask_index: torch.Tensor, x: torch.Tensor,
-                       num_transfer_tokens: Optional[torch.Tensor], threshold: Optional[float] = None,
-                       generator: Optional[torch.Generator] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Upstream's rule, batch-vectorised. Returns ``(x0, transfer_index)``, both ``(B, W)``."""
+def _candidates(logits: torch.Tensor, temperature: float, remasking: str, mask_index: torch.Tensor,
+                x: torch.Tensor, generator: Optional[torch.Generator]):
+    """Proposed tokens, confidences (-inf off the mask) and each column's confidence rank."""
     x0 = torch.argmax(add_gumbel_noise(logits, temperature, generator), dim=-1)  # (B, W)
     if remasking == "low_confidence":
         p = F.softmax(logits.to(torch.float64), dim=-1)
@@ -56,11 +59,49 @@ def get_transfer_index(logits: torch.Tensor, temperature: float, remasking: str,
     order = torch.sort(confidence, dim=-1, descending=True, stable=True).indices  # (B, W)
     rank = torch.empty_like(order)
     rank.scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+    return x0, confidence, rank
+
+
+def get_transfer_index(logits: torch.Tensor, temperature: float, remasking: str,
+                       mask_index: torch.Tensor, x: torch.Tensor,
+                       num_transfer_tokens: Optional[torch.Tensor], threshold: Optional[float] = None,
+                       generator: Optional[torch.Generator] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Upstream's rule, batch-vectorised. Returns ``(x0, transfer_index)``, both ``(B, W)``."""
+    x0, confidence, rank = _candidates(logits, temperature, remasking, mask_index, x, generator)
     if threshold is None:
         k = num_transfer_tokens.reshape(-1, 1).to(rank.device)  # (B, 1)
         transfer = (rank < k) & mask_index
     else:
         transfer = mask_index & ((rank == 0) | (confidence >= threshold))
+    return x0, transfer
+
+
+def get_transfer_index_dynamic(logits: torch.Tensor, temperature: float, remasking: str,
+                               mask_index: torch.Tensor, x: torch.Tensor,
+                               num_transfer_tokens: Optional[torch.Tensor] = None, factor: float = 1.0,
+                               generator: Optional[torch.Generator] = None
+                               ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Upstream's factor rule, batch-vectorised; ``num_transfer_tokens`` is unused (as upstream).
+
+    With ``m`` masked positions sorted by confidence ``c_1 >= c_2 >= ...``: let ``j`` be the first
+    1-based rank with ``c_j < 1 - factor / (j + 1)`` (rank 1 never fails). Commit the top ``j - 1``;
+    upstream's loop also commits everything when no rank fails *or* when only the last one
+    (``j = m``) fails, and so does this function, so the two agree token for token.
+    """
+    x0, confidence, rank = _candidates(logits, temperature, remasking, mask_index, x, generator)
+    B, W = confidence.shape
+    masked = mask_index.sum(dim=1)  # (B,) m
+    ordered = torch.sort(confidence, dim=-1, descending=True).values  # (B, W), masked first
+    n = torch.arange(1, W + 1, device=confidence.device, dtype=torch.float64)  # (W,) 1-based rank
+    bar = 1.0 - factor / (n + 1.0)
+    bar[0] = -1.0  # the most confident position always passes
+    cols = torch.arange(W, device=confidence.device)
+    fails = (ordered < bar) & (cols < masked.unsqueeze(1))  # (B, W)
+    first_fail = fails.long().argmax(dim=1)  # (B,) 0-based index of the first failing rank
+    count = torch.where(fails.any(dim=1), first_fail, masked - 1)
+    count = torch.where((count == 0) | (count == masked - 1), count + 1, count)
+    count = torch.where(masked == 0, torch.zeros_like(count), count)  # (B,)
+    transfer = (rank < count.unsqueeze(1)) & mask_index
     return x0, transfer
 
 
@@ -85,13 +126,24 @@ def suppress_ids(logits: torch.Tensor, mask_index: torch.Tensor,
     return fixed
 
 
-def resolve_transfer_fn(prefer_upstream: bool = True,
-                        fast_dllm_path: Optional[str] = None) -> Tuple[TransferFn, str]:
-    """Upstream's ``get_transfer_index`` when a Fast-dLLM checkout is found, else ours."""
-    if prefer_upstream:
-        from ..upstream import find_upstream
+BUILTIN_RULES = (get_transfer_index, get_transfer_index_dynamic)
 
-        upstream = find_upstream(fast_dllm_path)
-        if upstream is not None and upstream.get_transfer_index is not None:
-            return upstream.get_transfer_index, f"upstream:{upstream.root}"
-    return get_transfer_index, "builtin"
+
+def resolve_transfer_fn(prefer_upstream: bool = True, fast_dllm_path: Optional[str] = None,
+                        rule: str = "threshold", upstream=None) -> Tuple[TransferFn, str]:
+    """The commit function of ``rule`` (``threshold``: threshold/schedule, ``factor``: dynamic):
+    upstream's own when a Fast-dLLM checkout is found (``upstream``, else looked up) and has it,
+    else ours. Returns ``(function, source)``."""
+    if rule not in ("threshold", "factor"):
+        raise ValueError(f"rule={rule!r}: use 'threshold' or 'factor'.")
+    if prefer_upstream:
+        if upstream is None:
+            from ..upstream import find_upstream
+
+            upstream = find_upstream(fast_dllm_path)
+        fn = None
+        if upstream is not None:
+            fn = upstream.get_transfer_index if rule == "threshold" else upstream.get_transfer_index_dynamic
+        if fn is not None:
+            return fn, f"upstream:{upstream.root}"
+    return (get_transfer_index if rule == "threshold" else get_transfer_index_dynamic), "builtin"

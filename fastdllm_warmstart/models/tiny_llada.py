@@ -19,6 +19,14 @@ KV-cache semantics (the ones the prefix and dual cache strategies rely on):
 
 Positions come from ``attention_mask`` when one is given (``cumsum(mask) - 1``), so a left-padded
 row sees exactly the positions it would see alone; padded keys are never attended to.
+
+Leave-one-out verification (``fastdllm_warmstart.priors.loo``) adds *transient* queries: with
+``replace_position`` selecting ``n < T`` columns, the last ``T - n`` inputs are extra tokens whose
+keys/values take part in this forward only (appended after the cache, never stored), at the
+positions given by ``position_ids`` (``(B, T - n)``), and ``attention_bias`` (bool
+``(B or 1, 1, T, S + T - n)``, True = may attend) says which keys each query sees. Without a cache
+the same two arguments apply to the whole input (``position_ids`` ``(B, T)``, ``attention_bias``
+``(B or 1, 1, T, T)``), combined with the padding mask.
 """
 
 from __future__ import annotations
@@ -128,7 +136,8 @@ class Block(nn.Module):
         self.rotary = RotaryEmbedding(self.head_dim, config.rope_theta)
 
     def forward(self, x: torch.Tensor, q_pos: torch.Tensor, key_mask: Optional[torch.Tensor],
-                layer_past: Optional[KV], replace_cols: Optional[torch.Tensor]) -> Tuple[torch.Tensor, KV]:
+                layer_past: Optional[KV], replace_cols: Optional[torch.Tensor],
+                n_transient: int = 0) -> Tuple[torch.Tensor, KV]:
         B, T, C = x.shape
         q, k, v = self.qkv(self.attn_norm(x)).split(C, dim=-1)
         q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, Dh)
@@ -142,15 +151,28 @@ class Block(nn.Module):
                 k = torch.cat((past_k, k), dim=2)
                 v = torch.cat((past_v, v), dim=2)
             else:
+                n = T - n_transient
                 full_k, full_v = past_k.clone(), past_v.clone()
-                full_k[:, :, replace_cols] = k
-                full_v[:, :, replace_cols] = v
-                k, v = full_k, full_v
-        attn_mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, S)
+                full_k[:, :, replace_cols] = k[:, :, :n]
+                full_v[:, :, replace_cols] = v[:, :, :n]
+                if n_transient:  # transient keys join this forward only
+                    k = torch.cat((full_k, k[:, :, n:]), dim=2)
+                    v = torch.cat((full_v, v[:, :, n:]), dim=2)
+                    cached = (full_k, full_v)
+                else:
+                    k, v = full_k, full_v
+        if key_mask is None:
+            attn_mask = None
+        elif key_mask.dim() == 2:
+            attn_mask = key_mask[:, None, None, :]  # (B, 1, 1, S)
+        else:
+            attn_mask = key_mask  # (B, 1, T, S)
         att = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, H, T, Dh)
         x = x + self.attn_out(att.transpose(1, 2).reshape(B, T, C))
         gate, up = self.gate_up(self.mlp_norm(x)).chunk(2, dim=-1)
         x = x + self.down(F.silu(gate) * up)
+        if n_transient and layer_past is not None and replace_cols is not None:
+            return x, cached
         return x, (k, v)
 
 
@@ -200,6 +222,8 @@ class TinyLLaDAModelLM(PreTrainedModel):
         past_key_values: Optional[Sequence[KV]] = None,
         use_cache: Optional[bool] = None,
         replace_position: Optional[torch.Tensor] = None,
+        position_ids: Optional[torch.Tensor] = None,
+        attention_bias: Optional[torch.Tensor] = None,
         return_dict: Optional[bool] = None,
         **unused,
     ) -> CausalLMOutputWithPast:
@@ -212,15 +236,18 @@ class TinyLLaDAModelLM(PreTrainedModel):
         past_len = 0 if not past_key_values else past_key_values[0][0].shape[2]
 
         replace_cols = None
+        n_transient = 0
         if replace_position is not None:
             if past_key_values is None:
                 raise ValueError("replace_position needs past_key_values (dual cache).")
             rp = replace_position.bool()
             if rp.shape[0] > 1 and not torch.equal(rp, rp[:1].expand_as(rp)):
                 raise ValueError("replace_position must select the same columns in every row.")
-            replace_cols = rp[0].nonzero(as_tuple=True)[0]  # (T,)
-            if replace_cols.numel() != T:
-                raise ValueError(f"replace_position selects {replace_cols.numel()} columns for {T} inputs.")
+            replace_cols = rp[0].nonzero(as_tuple=True)[0]  # (n,)
+            n_transient = T - replace_cols.numel()
+            if n_transient < 0 or (n_transient and position_ids is None):
+                raise ValueError(f"replace_position selects {replace_cols.numel()} columns for {T} inputs "
+                                 "(more inputs than columns need position_ids for the extra ones).")
             total = past_len
         else:
             total = past_len + T
@@ -234,12 +261,29 @@ class TinyLLaDAModelLM(PreTrainedModel):
             if bool(key_mask.all()):
                 key_mask = None
         all_pos = positions_from_mask(attention_mask, B, total, x.device)  # (B, total)
-        q_pos = all_pos[:, replace_cols] if replace_cols is not None else all_pos[:, past_len:past_len + T]
+        if replace_cols is not None:
+            q_pos = all_pos[:, replace_cols]
+            if n_transient:
+                q_pos = torch.cat((q_pos, position_ids[:, -n_transient:].to(q_pos)), dim=1)
+        elif position_ids is not None:
+            q_pos = position_ids.to(all_pos).expand(B, T)
+        else:
+            q_pos = all_pos[:, past_len:past_len + T]
+        if attention_bias is not None:
+            bias = attention_bias.bool()
+            S = total + n_transient
+            if bias.shape[-2:] != (T, S):
+                raise ValueError(f"attention_bias has shape {tuple(bias.shape)}; expected (B, 1, {T}, {S}).")
+            if key_mask is not None:
+                pad = torch.ones((B, S), dtype=torch.bool, device=x.device)
+                pad[:, :total] = key_mask
+                bias = bias & pad[:, None, None, :]
+            key_mask = bias.expand(B, 1, T, S)
 
         presents: List[KV] = []
         for i, block in enumerate(self.blocks):
             layer_past = past_key_values[i] if past_key_values else None
-            x, kv = block(x, q_pos, key_mask, layer_past, replace_cols)
+            x, kv = block(x, q_pos, key_mask, layer_past, replace_cols, n_transient)
             if use_cache:
                 presents.append(kv)
         logits = self.lm_head(self.norm(x))  # (B, T, V)

@@ -1,16 +1,34 @@
-"""``tinygsm``: GSM8K-format multi-step arithmetic word problems small enough for ~1M-param models.
+"""``tinygsm``: GSM8K-format multi-step word problems whose answers can be written many valid ways.
 
-Every problem is ``{"question": ..., "answer": "<equations> #### <number>", "final": int}``. The
-answer holds only the chained equations then the final line, e.g.::
+Every problem is ``{"question": ..., "answer": "<worked solution>\\n#### <number>", "final": int}``::
 
-    question: Tom has 7 apples. He buys 5 more apples. Then he gives 3 apples to Ann.
-              How many apples does Tom have now?
-    answer:   7 + 5 = 12 . 12 - 3 = 9 .
-              #### 9
+    question: Ava has 15 muffins. She eats 2 muffins. Then she buys 3 bags with 4 muffins in each
+              bag. After that, she doubles her muffins. How many muffins does Ava have now?
+    answer:   3 * 4 = 12 . she eats 2 , so 15 - 2 = 13 . then 13 plus 12 is 25 .
+              so 50 = 25 * 2 . Ava has 50 muffins now .
+              #### 50
 
-Arithmetic is kept learnable: the start is 2..20, each problem has 2-4 steps, ``+``/``-`` operands
-are 1..9, ``*`` is by 2 or 3, ``/`` by 2, 3 or 4 only when exact, and every intermediate and final
-result lies in 1..99. Generation is deterministic given the seed (a private ``random.Random``).
+Why many wordings: a real chain-of-thought answer (GSM8K) can be phrased in many equally valid ways,
+so a diffusion LM cannot know the exact tokens of step 3 before it has committed how step 2 was
+written (a wording of another length shifts every later position). That genuine ambiguity is why
+LLaDA needs ~5x its NFE floor on GSM8K, and why a draft that commits to one consistent wording can
+save forwards. Each choice below is drawn *uniformly* among valid forms:
+
+* the wording of each equation ``c = a op b``: ``a op b = c``, ``a <word> b is c`` (``plus``,
+  ``minus``, ``times``, ``divided by``) or ``c = a op b``;
+* a connective before each equation after the first: none, ``so``, ``then``, or (for an event that
+  adds or removes a count) a reason clause, ``she eats 2 , so``;
+* the layout of independent sub-results (``3 bags with 4 muffins`` needs ``3 * 4 = 12`` before it is
+  added): each right before its use, or all of them first, in any order;
+* an optional closing sentence ``Ava has 50 muffins now .``.
+
+Arithmetic stays learnable for ~1M-parameter models: the start is 2..20, 3-5 events (at most one
+of them a group), ``+``/``-`` operands 1..9, ``*`` by 2 or 3, ``/`` by 2, 3 or 4 only when exact,
+group products 2..4 times 2..9,
+every intermediate and final result in 1..99; a problem's longest rendering fits the 96-token
+canvas (``MAX_ANSWER_TOKENS``). Every drawn answer is verified by :func:`check_answer`, which
+re-derives the computation from the question text. Generation is deterministic given the seed (a
+private ``random.Random``).
 """
 
 from __future__ import annotations
@@ -23,9 +41,13 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 PROMPT_TEMPLATE = "Question: {question}\nAnswer:"
 
-MIN_STEPS, MAX_STEPS = 2, 4
+MIN_EVENTS, MAX_EVENTS = 3, 5
+MAX_GROUP_EVENTS = 1
 MIN_START, MAX_START = 2, 20
 MAX_VALUE = 99
+# Longest answer (in the dLLM's word-level tokens) any rendering of a problem may take: the
+# 96-token canvas keeps at least a few EOS after it, so the answer's end is always visible.
+MAX_ANSWER_TOKENS = 88
 
 # lm-eval gsm8k "strict-match" regex.
 STRICT_REGEX = r"#### (\-?[0-9\.\,]+)"
@@ -46,12 +68,18 @@ FOODS: Tuple[str, ...] = ("apples", "cookies", "candies", "oranges", "cakes", "e
 THINGS: Tuple[str, ...] = ("books", "pens", "marbles", "stickers", "cards", "toys", "coins", "shells")
 OBJECTS: Tuple[str, ...] = FOODS + THINGS
 CONNECTORS: Tuple[str, ...] = ("Then", "Next", "Later", "After that,")
+CONTAINERS: Tuple[Tuple[str, str], ...] = (("bags", "bag"), ("boxes", "box"), ("packs", "pack"))
 
 ADD_VERBS = ("buys", "finds", "gets")
 SUB_VERBS = ("gives", "loses", "sells", "eats")
 OPS = ("+", "-", "*", "/")
+OP_WORDS = {"+": "plus", "-": "minus", "*": "times", "/": "divided by"}
+# Words the answers use besides numbers, names, pronouns and verbs (the tokenizers need them).
+ANSWER_WORDS = ("plus", "minus", "times", "divided", "by", "is", "so", "then", "has", "now")
 
 Problem = Dict[str, Union[str, int]]
+# One computation c = a op b.
+Equation = Tuple[int, str, int, int]
 
 
 def format_prompt(question: str) -> str:
@@ -73,70 +101,192 @@ def _apply(a: int, op: str, b: int) -> Optional[int]:
     raise ValueError(f"unknown operator {op!r}")
 
 
-def _feasible_ops(v: int) -> List[Tuple[str, int, float]]:
-    """(op, operand, weight) candidates keeping every result in 1..MAX_VALUE."""
-    cands: List[Tuple[str, int, float]] = []
+# ---------------------------------------------------------------------------------------------
+# problem structure
+# ---------------------------------------------------------------------------------------------
+# An event is a dict: kind in {"add", "sub", "mul", "div", "group_add", "group_sub"}, its operand
+# ``n`` (for group events the product k * m), and what the question's sentence needs.
+
+def _feasible_events(v: int, groups_left: bool) -> List[Tuple[Dict, float]]:
+    """(event, weight) candidates keeping every result in 1..MAX_VALUE."""
+    cands: List[Tuple[Dict, float]] = []
     adds = [n for n in range(1, 10) if v + n <= MAX_VALUE]
     subs = [n for n in range(1, 10) if v - n >= 1]
-    for n in adds:
-        cands.append(("+", n, 3.0 / len(adds)))
-    for n in subs:
-        cands.append(("-", n, 3.0 / len(subs)))
-    for k in (2, 3):
-        if v * k <= MAX_VALUE:
-            cands.append(("*", k, 0.6))
-    for k in (2, 3, 4):
-        if v % k == 0 and v // k >= 1:
-            cands.append(("/", k, 0.6))
+    cands += [({"kind": "add", "n": n}, 3.0 / len(adds)) for n in adds]
+    cands += [({"kind": "sub", "n": n}, 3.0 / len(subs)) for n in subs]
+    cands += [({"kind": "mul", "n": k}, 0.6) for k in (2, 3) if v * k <= MAX_VALUE]
+    cands += [({"kind": "div", "n": k}, 0.6) for k in (2, 3, 4) if v % k == 0]
+    if groups_left:
+        pairs = [(k, m) for k in range(2, 5) for m in range(2, 10)]
+        up = [(k, m) for k, m in pairs if v + k * m <= MAX_VALUE]
+        down = [(k, m) for k, m in pairs if v - k * m >= 1]
+        cands += [({"kind": "group_add", "k": k, "m": m, "n": k * m}, 1.2 / len(up)) for k, m in up]
+        cands += [({"kind": "group_sub", "k": k, "m": m, "n": k * m}, 1.2 / len(down)) for k, m in down]
     return cands
 
 
-def _sentence(op: str, n: int, subj: str, poss: str, obj: str, rng: random.Random) -> str:
-    if op == "+":
-        verb = rng.choice(ADD_VERBS)
-        return f"{subj} {verb} {n} more {obj}."
-    if op == "-":
-        verbs = SUB_VERBS if obj in FOODS else SUB_VERBS[:3]
-        verb = rng.choice(verbs)
-        if verb == "gives":
-            return f"{subj} gives {n} {obj} to {rng.choice(FRIENDS)}."
-        return f"{subj} {verb} {n} {obj}."
-    if op == "*":
-        return f"{subj} {'doubles' if n == 2 else 'triples'} {poss} {obj}."
-    if op == "/":
-        return f"{subj} splits {poss} {obj} into {n} equal groups and keeps one."
-    raise ValueError(op)
+_EVENT_OP = {"add": "+", "sub": "-", "mul": "*", "div": "/", "group_add": "+", "group_sub": "-"}
 
 
 def _cap(s: str) -> str:
     return s[:1].upper() + s[1:]
 
 
+def _event_sentence(ev: Dict, subj: str, poss: str, obj: str) -> str:
+    kind, n = ev["kind"], ev["n"]
+    if kind == "add":
+        return f"{subj} {ev['verb']} {n} more {obj}."
+    if kind == "sub":
+        if ev["verb"] == "gives":
+            return f"{subj} gives {n} {obj} to {ev['friend']}."
+        return f"{subj} {ev['verb']} {n} {obj}."
+    if kind == "mul":
+        return f"{subj} {'doubles' if n == 2 else 'triples'} {poss} {obj}."
+    if kind == "div":
+        return f"{subj} splits {poss} {obj} into {n} equal groups and keeps one."
+    if kind == "group_add":
+        many, one = ev["container"]
+        return f"{subj} buys {ev['k']} {many} with {ev['m']} {obj} in each {one}."
+    if kind == "group_sub":
+        return f"{subj} gives {ev['k']} friends {ev['m']} {obj} each."
+    raise ValueError(kind)
+
+
+def _equations(start: int, events: Sequence[Dict]) -> Tuple[List[Equation], Dict[int, Equation]]:
+    """Chain equations (one per event) and the group products keyed by event index."""
+    chain, products, v = [], {}, start
+    for i, ev in enumerate(events):
+        if ev["kind"].startswith("group"):
+            products[i] = (ev["k"], "*", ev["m"], ev["n"])
+        op = _EVENT_OP[ev["kind"]]
+        new = _apply(v, op, ev["n"])
+        if new is None or not 1 <= new <= MAX_VALUE:
+            raise ValueError(f"event {ev} leaves the range from {v}")
+        chain.append((v, op, ev["n"], new))
+        v = new
+    return chain, products
+
+
+# ---------------------------------------------------------------------------------------------
+# rendering an answer: every choice uniform among valid forms
+# ---------------------------------------------------------------------------------------------
+
+WORDINGS = ("symbol", "words", "result_first")
+
+
+def render_equation(eq: Equation, wording: str) -> str:
+    a, op, b, c = eq
+    if wording == "symbol":
+        return f"{a} {op} {b} = {c} ."
+    if wording == "words":
+        return f"{a} {OP_WORDS[op]} {b} is {c} ."
+    if wording == "result_first":
+        return f"{c} = {a} {op} {b} ."
+    raise ValueError(f"unknown wording {wording!r}")
+
+
+def _connectives(ev: Optional[Dict], pron: str) -> List[str]:
+    """Valid connectives before an equation (``ev``: the event it computes, None for a product)."""
+    out = ["", "so ", "then "]
+    if ev is not None and ev["kind"] in ("add", "sub"):
+        out.append(f"{pron} {ev['verb']} {ev['n']} , so ")
+    return out
+
+
+def answer_layouts(events: Sequence[Dict]) -> List[List[Tuple[str, int]]]:
+    """Every valid order of the answer's equations: ``("chain", i)`` / ``("product", i)`` items.
+
+    A group product either comes right before the chain step that uses it, or all products come
+    first in any order (each layout is one equally valid choice)."""
+    groups = [i for i, ev in enumerate(events) if ev["kind"].startswith("group")]
+    inline: List[Tuple[str, int]] = []
+    for i in range(len(events)):
+        if i in groups:
+            inline.append(("product", i))
+        inline.append(("chain", i))
+    layouts = [inline]
+    if groups:
+        from itertools import permutations
+        chain = [("chain", i) for i in range(len(events))]
+        for perm in permutations(groups):
+            upfront = [("product", i) for i in perm] + chain
+            if upfront != inline:
+                layouts.append(upfront)
+    return layouts
+
+
+def render_answer(start: int, events: Sequence[Dict], name: str, pron: str, obj: str,
+                  rng: random.Random) -> str:
+    """One answer drawn uniformly over layout, wordings, connectives and the closing sentence."""
+    chain, products = _equations(start, events)
+    layout = rng.choice(answer_layouts(events))
+    parts = []
+    for j, (what, i) in enumerate(layout):
+        eq = chain[i] if what == "chain" else products[i]
+        conn = rng.choice(_connectives(events[i] if what == "chain" else None, pron)) if j else ""
+        parts.append(conn + render_equation(eq, rng.choice(WORDINGS)))
+    final = chain[-1][3]
+    if rng.random() < 0.5:
+        parts.append(f"{name} has {final} {obj} now .")
+    return " ".join(parts) + f"\n#### {final}"
+
+
+_TOKEN_RE = re.compile(r"####|[0-9]+|[^\W\d_]+|[^\s]")
+
+
+def count_tokens(text: str) -> int:
+    """Tokens of ``text`` in the embedded dLLM's word-level tokenizer (numbers <= 200 whole)."""
+    return len(_TOKEN_RE.findall(text))
+
+
+def max_answer_tokens(start: int, events: Sequence[Dict], name: str, pron: str, obj: str) -> int:
+    """Length of the problem's longest rendering (layout does not change the length)."""
+    chain, products = _equations(start, events)
+    n = 0
+    eqs = [(None, eq) for eq in products.values()] + [(ev, eq) for ev, eq in zip(events, chain)]
+    for k, (ev, eq) in enumerate(eqs):
+        n += max(count_tokens(render_equation(eq, w)) for w in WORDINGS)
+        n += max(count_tokens(c) for c in _connectives(ev, pron))  # a first equation never has one
+    n += count_tokens(f"{name} has {chain[-1][3]} {obj} now .") + 2  # closing sentence, "#### N"
+    return n
+
+
 def generate_problem(rng: random.Random) -> Problem:
     """One problem drawn with ``rng`` (a ``random.Random``; global random state is never used)."""
-    name, pron, poss = rng.choice(NAMES)
-    obj = rng.choice(OBJECTS)
-    n_steps = rng.randint(MIN_STEPS, MAX_STEPS)
-    v = rng.randint(MIN_START, MAX_START)
-    sentences = [f"{name} has {v} {obj}."]
-    equations = []
-    for i in range(n_steps):
-        cands = _feasible_ops(v)
-        op, n, _ = rng.choices(cands, weights=[c[2] for c in cands], k=1)[0]
-        new = _apply(v, op, n)
-        assert new is not None and 1 <= new <= MAX_VALUE
+    while True:
+        name, pron, poss = rng.choice(NAMES)
+        obj = rng.choice(OBJECTS)
+        n_events = rng.randint(MIN_EVENTS, MAX_EVENTS)
+        start = v = rng.randint(MIN_START, MAX_START)
+        events: List[Dict] = []
+        for _ in range(n_events):
+            groups_left = sum(ev["kind"].startswith("group") for ev in events) < MAX_GROUP_EVENTS
+            cands = _feasible_events(v, groups_left)
+            ev = dict(rng.choices([c[0] for c in cands], weights=[c[1] for c in cands], k=1)[0])
+            if ev["kind"] == "add":
+                ev["verb"] = rng.choice(ADD_VERBS)
+            elif ev["kind"] == "sub":
+                ev["verb"] = rng.choice(SUB_VERBS if obj in FOODS else SUB_VERBS[:3])
+                if ev["verb"] == "gives":
+                    ev["friend"] = rng.choice(FRIENDS)
+            elif ev["kind"] == "group_add":
+                ev["container"] = rng.choice(CONTAINERS)
+            events.append(ev)
+            v = _apply(v, _EVENT_OP[ev["kind"]], ev["n"])
+        if max_answer_tokens(start, events, name, pron, obj) <= MAX_ANSWER_TOKENS:
+            break
+    sentences = [f"{name} has {start} {obj}."]
+    for i, ev in enumerate(events):
         if i == 0:
-            subj = rng.choice((_cap(pron), name))
-            sentences.append(_sentence(op, n, subj, poss, obj, rng))
+            sentences.append(_event_sentence(ev, rng.choice((_cap(pron), name)), poss, obj))
         else:
-            conn = rng.choice(CONNECTORS)
-            sentences.append(f"{conn} " + _sentence(op, n, pron, poss, obj, rng))
-        equations.append(f"{v} {op} {n} = {new} .")
-        v = new
+            sentences.append(f"{rng.choice(CONNECTORS)} " + _event_sentence(ev, pron, poss, obj))
     sentences.append(f"How many {obj} does {name} have now?")
-    question = " ".join(sentences)
-    answer = " ".join(equations) + f"\n#### {v}"
-    return {"question": question, "answer": answer, "final": v}
+    answer = render_answer(start, events, name, pron, obj, rng)
+    problem = {"question": " ".join(sentences), "answer": answer, "final": v}
+    if not check_answer(problem):  # the generator verifies every answer it draws
+        raise AssertionError(f"generated an answer that does not check: {problem}")
+    return problem
 
 
 def generate_problems(seed: int, n: int, exclude: Optional[Iterable[str]] = None) -> List[Problem]:
@@ -157,8 +307,15 @@ def generate_problems(seed: int, n: int, exclude: Optional[Iterable[str]] = None
     return out
 
 
-_EQ_RE = re.compile(r"(-?\d+)\s*([-+*/])\s*(-?\d+)\s*=\s*(-?\d+)")
+# ---------------------------------------------------------------------------------------------
+# checking answers
+# ---------------------------------------------------------------------------------------------
+
 _FINAL_RE = re.compile(STRICT_REGEX)
+_WORD_OPS = ((" divided by ", " / "), (" plus ", " + "), (" minus ", " - "), (" times ", " * "),
+             (" is ", " = "))
+_EQ_FORWARD = re.compile(r"^(?:.*\s)?(-?\d+) ([-+*/]) (-?\d+) = (-?\d+)$")
+_EQ_BACKWARD = re.compile(r"^(?:.*\s)?(-?\d+) = (-?\d+) ([-+*/]) (-?\d+)$")
 
 
 def extract_final(answer_text: str) -> Optional[int]:
@@ -174,67 +331,175 @@ def extract_final(answer_text: str) -> Optional[int]:
     return int(f) if f == int(f) else None
 
 
-def solve_question(question: str) -> Tuple[int, List[Tuple[str, int]]]:
-    """Re-derive (start, [(op, operand), ...]) from a generated question's text."""
+def parse_equations(answer_text: str) -> List[Equation]:
+    """The equations ``(a, op, b, c)`` of a worked answer, in order, whatever their wording.
+
+    Each sentence (ended by `` .``) holds at most one equation; a sentence with numbers but no
+    equation (the closing ``Ava has 50 muffins now .``) is returned as ``(None, "has", None, N)``."""
+    body = (answer_text or "").split("####")[0].replace("\n", " ")
+    out: List[Equation] = []
+    for sent in re.split(r"\s*\.(?:\s|$)", body):
+        s = " " + " ".join(sent.split()) + " "
+        for word, sym in _WORD_OPS:
+            s = s.replace(word, sym)
+        s = s.strip()
+        if not s:
+            continue
+        m = _EQ_FORWARD.match(s)
+        if m:
+            out.append((int(m.group(1)), m.group(2), int(m.group(3)), int(m.group(4))))
+            continue
+        m = _EQ_BACKWARD.match(s)
+        if m:
+            out.append((int(m.group(2)), m.group(3), int(m.group(4)), int(m.group(1))))
+            continue
+        m = re.search(r" has (-?\d+) \w+ now$", " " + s)
+        if m:
+            out.append((None, "has", None, int(m.group(1))))  # type: ignore[arg-type]
+    return out
+
+
+def solve_question(question: str) -> Tuple[int, List[Tuple[str, int, Optional[Tuple[int, int]]]]]:
+    """Re-derive ``(start, [(op, operand, (k, m) or None), ...])`` from a generated question."""
     sentences = [s.strip() for s in re.split(r"(?<=[.?])\s+", question.strip()) if s.strip()]
     m = re.search(r" has (\d+) ", sentences[0])
     if not m:
         raise ValueError(f"no start value in {sentences[0]!r}")
     start = int(m.group(1))
-    steps: List[Tuple[str, int]] = []
+    steps: List[Tuple[str, int, Optional[Tuple[int, int]]]] = []
     for s in sentences[1:-1]:
         words = s.split()
-        if any(w in words for w in ADD_VERBS):
-            steps.append(("+", int(re.search(r"(\d+)", s).group(1))))
+        nums = [int(x) for x in re.findall(r"\d+", s)]
+        if "friends" in words and "each." in words:
+            steps.append(("-", nums[0] * nums[1], (nums[0], nums[1])))
+        elif "each" in words and "buys" in words:
+            steps.append(("+", nums[0] * nums[1], (nums[0], nums[1])))
+        elif any(w in words for w in ADD_VERBS):
+            steps.append(("+", nums[0], None))
         elif any(w in words for w in SUB_VERBS):
-            steps.append(("-", int(re.search(r"(\d+)", s).group(1))))
+            steps.append(("-", nums[0], None))
         elif "doubles" in words:
-            steps.append(("*", 2))
+            steps.append(("*", 2, None))
         elif "triples" in words:
-            steps.append(("*", 3))
+            steps.append(("*", 3, None))
         elif "splits" in words:
-            steps.append(("/", int(re.search(r"into (\d+) ", s).group(1))))
+            steps.append(("/", nums[0], None))
         else:
             raise ValueError(f"unrecognised sentence {s!r}")
     return start, steps
 
 
 def check_answer(problem: Problem) -> bool:
-    """True when the answer's equations are correct, chained from the question's numbers, and final."""
+    """True when the worked answer is a valid solution of the question, in any of its wordings.
+
+    Valid means: every equation is arithmetically right; the chain steps appear in the question's
+    order, each starting from the previous result (the first from the start value); each group
+    product ``k * m`` appears (in either operand order) before the chain step that uses it, which
+    uses its result; nothing else is computed; a closing ``has N ... now`` sentence and ``#### N``
+    both give the final result."""
     answer = str(problem["answer"])
-    eqs = _EQ_RE.findall(answer)
-    if not eqs:
-        return False
     final = extract_final(answer)
     if final is None:
-        return False
-    prev = None
-    for a, op, b, c in eqs:
-        a, b, c = int(a), int(b), int(c)
-        if _apply(a, op, b) != c:
-            return False
-        if prev is not None and a != prev:
-            return False
-        prev = c
-    if final != prev:
-        return False
-    if "final" in problem and int(problem["final"]) != final:
         return False
     try:
         start, steps = solve_question(str(problem["question"]))
     except (ValueError, AttributeError, IndexError):
         return False
-    if len(steps) != len(eqs):
+    eqs = parse_equations(answer)
+    if not eqs:
         return False
-    v = start
-    for (op, n), (a, eop, b, c) in zip(steps, eqs):
-        if int(a) != v or eop != op or int(b) != n:
+    pending = {i: km for i, (_, _, km) in enumerate(steps) if km is not None}
+    done_products = set()
+    v, k = start, 0
+    closing_seen = False
+    for a, op, b, c in eqs:
+        if closing_seen:
+            return False  # the closing sentence ends the worked solution
+        if op == "has":
+            if k != len(steps) or c != v:
+                return False
+            closing_seen = True
+            continue
+        if _apply(a, op, b) != c:
             return False
-        v = _apply(v, op, n)
-        if v is None:
+        if k < len(steps):
+            want_op, want_n, km = steps[k]
+            if a == v and op == want_op and b == want_n and (km is None or k in done_products):
+                v, k = c, k + 1  # the next chain step
+                continue
+        # otherwise it must be a group product (its factors in either order) a later step needs
+        match = [i for i, km in pending.items() if i >= k and i not in done_products
+                 and op == "*" and tuple(sorted(km)) == tuple(sorted((a, b)))]
+        if not match:
             return False
-    return v == final
+        done_products.add(match[0])
+    if k != len(steps) or final != v:
+        return False
+    if "final" in problem and int(problem["final"]) != final:
+        return False
+    return True
 
+
+# ---------------------------------------------------------------------------------------------
+# draft-like answers (what an aux model writes): another wording, maybe one wrong result
+# ---------------------------------------------------------------------------------------------
+
+def parse_question(question: str) -> Tuple[str, str, str, int, List[Dict]]:
+    """``(name, pronoun, object, start, events)`` of a generated question (inverse of the
+    generator, verbs included), so an answer can be rendered again in another wording."""
+    start, steps = solve_question(question)
+    words = question.split()
+    name, obj = words[0], words[3].rstrip(".")
+    pron = next((p for n, p, _ in NAMES if n == name), "they")
+    sentences = [x.strip() for x in re.split(r"(?<=[.?])\s+", question.strip()) if x.strip()][1:-1]
+    events: List[Dict] = []
+    kinds = {"+": "add", "-": "sub", "*": "mul", "/": "div"}
+    for (op, n, km), sent in zip(steps, sentences):
+        toks = sent.rstrip(".").split()
+        if km is not None:
+            ev = {"kind": "group_add" if op == "+" else "group_sub", "k": km[0], "m": km[1], "n": n}
+            if op == "+":
+                ev["container"] = next(c for c in CONTAINERS if c[0] in toks)
+        else:
+            ev = {"kind": kinds[op], "n": n}
+            verb = next((w for w in toks if w in ADD_VERBS + SUB_VERBS), None)
+            if verb is not None:
+                ev["verb"] = verb
+        events.append(ev)
+    return name, pron, obj, start, events
+
+
+def draft_answer(problem: Problem, rng: random.Random, wrong_prob: float = 0.0) -> str:
+    """A draft of ``problem``'s answer as an aux model of this task writes one: drawn again over
+    every wording choice (so it rarely matches the reference answer token for token) and, with
+    probability ``wrong_prob``, one result off by 1 or 2 that the rest of the chain carries on."""
+    name, pron, obj, start, events = parse_question(str(problem["question"]))
+    answer = render_answer(start, events, name, pron, obj, rng)
+    if rng.random() >= wrong_prob:
+        return answer
+    chain, _ = _equations(start, events)
+    j = rng.randrange(len(chain))
+    wrong, v = {}, chain[j][3] + rng.choice((-2, -1, 1, 2))
+    wrong[chain[j][3]] = v
+    for a, op, b, c in chain[j + 1:]:
+        new = _apply(v, op, b)
+        if new is None:
+            break
+        wrong[c], v = new, new
+    # rewrite the numbers from the wrong step on (whole-number tokens, right to left of the step)
+    head, sep, tail = answer.partition("\n####")
+    out, seen_j = [], False
+    for tok in head.split(" "):
+        if not seen_j and tok.isdigit() and int(tok) == chain[j][3]:
+            seen_j = True
+        out.append(str(wrong[int(tok)]) if seen_j and tok.isdigit() and int(tok) in wrong else tok)
+    final = wrong.get(chain[-1][3], chain[-1][3])
+    return " ".join(out) + f"\n#### {final}"
+
+
+# ---------------------------------------------------------------------------------------------
+# files
+# ---------------------------------------------------------------------------------------------
 
 def write_jsonl(problems: Sequence[Problem], path: Union[str, Path]) -> Path:
     path = Path(path)
@@ -262,8 +527,10 @@ def make_data(seed: int, n: int, out: Union[str, Path], exclude: Optional[Iterab
     return write_jsonl(generate_problems(seed, n, exclude=exclude), out)
 
 
-def make_default_splits(n_train: int = 15000, n_test: int = DEFAULT_TEST_SIZE) -> None:
-    """Regenerate the shipped splits: test first, train drawn with another seed excluding test."""
+def make_default_splits(n_train: int = 2000, n_test: int = DEFAULT_TEST_SIZE) -> None:
+    """Regenerate the shipped splits: test first, train drawn with another seed excluding test.
+
+    The train split is only lm-eval's few-shot pool: the models train on problems drawn on the fly."""
     test = generate_problems(DEFAULT_TEST_SEED, n_test)
     write_jsonl(test, default_split_path("test"))
     train = generate_problems(DEFAULT_TRAIN_SEED, n_train, exclude={p["question"] for p in test})

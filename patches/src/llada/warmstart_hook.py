@@ -1,13 +1,17 @@
 """fastdllm-warmstart hook for a Fast-dLLM checkout (added by fastdllm-warmstart's patch).
 
 Drop-in replacements for ``generate``, ``generate_with_prefix_cache`` and
-``generate_with_dual_cache`` from ``llada/generate.py``: same arguments, same return value
-``(sequences, nfe)``, but decoded by fastdllm-warmstart's engine with an optional warm start.
+``generate_with_dual_cache`` from ``llada/generate.py``: same arguments (``threshold``,
+``factor``, ``step_callback`` included), same return value ``(sequences, nfe)`` with ``nfe`` the
+forward calls made for the whole batch, as upstream counts them, but decoded by
+fastdllm-warmstart's engine with an optional warm start. The engine reproduces the loop of the
+checkout it sits in (``loop_variant=auto``; ``FASTDLLM_WARMSTART_LOOP_VARIANT`` overrides).
 
 Warm-start settings come from environment variables ``FASTDLLM_WARMSTART_<KEY>`` (e.g.
 ``FASTDLLM_WARMSTART_WARM_INIT=token``, ``FASTDLLM_WARMSTART_RHO=0.25``,
 ``FASTDLLM_WARMSTART_AUX_MODEL=/path/to/aux``) or from :func:`configure`; the decoding settings
-(steps, gen_length, block_length, threshold, cache) are the call's own arguments, as upstream.
+(steps, gen_length, block_length, threshold, factor, cache) are the call's own arguments, as
+upstream.
 
 Use it from your own scripts with ``from warmstart_hook import generate_with_dual_cache``, or run
 lm-eval through ``eval_llada_warmstart.py``, which makes ``eval_llada.py`` import these functions.
@@ -28,8 +32,8 @@ logger = logging.getLogger("fastdllm_warmstart.hook")
 
 ENV_PREFIX = "FASTDLLM_WARMSTART_"
 # Decoding settings are the call's arguments; everything else may come from the environment.
-_CALL_KEYS = ("gen_length", "block_length", "steps", "threshold", "temperature", "remasking",
-              "cache")
+_CALL_KEYS = ("gen_length", "block_length", "steps", "threshold", "factor", "temperature",
+              "remasking", "cache")
 HOOK_KEYS = tuple(k for k in FLAT_KEYS if k not in _CALL_KEYS)
 
 _overrides: Dict[str, Any] = {}
@@ -62,11 +66,11 @@ def settings_from_env(environ: Optional[Dict[str, str]] = None) -> Dict[str, str
 
 
 def run_config(steps, gen_length, block_length, temperature, remasking, threshold,
-               cache: str) -> RunConfig:
+               cache: str, factor=None) -> RunConfig:
     flat: Dict[str, Any] = dict(settings_from_env())
     flat.update(_overrides)
     flat.update(gen_length=gen_length, block_length=block_length, steps=steps,
-                temperature=float(temperature), remasking=remasking, cache=cache)
+                temperature=float(temperature), remasking=remasking, cache=cache, factor=factor)
     if threshold is not None:
         flat["threshold"] = threshold
     config = configs_from_flat(flat)
@@ -131,38 +135,42 @@ def _callbacks(model, prompt: torch.Tensor, config: RunConfig):
 
 
 def _decode(model, prompt, steps, gen_length, block_length, temperature, remasking, mask_id,
-            threshold, cache):
-    config = run_config(steps, gen_length, block_length, temperature, remasking, threshold, cache)
+            threshold, factor, step_callback, cache):
+    config = run_config(steps, gen_length, block_length, temperature, remasking, threshold, cache,
+                        factor)
     d = config.decode
     out = _engine_generate(model, prompt, steps=d.steps, gen_length=d.gen_length,
                            block_length=d.block_length, temperature=d.temperature,
                            remasking=d.remasking, mask_id=mask_id, threshold=d.threshold,
-                           cache=d.cache, callbacks=_callbacks(model, prompt, config),
+                           factor=d.factor, step_callback=step_callback, cache=d.cache,
+                           callbacks=_callbacks(model, prompt, config), loop_variant=d.loop_variant,
                            early_stop=d.early_stop, seed=config.warm.seed)
-    return out.sequences, int(out.nfe.max())
+    # Forward calls for the whole batch: upstream's counter (not the slowest row's share).
+    return out.sequences, int(out.total_nfe)
 
 
 @torch.no_grad()
 def generate(model, prompt, steps=128, gen_length=128, block_length=128,
-             temperature=0., remasking="low_confidence", mask_id=126336, threshold=None):
+             temperature=0., remasking="low_confidence", mask_id=126336, threshold=None,
+             factor=None, step_callback=None):
     """Upstream's ``generate`` (no KV cache), decoded by fastdllm-warmstart."""
     return _decode(model, prompt, steps, gen_length, block_length, temperature, remasking,
-                   mask_id, threshold, "none")
+                   mask_id, threshold, factor, step_callback, "none")
 
 
 @torch.no_grad()
 def generate_with_prefix_cache(model, prompt, steps=128, gen_length=128, block_length=128,
                                temperature=0., remasking="low_confidence", mask_id=126336,
-                               threshold=None):
+                               threshold=None, factor=None, step_callback=None):
     """Upstream's ``generate_with_prefix_cache``, decoded by fastdllm-warmstart."""
     return _decode(model, prompt, steps, gen_length, block_length, temperature, remasking,
-                   mask_id, threshold, "prefix")
+                   mask_id, threshold, factor, step_callback, "prefix")
 
 
 @torch.no_grad()
 def generate_with_dual_cache(model, prompt, steps=128, gen_length=128, block_length=128,
                              temperature=0., remasking="low_confidence", mask_id=126336,
-                             threshold=None):
+                             threshold=None, factor=None, step_callback=None):
     """Upstream's ``generate_with_dual_cache``, decoded by fastdllm-warmstart."""
     return _decode(model, prompt, steps, gen_length, block_length, temperature, remasking,
-                   mask_id, threshold, "dual")
+                   mask_id, threshold, factor, step_callback, "dual")

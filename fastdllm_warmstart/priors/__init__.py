@@ -1,0 +1,52 @@
+"""Acceptance rules for draft priors: each rule is one small module with one class.
+
+=========  ==================================================================================
+rule       a draft token is committed (as part of a run from the block's first open position)
+=========  ==================================================================================
+accept     when the dLLM gives it probability >= ``tau_accept`` or ranks it first
+chain      when its probability relative to the draft token before it is high (a chain-rule
+           estimate of the conditional given the draft so far; see ``chain.py``)
+prefix     when it equals the dLLM's argmax (APD's agreeing prefix)
+=========  ==================================================================================
+
+``revoke`` (the paper-style confidence remask, ``warmstart.ConfidenceRemask``) is the fourth
+choice of ``remask_rule``; it judges injected priors but never commits one early.
+
+To add a rule: subclass :class:`~fastdllm_warmstart.priors.base.DraftVerifier` in a new module,
+implement ``supports(probs, draft, state, undecided)``, and register the class in ``RULES``.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional, Type
+
+import torch
+
+from .accept import ThresholdAccept
+from .base import CONTEXTS, DraftVerifier
+from .chain import ChainAccept
+from .prefix import AgreeingPrefix
+
+RULES: Dict[str, Type[DraftVerifier]] = {
+    ThresholdAccept.name: ThresholdAccept,
+    ChainAccept.name: ChainAccept,
+    AgreeingPrefix.name: AgreeingPrefix,
+}
+
+
+def build_verifier(rule: str, proposals: torch.Tensor, *, tau_accept: float, threshold: Optional[float],
+                   context: str = "hidden", rel: float = 0.3, floor: float = 0.01) -> DraftVerifier:
+    """The verifier callback for ``rule`` with the run config's settings."""
+    if rule not in RULES:
+        raise ValueError(f"remask_rule={rule!r} is not a verification rule; choose one of "
+                         f"{', '.join(sorted(RULES))}.")
+    if rule == "accept":
+        return ThresholdAccept(proposals, tau_accept=tau_accept, threshold=threshold, context=context)
+    if rule == "chain":
+        return ChainAccept(proposals, tau_accept=tau_accept, rel=rel, floor=floor, threshold=threshold,
+                           context=context)
+    return RULES[rule](proposals, threshold=threshold, context=context)
+
+
+__all__ = ["RULES", "CONTEXTS", "DraftVerifier", "ThresholdAccept", "ChainAccept", "AgreeingPrefix",
+           "build_verifier"]

@@ -1,0 +1,155 @@
+"""What every draft-verification rule shares: the draft stays out of the canvas until the dLLM
+supports it, and supported drafts are committed as one contiguous run per block.
+
+A rule is a :class:`DraftVerifier` subclass with one method, :meth:`DraftVerifier.supports`: given
+the model's probabilities over the current block, say which draft tokens the model supports. The
+base class does the rest, after every commit (numbers as in its docstring):
+
+1. **Judge masked.** A warm start may have laid draft tokens into the canvas (token injection) or
+   into the inputs (embedding interpolation). Before the first forward the verifier takes them
+   back out: the canvas holds [MASK] wherever the model has not decided, and the current block's
+   positions reach the model as plain [MASK], so its probability of a draft token is a real
+   prediction, never an echo of its own input. Drafts of *later* blocks may stay visible as
+   context (``context="visible"``: the injected / interpolated priors of the warm start), or be
+   hidden too (``context="hidden"``, the default: unverified text never steers the model).
+2. **Support.** ``supports(probs, draft, ...)`` marks the block positions whose draft token the
+   model supports now.
+3. **Contiguous run.** Supported drafts are committed only as a run that starts at the block's
+   first undecided position and continues through decided ones. A draft token after a position
+   the model has not settled is never taken, because it may depend on it (a wrong intermediate
+   result is copied into the next step of a chain): it is judged again on the next forward, with
+   everything before it decided and visible.
+4. **No forced guesses beside a run.** Upstream's rule always commits at least one token per step,
+   even below the threshold, only so that decoding progresses. In a row where a draft run was
+   committed, such a sub-threshold forced token is taken back (the run is the progress), unless the
+   run itself reaches it. Tokens the model committed at >= threshold always stay.
+
+Accepted positions are recorded in ``state.extras["accepted_mask"]`` (B, L) and counted per row in
+``state.extras["accepted"]``; only rows the forward counted for (``state.active``) are judged.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ..engine.callbacks import DecodeCallback
+from ..engine.state import DecodeState
+
+CONTEXTS = ("hidden", "visible")
+
+
+class DraftVerifier(DecodeCallback):
+    """Base class of the acceptance rules (see the module docstring)."""
+
+    name = "base"
+
+    def __init__(self, proposals: torch.Tensor, threshold: Optional[float] = 0.9,
+                 context: str = "hidden"):
+        if proposals.dim() != 2:
+            raise ValueError("proposals must be a (B, gen_length) tensor (-1 = no proposal).")
+        if context not in CONTEXTS:
+            raise ValueError(f"context={context!r}: use one of {', '.join(CONTEXTS)}.")
+        self.proposals = proposals
+        self.threshold = threshold
+        self.context = context
+        self.visible: Optional[torch.Tensor] = None  # (B, L) bool: priors shown as later-block context
+
+    def reset(self) -> None:
+        self.visible = None
+
+    # -- the one method a rule implements -------------------------------------------------------
+    def supports(self, probs: torch.Tensor, draft: torch.Tensor, state: DecodeState,
+                 undecided: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(B, Wb) bool: the model supports the draft token at these block positions.
+
+        ``probs``: (B, Wb, V) the model's distribution over the block's columns of the window;
+        ``draft``: (B, Wb) draft ids (clamped to >= 0; positions without a draft are never used);
+        ``undecided``: (B, Wb) bool, the positions still open (masked, or a forced guess)."""
+        raise NotImplementedError
+
+    # -- 1. judge masked ------------------------------------------------------------------------
+    def on_init(self, state: DecodeState) -> None:
+        if state.prior_ids is None:  # no warm-start callback laid the draft: lay it here
+            prior = torch.full_like(state.x, -1)
+            prior[:, state.gen_slice] = self.proposals.to(state.x.device)
+            prior[prior == state.mask_id] = -1
+            state.prior_ids = prior
+        L = state.x.shape[1]
+        self.visible = torch.zeros_like(state.x, dtype=torch.bool)
+        if state.injected is not None:  # token injection: take the priors back out of the canvas
+            self.visible = state.injected.clone()
+            state.x[state.injected] = state.mask_id
+            # From here on a draft is pending at every masked position with a prior (as with an
+            # embedding warm start): nothing sits on the canvas until the model supports it.
+            state.injected = None
+        state.extras["accepted_mask"] = torch.zeros((state.batch_size, L), dtype=torch.bool,
+                                                    device=state.x.device)
+        state.extras["accepted"] = torch.zeros(state.batch_size, dtype=torch.long, device=state.x.device)
+
+    def before_forward(self, state: DecodeState) -> None:
+        w0, w1 = state.window
+        x_win = state.window_view(state.x)  # (B, W)
+        cols = torch.arange(w0, w1, device=state.x.device)
+        later = cols >= state.block_end  # (W,)
+        show = torch.zeros_like(x_win, dtype=torch.bool)
+        if self.context == "visible" and self.visible is not None:
+            show = self.window_visible(state) & later & (x_win == state.mask_id)  # (B, W)
+        if state.inputs_embeds is None:
+            if not bool(show.any()):
+                return
+            ids = torch.where(show, state.window_view(state.prior_ids).clamp(min=0), x_win)
+            state.inputs_embeds = state.embed(ids)  # (B, W, C)
+            return
+        # Another callback (embedding interpolation) fed the priors: keep that only where they
+        # are context, and give every other masked position its plain [MASK] embedding.
+        plain = (x_win == state.mask_id) & ~(later if self.context == "visible" else torch.zeros_like(later))
+        if bool(plain.any()):
+            embeds = state.inputs_embeds.clone()
+            embeds[plain] = state.embed(x_win[plain]).to(embeds.dtype)
+            state.inputs_embeds = embeds
+
+    def window_visible(self, state: DecodeState) -> torch.Tensor:
+        return state.window_view(self.visible)
+
+    # -- 2-4. support, contiguous run, no forced guesses ------------------------------------------
+    def after_commit(self, state: DecodeState) -> None:
+        if state.logits is None:
+            return
+        w0, w1 = state.window
+        lo, hi = max(w0, state.block_start), min(w1, state.block_end)
+        if lo >= hi:
+            return
+        x_blk = state.x[:, lo:hi]  # (B, Wb) view
+        draft = state.prior_ids[:, lo:hi]  # (B, Wb)
+        logits = state.logits[:, lo - w0:hi - w0].float().clone()  # (B, Wb, V): window-relative
+        logits[..., state.mask_id] = float("-inf")  # as the commit rule: never [MASK] / a real [PAD]
+        if state.pad_id is not None and state.pad_id != state.eos_id:
+            logits[..., state.pad_id] = float("-inf")
+        probs = torch.softmax(logits, dim=-1)
+        transfer = state.transfer[:, lo - w0:hi - w0] if state.transfer is not None else torch.zeros_like(draft, dtype=torch.bool)
+        forced = transfer & self._below_threshold(probs, x_blk)  # (B, Wb) guesses made for progress
+        undecided = (x_blk == state.mask_id) | forced
+        # 2. the rule's verdict, on undecided positions that have a draft, in rows this step counts for
+        support = self.supports(probs, draft.clamp(min=0), state, undecided) & undecided & (draft >= 0)
+        support &= state.active.view(-1, 1)
+        if not bool(support.any()):
+            return
+        # 3. contiguous run from the block's first undecided position
+        decided = ~undecided | support
+        run = decided.long().cumprod(dim=1).bool() & support  # (B, Wb)
+        rows = run.any(dim=1)  # (B,)
+        # 4. in rows with a run, take back forced sub-threshold guesses the run did not cover
+        undo = forced & ~run & rows.view(-1, 1)
+        x_blk[undo] = state.mask_id
+        x_blk[run] = draft[run]
+        state.extras["accepted_mask"][:, lo:hi] |= run
+        state.extras["accepted"] += run.sum(dim=1)
+
+    def _below_threshold(self, probs: torch.Tensor, x_blk: torch.Tensor) -> torch.Tensor:
+        """(B, Wb) bool: the committed token's probability is below the commit threshold."""
+        if self.threshold is None:  # fixed schedule: every commit is the schedule's own decision
+            return torch.zeros_like(x_blk, dtype=torch.bool)
+        p_committed = torch.gather(probs, -1, x_blk.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        return p_committed < self.threshold

@@ -1,0 +1,167 @@
+"""``fastdllm-warmstart sweep``: a declarative grid of decoding settings, and its Pareto plot.
+
+1. Read the preset: ``base`` settings for every point, then ``series``, each a name, a ``kind``
+   (``reference``: the cold baseline's own trade-off curve, usually a threshold sweep; ``paper``:
+   the paper's configurations; ``ours``: the rules under study), fixed ``settings`` and a ``vary``
+   grid (the cartesian product of its lists gives the series' points).
+2. Run every point as a bench mode on the same problems with the same proposals (drafted once and
+   reused from the proposal cache; ``--resume`` continues an interrupted sweep row by row).
+3. Write one JSON record per point (``--out``: accuracy with its 95% interval, mean NFE, dLLM and
+   aux seconds, the resolved config) and draw two panels: accuracy vs mean NFE (the cold threshold
+   curve as the reference, the paper's points marked, the Pareto frontier of all points drawn) and
+   accuracy vs wall-clock per problem including the aux model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+KINDS = ("reference", "paper", "ours")
+
+
+def _format_value(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def expand_preset(preset: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """Points ``{"mode", "series", "kind", "varied", "settings"}`` of a sweep preset, in order."""
+    if not isinstance(preset, dict) or not isinstance(preset.get("series"), list) or not preset["series"]:
+        raise ValueError('A sweep preset is a JSON object {"base": {...}, "series": [{"name": ..., '
+                         '"kind": "reference|paper|ours", "settings": {...}, "vary": {key: [values]}}]}.')
+    base = preset.get("base", {})
+    points, seen = [], set()
+    for s in preset["series"]:
+        name, kind = s.get("name"), s.get("kind", "ours")
+        if not name:
+            raise ValueError("Every series of a sweep preset needs a \"name\".")
+        if kind not in KINDS:
+            raise ValueError(f"series {name!r}: kind={kind!r}; choose one of {', '.join(KINDS)}.")
+        vary = s.get("vary", {})
+        if not all(isinstance(v, list) and v for v in vary.values()):
+            raise ValueError(f"series {name!r}: every \"vary\" entry must be a non-empty list of values.")
+        keys = list(vary)
+        for combo in itertools.product(*(vary[k] for k in keys)) if keys else [()]:
+            varied = dict(zip(keys, combo))
+            label = name + "".join(f" {k}={_format_value(v)}" for k, v in varied.items())
+            if label in seen:
+                raise ValueError(f"sweep point {label!r} appears twice; give the series distinct names.")
+            seen.add(label)
+            points.append({"mode": label, "series": name, "kind": kind, "varied": varied,
+                           "settings": {**base, **s.get("settings", {}), **varied}})
+    return points
+
+
+def load_sweep_preset(path: str) -> List[Dict[str, Any]]:
+    try:
+        preset = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ValueError(f"Sweep preset {path} not found; give an existing --preset JSON file.") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"Sweep preset {path} is not valid JSON: {exc}.") from None
+    return expand_preset(preset)
+
+
+def pareto_front(points: List[Dict[str, Any]], x: str = "mean_nfe") -> List[Dict[str, Any]]:
+    """Points no other point beats on both fewer ``x`` and higher accuracy, sorted by ``x``."""
+    front, best = [], -1.0
+    for p in sorted(points, key=lambda p: (p[x], -p["accuracy"])):
+        if p["accuracy"] > best:
+            front.append(p)
+            best = p["accuracy"]
+    return front
+
+
+def plot_sweep(records: List[Dict[str, Any]], path: str, title: Optional[str] = None) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ValueError("--plot needs matplotlib: pip install 'fastdllm-warmstart[plot]'.") from None
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+    styles = {"reference": dict(marker="o", color="black"), "paper": dict(marker="*", markersize=12),
+              "ours": dict(marker="s")}
+    for ax, x, xlabel in ((axes[0], "mean_nfe", "mean NFE (forward passes per answer)"),
+                          (axes[1], "wall_per_problem_s", "wall-clock per problem, s (dLLM + aux)")):
+        series: Dict[str, List[Dict[str, Any]]] = {}
+        for r in records:
+            series.setdefault(r["series"], []).append(r)
+        for name, rows in series.items():
+            kind = rows[0]["kind"]
+            rows = sorted(rows, key=lambda r: r[x])
+            xs = [r[x] for r in rows]
+            ys = [r["accuracy"] for r in rows]
+            err = [[r["accuracy"] - r["accuracy_ci95"][0] for r in rows],
+                   [r["accuracy_ci95"][1] - r["accuracy"] for r in rows]]
+            ls = "-" if kind == "reference" else ("none" if kind == "paper" else ":")
+            ax.errorbar(xs, ys, yerr=err, linestyle=ls, capsize=2, label=f"{name} ({kind})",
+                        **styles[kind])
+        front = pareto_front(records, x)
+        ax.step([p[x] for p in front], [p["accuracy"] for p in front], where="post", color="grey",
+                alpha=0.5, linewidth=3, label="Pareto frontier")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("accuracy (strict-match, 95% interval)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, loc="lower right")
+    fig.suptitle(title or "Accuracy vs cost of every sweep point")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_sweep(args: argparse.Namespace) -> List[Dict[str, Any]]:
+    from .bench import run_bench
+
+    points = load_sweep_preset(args.preset)
+    modes = [{"mode": p["mode"], "settings": p["settings"]} for p in points]
+    result = run_bench(args, modes=modes)
+    by_mode = {r["mode"]: r for r in result["records"]}
+    out_records = []
+    for p in points:
+        rec = dict(by_mode[p["mode"]])
+        rec.update(series=p["series"], kind=p["kind"], varied=p["varied"],
+                   config=result["config"][p["mode"]])
+        rec["wall_per_problem_s"] = rec["wall_s"] / max(1, rec["n"])
+        out_records.append(rec)
+    meta = {k: result[k] for k in ("command", "data", "n_problems", "seeds", "model", "aux_model",
+                                   "batch_size", "device", "threads", "versions", "fingerprint")
+            if k in result}
+    aux = next((r for r in result["records"] if r["mode"] == "aux_only"), None)
+    path = Path(args.out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as fh:
+        fh.write(json.dumps({"meta": meta, "aux_only": aux}, default=str) + "\n")
+        for rec in out_records:
+            fh.write(json.dumps(rec, default=str) + "\n")
+    return out_records
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    records = run_sweep(args)
+    for r in records:
+        print(f"{r['mode']:<44} acc {r['accuracy']:.3f} [{r['accuracy_ci95'][0]:.3f},"
+              f"{r['accuracy_ci95'][1]:.3f}]  NFE {r['mean_nfe']:6.2f}  wall/problem {r['wall_per_problem_s']:.4f}s")
+    print(f"\nOne record per point (with resolved config, seeds, versions): {args.out}")
+    if args.plot:
+        plot_sweep(records, args.plot)
+        print(f"Plot: {args.plot}")
+    return 0
+
+
+def add_sweep_parser(sub) -> None:
+    from .bench import add_data_flags
+    from .cli import add_model_flags, add_run_flags
+
+    p = sub.add_parser("sweep", help="a declarative grid of settings and its accuracy-vs-NFE Pareto plot")
+    p.add_argument("--preset", required=True, help="sweep preset JSON (see fastdllm_warmstart/presets/)")
+    p.add_argument("--out", default="results/sweep.jsonl", help="one JSON record per point")
+    p.add_argument("--plot", help="write the two-panel Pareto PNG here")
+    add_data_flags(p, json_default="results/sweep_rows.json")
+    add_model_flags(p)
+    add_run_flags(p)
+    p.set_defaults(func=_cmd_sweep)

@@ -1,0 +1,241 @@
+"""Training utilities shared by the scripts that train LLaDA-protocol models on ``tinygsm``
+(``scripts/train_tiny.py``: the embedded tiny dLLM; ``scripts/train_rcd.py``: its RCD stage).
+
+* :class:`ProblemStream`: an endless seeded stream of generated problems, never a held-out one.
+* :func:`dllm_encode_batch`: left-padded prompt + EOS-padded answer canvas, with equation spans.
+* :func:`mask_canvas` / :func:`masked_ce` / :func:`dllm_loss`: the LLaDA SFT objective, with the
+  two masking curricula the tiny models need on a 2-core CPU (prefix cuts and equation focus).
+* :func:`threshold_decode` / :func:`eval_dllm`: a small self-contained Fast-dLLM-style decoder for
+  learning curves (no cache; the package's engine is what users run).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Dict, List, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .tasks import tinygsm
+
+GEN_LENGTH = 96
+BLOCK_LENGTH = 32
+THRESHOLD = 0.9
+
+
+class ProblemStream:
+    """Endless seeded stream of training problems, skipping excluded questions."""
+
+    def __init__(self, seed: int, exclude: set):
+        self.rng = random.Random(seed)
+        self.exclude = exclude
+
+    def next_batch(self, n: int, pool: int = 8) -> List[dict]:
+        """Batches come from a pool of ``pool`` batches sorted by question length (less padding)."""
+        if not getattr(self, "queue", None):
+            out = []
+            while len(out) < n * pool:
+                p = tinygsm.generate_problem(self.rng)
+                if p["question"] not in self.exclude:
+                    out.append(p)
+            out.sort(key=lambda p: len(p["question"]))
+            batches = [out[i * n:(i + 1) * n] for i in range(pool)]
+            self.rng.shuffle(batches)
+            self.queue = batches
+        return self.queue.pop()
+
+
+# ---------------------------------------------------------------------------------------------
+# dLLM
+# ---------------------------------------------------------------------------------------------
+
+_OP_TOKENS = {"+", "-", "*", "/", "plus", "minus", "times"}
+
+
+def _is_number(t: str) -> bool:
+    return t.isdigit()
+
+
+def equation_spans(tokens: Sequence[str]):
+    """``(first, last, result)`` canvas positions of every equation in an answer's tokens, whatever
+    its wording: ``a op b = c``, ``a <word> b is c`` (``divided by`` is two tokens) or
+    ``c = a op b``. ``first..last`` covers the operands, operator and ``=``/``is``; ``result`` is c."""
+    spans = []
+    n = len(tokens)
+    for q, t in enumerate(tokens):
+        if t not in ("=", "is"):
+            continue
+        if q + 1 < n and _is_number(tokens[q + 1]) and q >= 3 and _is_number(tokens[q - 1]):
+            if tokens[q - 2] in _OP_TOKENS and _is_number(tokens[q - 3]):
+                spans.append((q - 3, q, q + 1))
+                continue
+            if q >= 4 and tokens[q - 2] == "by" and tokens[q - 3] == "divided" and _is_number(tokens[q - 4]):
+                spans.append((q - 4, q, q + 1))
+                continue
+        if t == "=" and q >= 1 and _is_number(tokens[q - 1]) and q + 3 < n and _is_number(tokens[q + 1]) \
+                and tokens[q + 2] in _OP_TOKENS and _is_number(tokens[q + 3]):
+            spans.append((q, q + 3, q - 1))
+    return spans
+
+
+def dllm_encode_batch(tok, problems: Sequence[dict], device) -> Dict[str, torch.Tensor]:
+    """Left-padded prompt ids + GEN_LENGTH-token EOS-padded answer canvas (+ equation spans)."""
+    prompts = [tok.encode(tinygsm.format_prompt(p["question"]), add_special_tokens=False) for p in problems]
+    answers = [tok.encode(" " + p["answer"], add_special_tokens=False) for p in problems]
+    P = max(len(x) for x in prompts)
+    B = len(problems)
+    ids = torch.full((B, P + GEN_LENGTH), tok.pad_token_id, dtype=torch.long)
+    am = torch.zeros((B, P + GEN_LENGTH), dtype=torch.long)
+    for i, (pr, an) in enumerate(zip(prompts, answers)):
+        if len(an) >= GEN_LENGTH:
+            raise ValueError(f"answer too long ({len(an)} tokens)")
+        ids[i, P - len(pr):P] = torch.tensor(pr)
+        canvas = an + [tok.eos_token_id] * (GEN_LENGTH - len(an))
+        ids[i, P:] = torch.tensor(canvas)
+        am[i, P - len(pr):] = 1
+    spans = [equation_spans(tok.convert_ids_to_tokens(an)) for an in answers]
+    return {"ids": ids.to(device), "am": am.to(device), "P": P, "spans": spans}
+
+
+def mask_canvas(batch, eos_id: int, gen: torch.Generator, prefix_frac: float = 0.0,
+                eq_frac: float = 0.0, eps: float = 1e-3):
+    """The LLaDA SFT corruption of a batch's answer canvas: per row ``t ~ U(eps, 1)`` (stratified
+    over the batch), each canvas token masked with probability ``t``. A fraction ``prefix_frac`` of
+    the rows only mask at or after a random cut in the answer (the states semi-autoregressive
+    decoding visits); a fraction ``eq_frac`` gets equation-focused masking (:func:`_equation_focus`).
+    Returns ``(t (B,), m (B, G) masked, forced (B, G) equation targets)``."""
+    ids, P = batch["ids"], batch["P"]
+    B = ids.shape[0]
+    u = torch.rand((), generator=gen).item()
+    t = ((u + torch.arange(B, dtype=torch.float32) / B) % 1.0)
+    t = (eps + (1 - eps) * t)[torch.randperm(B, generator=gen)]
+    canvas = ids[:, P:]
+    m = torch.rand(canvas.shape, generator=gen) < t[:, None]
+    if prefix_frac > 0:
+        ans_len = (canvas.cpu() != eos_id).sum(1)  # answer tokens before the EOS tail
+        cut = (torch.rand(B, generator=gen) * (ans_len + 1).float()).floor().long()
+        rows = torch.rand(B, generator=gen) < prefix_frac
+        eligible = torch.arange(canvas.shape[1])[None, :] >= cut[:, None]
+        m = torch.where(rows[:, None], m & eligible, m)
+    forced = torch.zeros_like(m)
+    if eq_frac > 0:
+        m, forced = _equation_focus(canvas.cpu(), batch["spans"], m, eq_frac, gen)
+    return t.to(ids.device), m.to(ids.device), forced.to(ids.device)
+
+
+def masked_ce(logits: torch.Tensor, canvas: torch.Tensor, t: torch.Tensor, m: torch.Tensor,
+              forced: torch.Tensor, forced_weight: float = 2.0) -> torch.Tensor:
+    """Cross-entropy on masked canvas tokens weighted ``1/t`` (equation targets: ``forced_weight``),
+    divided by the number of canvas tokens. ``logits`` (B, G, V) over the canvas."""
+    B, G = canvas.shape
+    ce = F.cross_entropy(logits[m].float(), canvas[m], reduction="none")
+    w = torch.where(forced, torch.full_like(t[:, None].expand_as(m), forced_weight),
+                    (1.0 / t)[:, None].expand_as(m))[m]
+    return (ce * w).sum() / (B * G)
+
+
+def dllm_loss(model, batch, mask_id: int, eos_id: int, gen: torch.Generator, prefix_frac: float = 0.0,
+              eq_frac: float = 0.0, forced_weight: float = 2.0, eps: float = 1e-3) -> torch.Tensor:
+    """LLaDA SFT loss (:func:`mask_canvas` then :func:`masked_ce`)."""
+    ids, am, P = batch["ids"], batch["am"], batch["P"]
+    t, m, forced = mask_canvas(batch, eos_id, gen, prefix_frac, eq_frac, eps)
+    canvas = ids[:, P:]
+    xt = ids.clone()
+    xt[:, P:] = torch.where(m, torch.full_like(canvas, mask_id), canvas)
+    logits = model(xt, attention_mask=am).logits[:, P:]
+    return masked_ce(logits, canvas, t, m, forced, forced_weight)
+
+
+def _equation_focus(canvas: torch.Tensor, spans, m: torch.Tensor, frac: float, gen: torch.Generator):
+    """Decode-state masking for a fraction of rows: for every other equation (any wording, see
+    :func:`equation_spans`) reveal its operands and operator and mask its result c together with
+    the next copy of c later in the answer (the next equation's operand, the closing sentence or
+    the final number), so the row carries clean "compute c from a op b" targets, as threshold
+    decoding needs."""
+    B, G = canvas.shape
+    m = m.clone()
+    forced = torch.zeros_like(m)
+    rows = (torch.rand(B, generator=gen) < frac).nonzero(as_tuple=True)[0].tolist()
+    for r in rows:
+        sp = spans[r]
+        if not sp:
+            continue
+        parity = int(torch.randint(2, (1,), generator=gen))
+        row = canvas[r].tolist()
+        for k in range(parity, len(sp), 2):
+            first, last, res = sp[k]
+            m[r, first:last + 1] = False
+            targets = [res]
+            nxt = next((j for j in range(max(last, res) + 1, G) if row[j] == row[res]), None)
+            if nxt is not None:
+                targets.append(nxt)
+            for pos in targets:
+                m[r, pos] = True
+                forced[r, pos] = True
+    return m, forced
+
+
+@torch.no_grad()
+def threshold_decode(model, tok, questions: Sequence[str], gen_length: int = GEN_LENGTH,
+                     block_length: int = BLOCK_LENGTH, threshold: float = THRESHOLD,
+                     batch_size: int = 100):
+    """Fast-dLLM-style parallel decoding. Returns (texts, nfe per problem)."""
+    model.eval()
+    device = next(model.parameters()).device
+    mask_id, pad_id, eos_id = tok.mask_token_id, tok.pad_token_id, tok.eos_token_id
+    texts: List[str] = []
+    nfes: List[int] = []
+    for start in range(0, len(questions), batch_size):
+        qs = questions[start:start + batch_size]
+        prompts = [tok.encode(tinygsm.format_prompt(q), add_special_tokens=False) for q in qs]
+        P = max(len(x) for x in prompts)
+        B = len(qs)
+        x = torch.full((B, P + gen_length), mask_id, dtype=torch.long, device=device)
+        am = torch.ones((B, P + gen_length), dtype=torch.long, device=device)
+        for i, pr in enumerate(prompts):
+            x[i, :P - len(pr)] = pad_id
+            am[i, :P - len(pr)] = 0
+            x[i, P - len(pr):P] = torch.tensor(pr, device=device)
+        nfe = torch.zeros(B, dtype=torch.long)
+        for b in range(gen_length // block_length):
+            s, e = P + b * block_length, P + (b + 1) * block_length
+            while True:
+                still = (x[:, s:e] == mask_id)
+                active = still.any(1).nonzero(as_tuple=True)[0]
+                if active.numel() == 0:
+                    break
+                logits = model(x[active], attention_mask=am[active]).logits[:, s:e].float()
+                logits[..., mask_id] = -float("inf")
+                logits[..., pad_id] = -float("inf")
+                conf, pred = torch.softmax(logits, dim=-1).max(-1)
+                blk_mask = still[active]
+                conf = torch.where(blk_mask, conf, torch.full_like(conf, -1.0))
+                commit = conf >= threshold
+                commit[torch.arange(active.numel()), conf.argmax(-1)] = True
+                commit &= blk_mask
+                sub = x[active, s:e]
+                sub[commit] = pred[commit]
+                x[active, s:e] = sub
+                nfe[active.cpu()] += 1
+        for i in range(B):
+            gen = x[i, P:].tolist()
+            if eos_id in gen:
+                gen = gen[:gen.index(eos_id)]
+            texts.append(tok.decode(gen, skip_special_tokens=True))
+        nfes += nfe.tolist()
+    return texts, nfes
+
+
+def score(problems: Sequence[dict], texts: Sequence[str]) -> float:
+    ok = sum(1 for p, t in zip(problems, texts) if tinygsm.extract_final(t) == int(p["final"]))
+    return ok / max(1, len(problems))
+
+
+def eval_dllm(model, tok, problems, batch_size=100) -> Dict[str, float]:
+    t0 = time.time()
+    texts, nfes = threshold_decode(model, tok, [p["question"] for p in problems], batch_size=batch_size)
+    model.train()
+    return {"acc": score(problems, texts), "nfe": sum(nfes) / len(nfes), "eval_s": time.time() - t0,
+            "example": texts[0]}
