@@ -34,14 +34,19 @@ PRESET_DIR = Path(__file__).resolve().parent / "presets"
 DEFAULT_PRESET = PRESET_DIR / "bench_default.json"
 
 
-def load_preset(path: Path) -> List[Dict[str, Any]]:
-    """A preset is a JSON list of ``{"mode": name, "settings": {flat config keys}}``."""
+def read_preset_json(path: Path) -> Any:
+    """A preset file's JSON, or a ValueError naming the fix."""
     try:
-        modes = json.loads(Path(path).read_text())
+        return json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise ValueError(f"Preset file {path} not found; give an existing --preset JSON file.") from None
     except json.JSONDecodeError as exc:
         raise ValueError(f"Preset {path} is not valid JSON: {exc}.") from None
+
+
+def load_preset(path: Path) -> List[Dict[str, Any]]:
+    """A preset is a JSON list of ``{"mode": name, "settings": {flat config keys}}``."""
+    modes = read_preset_json(path)
     if not isinstance(modes, list) or not all(isinstance(m, dict) and "mode" in m for m in modes):
         raise ValueError(f"Preset {path} must be a JSON list of {{\"mode\": ..., \"settings\": {{...}}}}.")
     return modes
@@ -256,22 +261,34 @@ def run_bench(args: argparse.Namespace, modes: Optional[List[Dict[str, Any]]] = 
         modes = [m for m in modes if m["mode"] in wanted]
     base_config = run_config_from_args(args)
     flat_base = {k: v for k, v in vars(args).items() if v is not None}
-    mode_configs = {}
+    mode_configs, mode_models = {}, {}
     for m in modes:
-        merged = {**base_config.to_flat(), **m.get("settings", {})}
+        settings = dict(m.get("settings", {}))
+        # A mode may decode with another dLLM (e.g. "embedded:tiny-dllm-rcd"); same tokenizer.
+        mode_models[m["mode"]] = settings.pop("model", None) or args.model
+        merged = {**base_config.to_flat(), **settings}
         mode_configs[m["mode"]] = configs_from_flat(merged)
     prompts = [format_prompt(p["question"]) for p in problems]
     golds = [p["answer"] for p in problems]
 
-    runner = WarmStartRunner.from_pretrained(args.model, base_config, device=args.device, dtype=args.dtype,
-                                             fast_dllm_path=args.fast_dllm_path, threads=args.threads)
+    runners: Dict[Any, WarmStartRunner] = {}
+
+    def runner_for(model_path):
+        if model_path not in runners:
+            runners[model_path] = WarmStartRunner.from_pretrained(
+                model_path, base_config, device=args.device, dtype=args.dtype,
+                fast_dllm_path=args.fast_dllm_path, threads=args.threads)
+        return runners[model_path]
+
+    runner = runner_for(args.model)
+    model_ids = {mode: runner_for(path).model_id for mode, path in mode_models.items()}
     shuffle_seed = getattr(args, "shuffle_proposals", None)
     permutation = shuffle_permutation(len(problems), shuffle_seed) if shuffle_seed is not None else None
     loop_variants = resolved_loop_variants(mode_configs, args.fast_dllm_path)
     # Everything that decides an answer: the batch size too, since a model that ignores padding
     # (upstream's LLaDA) decodes a prompt differently next to different neighbours.
     fingerprint = hashlib.sha256(json.dumps({
-        "data": data_id, "n": len(problems), "seeds": seeds, "model": runner.model_id,
+        "data": data_id, "n": len(problems), "seeds": seeds, "model": runner.model_id, "models": model_ids,
         "batch_size": args.batch_size, "shuffle_proposals": shuffle_seed, "loop_variants": loop_variants,
         "modes": {k: v.to_dict() for k, v in mode_configs.items()}}, sort_keys=True, default=str).encode()).hexdigest()[:16]
     json_path = Path(args.json)
@@ -302,7 +319,8 @@ def run_bench(args: argparse.Namespace, modes: Optional[List[Dict[str, Any]]] = 
                         "proposal_failures": sum(1 for p in proposals if not p.ok)})
         if permutation is not None:  # each problem gets another problem's draft
             by_prompt = {prompts[i]: proposals[permutation[i]] for i in range(len(prompts))}
-        runner._proposer = StaticProposer(by_prompt)
+        for r in runners.values():
+            r._proposer = StaticProposer(by_prompt)
 
     # 3. Every mode x seed, saved batch by batch.
     todo = [(m["mode"], s) for m in modes for s in (seeds if mode_configs[m["mode"]].warm.enabled else seeds[:1])]
@@ -312,6 +330,7 @@ def run_bench(args: argparse.Namespace, modes: Optional[List[Dict[str, Any]]] = 
     for mode, seed in todo:
         cfg = mode_configs[mode]
         cfg = dataclasses.replace(cfg, warm=dataclasses.replace(cfg.warm, seed=seed))
+        runner = runner_for(mode_models[mode])
         runner.config = cfg
         pending = [i for i in range(len(problems)) if (mode, seed, i) not in progress.done]
         for start in range(0, len(pending), args.batch_size):
@@ -348,8 +367,8 @@ def run_bench(args: argparse.Namespace, modes: Optional[List[Dict[str, Any]]] = 
         "command": "fastdllm-warmstart " + " ".join(
             shlex.quote(a) for a in getattr(args, "command_line", sys.argv[1:])),
         "data": data_id, "n_problems": len(problems), "seeds": seeds,
-        "model": runner.model_id, "aux_model": records[0].get("model") if records and records[0]["mode"] == "aux_only" else None,
-        "batch_size": args.batch_size, "device": str(runner.device), "threads": _threads(),
+        "model": runners[args.model].model_id, "models": model_ids, "aux_model": records[0].get("model") if records and records[0]["mode"] == "aux_only" else None,
+        "batch_size": args.batch_size, "device": str(runners[args.model].device), "threads": _threads(),
         "config": {m["mode"]: mode_configs[m["mode"]].to_dict() for m in modes},
         "loop_variants": {m["mode"]: loop_variants[m["mode"]] for m in modes},
         "shuffle_proposals": (None if permutation is None

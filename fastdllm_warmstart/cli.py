@@ -71,7 +71,7 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
     a = parser.add_argument_group("auxiliary proposer")
     a.add_argument("--aux-model", help="HF causal LM folder (default: the embedded tiny aux model)")
     a.add_argument("--aux-max-new-tokens", type=int, help="aux greedy length (default 2 x gen-length)")
-    a.add_argument("--aux-batch-size", type=int, help="aux batch size (default 8)")
+    a.add_argument("--aux-batch-size", type=int, help="aux batch size (default 64)")
     a.add_argument("--proposal-cache", help="JSONL cache of aux proposals, reused across runs")
     a.add_argument("--proposals", help="JSONL of ready proposals ({prompt, proposal}) instead of the aux model")
     x = parser.add_argument_group("residual context (RCD)")
@@ -169,6 +169,19 @@ def _cmd_make_data(args: argparse.Namespace) -> int:
         return _fail("--n must be >= 1.")
     make_data(args.seed, args.n, args.out)
     print(f"Wrote {args.n} tinygsm problems (seed {args.seed}) to {args.out}")
+    if args.drafts_out:
+        import json
+        import random
+
+        from .tasks.tinygsm import draft_answer, format_prompt, load_jsonl
+
+        problems = load_jsonl(args.out)
+        rng = random.Random(args.seed)
+        with open(args.drafts_out, "w", encoding="utf-8") as fh:
+            for p in problems:
+                text = p["answer"] if args.drafts == "gold" else draft_answer(p, rng, args.drafts_wrong)
+                fh.write(json.dumps({"prompt": format_prompt(p["question"]), "proposal": text}) + "\n")
+        print(f"Wrote {args.drafts} proposals for them to {args.drafts_out} (use with --proposals)")
     return 0
 
 
@@ -200,6 +213,11 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--seed", type=int, required=True)
     data.add_argument("--n", type=int, required=True)
     data.add_argument("--out", required=True)
+    data.add_argument("--drafts-out", help="also write proposals for these problems (a --proposals file)")
+    data.add_argument("--drafts", choices=["gold", "reworded"], default="gold",
+                      help="gold: the reference answers; reworded: each answer drawn again in another "
+                           "wording, with one wrong result in a --drafts-wrong fraction (an aux-like draft)")
+    data.add_argument("--drafts-wrong", type=float, default=0.5)
     add_verbose_flag(data)
     data.set_defaults(func=_cmd_make_data)
 

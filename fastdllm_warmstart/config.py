@@ -247,7 +247,9 @@ class AuxConfig:
     aux_model: Optional[str] = None
     # Greedy proposal length in aux tokens; None = 2 * gen_length (aux tokenizers split finer).
     aux_max_new_tokens: Optional[int] = None
-    aux_batch_size: int = 8
+    # Drafts are short greedy generations: a wide batch is what makes them cheap (the embedded aux:
+    # 15 ms per problem at 8, 4 ms at 64 on one CPU thread).
+    aux_batch_size: int = 64
     # None = use the aux tokenizer's chat template when it has one (Instruct models).
     aux_chat_template: Optional[bool] = None
     # JSONL proposal cache keyed by prompt, aux model and its settings; None = no cache.

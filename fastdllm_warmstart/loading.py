@@ -102,8 +102,17 @@ def _load_dllm(model_path, *, device, dtype, fast_dllm_path):
 
     from .models import TinyLLaDAModelLM
 
-    embedded = model_path in (None, "", "embedded")
-    path = asset_path(DLLM_NAME) if embedded else Path(model_path).expanduser()
+    # None / "embedded": the embedded tiny dLLM; "embedded:NAME": another embedded model
+    # (e.g. "embedded:tiny-dllm-rcd"); anything else: a checkpoint folder.
+    embedded = model_path in (None, "", "embedded") or str(model_path).startswith("embedded:")
+    name = str(model_path).split(":", 1)[1].split("@", 1)[0] if embedded and model_path else DLLM_NAME
+    try:
+        path = asset_path(name) if embedded else Path(model_path).expanduser()
+    except FileNotFoundError as exc:
+        from .assets import ASSETS_DIR
+
+        known = sorted(d.name for d in ASSETS_DIR.iterdir() if (d / "config.json").is_file())
+        raise ModelLoadError(f"{exc} Embedded models here: {', '.join('embedded:' + k for k in known)}.") from None
     if not path.exists():
         raise ModelLoadError(f"model_path {str(path)!r} does not exist. Give a local checkpoint folder, "
                              "or omit model_path for the embedded tiny model.")
@@ -131,7 +140,7 @@ def _load_dllm(model_path, *, device, dtype, fast_dllm_path):
         raise ModelLoadError(f"{path} holds a {model_type!r} model; expected a masked-diffusion LM "
                              "(model_type 'llada' or 'tiny_llada').")
     model = model.to(dev).eval()
-    return model, tokenizer, (embedded_model_id(DLLM_NAME, path) if embedded else str(model_path))
+    return model, tokenizer, (embedded_model_id(name, path) if embedded else str(model_path))
 
 
 def embedded_model_id(name: str, path: Path) -> str:

@@ -85,12 +85,15 @@ class ResidualContext(DecodeCallback):
             self.residual = torch.zeros((B, L, table.shape[1]), dtype=table.dtype, device=table.device)
             self.weight = torch.zeros((B, L), dtype=torch.float32, device=table.device)
             self.has = torch.zeros((B, L), dtype=torch.bool, device=table.device)
-        weight, expected = residual_inputs(logits, table, self.t_res)
         update = state.x[:, w0:w1] == state.mask_id  # (B, W): residuals only where still masked
         if rows is not None:
             update &= rows.view(-1, 1)
-        self.residual[:, w0:w1] = torch.where(update.unsqueeze(-1), expected, self.residual[:, w0:w1])
-        self.weight[:, w0:w1] = torch.where(update, weight, self.weight[:, w0:w1])
+        if not bool(update.any()):
+            return
+        # Only the masked positions: the softmax over V and p @ E are the stream's whole cost.
+        weight, expected = residual_inputs(logits[update].unsqueeze(0), table, self.t_res)  # (1, N), (1, N, C)
+        self.residual[:, w0:w1][update] = expected[0]
+        self.weight[:, w0:w1][update] = weight[0]
         self.has[:, w0:w1] |= update
 
     def on_init(self, state: DecodeState) -> None:
@@ -104,7 +107,9 @@ class ResidualContext(DecodeCallback):
                                                        dtype=torch.long, device=state.x.device)
         self._store(state, logits, 0, state.x.shape[1])
 
-    def after_forward(self, state: DecodeState) -> None:
+    def after_commit(self, state: DecodeState) -> None:
+        # After the commit (and any verifier / remask): only positions that stay masked need a
+        # residual for the next forward.
         w0, w1 = state.window
         self._store(state, state.logits, w0, w1, rows=state.active)
 

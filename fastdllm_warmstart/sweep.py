@@ -56,13 +56,9 @@ def expand_preset(preset: Dict[str, Any]) -> List[Dict[str, Any]]:
 
 
 def load_sweep_preset(path: str) -> List[Dict[str, Any]]:
-    try:
-        preset = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise ValueError(f"Sweep preset {path} not found; give an existing --preset JSON file.") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"Sweep preset {path} is not valid JSON: {exc}.") from None
-    return expand_preset(preset)
+    from .bench import read_preset_json
+
+    return expand_preset(read_preset_json(Path(path)))
 
 
 def pareto_front(points: List[Dict[str, Any]], x: str = "mean_nfe") -> List[Dict[str, Any]]:

@@ -99,6 +99,14 @@ def dllm_encode_batch(tok, problems: Sequence[dict], device) -> Dict[str, torch.
     return {"ids": ids.to(device), "am": am.to(device), "P": P, "spans": spans}
 
 
+def optimizer_step(model, opt, loss: torch.Tensor, clip: float = 1.0) -> None:
+    """Backward, gradient-norm clip, step."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    opt.step()
+
+
 def mask_canvas(batch, eos_id: int, gen: torch.Generator, prefix_frac: float = 0.0,
                 eq_frac: float = 0.0, eps: float = 1e-3):
     """The LLaDA SFT corruption of a batch's answer canvas: per row ``t ~ U(eps, 1)`` (stratified

@@ -17,7 +17,6 @@ along with their batch) exactly as they are, so a row decodes the same in any ba
 
 from __future__ import annotations
 
-import math
 import zlib
 from typing import List, Optional, Sequence
 

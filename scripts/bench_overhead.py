@@ -5,6 +5,9 @@ Times, on the same model, prompts and settings (threshold decoding, cold start):
   plain      a minimal hand-written loop (no state object, no hooks, no strategy objects)
   engine     fastdllm_warmstart.generate with no callbacks
   engine+3   the engine with three no-op callbacks that override every event
+  +residual  the engine with the RCD residual stream (fastdllm_warmstart.residual; target <= 15%)
+  +chain     the engine with the default draft verifier judging a draft it never accepts (the
+             same steps as the cold run: the per-step cost of judging)
   upstream   Fast-dLLM's own generate function, when a checkout is found (FAST_DLLM_PATH)
 and prints milliseconds per forward step (median over repeats) and the overhead vs plain.
 
@@ -86,9 +89,9 @@ def main():
     ap.add_argument("--model", help="dLLM folder (default: embedded tiny dLLM, else a random tiny model)")
     ap.add_argument("--cache", default="dual", choices=["none", "dual"])
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--prompt-len", type=int, default=40)
-    ap.add_argument("--gen-length", type=int, default=48)
-    ap.add_argument("--block-length", type=int, default=16)
+    ap.add_argument("--prompt-len", type=int, default=55)
+    ap.add_argument("--gen-length", type=int, default=96)
+    ap.add_argument("--block-length", type=int, default=32)
     ap.add_argument("--threshold", type=float, default=0.9)
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--threads", type=int, default=1)
@@ -125,8 +128,14 @@ def main():
                    use_upstream=False, **common)
     assert torch.equal(ref[0], out.sequences) and ref[1] == out.total_nfe, "plain loop and engine disagree"
 
-    fns = {"plain": run_plain, "engine": run_engine(),
-           "engine+3 no-op callbacks": run_engine([NoOp(), NoOp(), NoOp()])}
+    from fastdllm_warmstart.priors import ChainAccept
+    from fastdllm_warmstart.residual import ResidualContext
+
+    never = torch.full((args.batch, args.gen_length), mask_id + 1 if mask_id + 1 < 5 else 1)  # a draft of
+    fns = {"plain": run_plain, "engine": run_engine(),                                      # one odd token
+           "engine+3 no-op callbacks": run_engine([NoOp(), NoOp(), NoOp()]),
+           "engine+residual (RCD)": run_engine([ResidualContext(t_res=0.95)]),
+           "engine+chain verifier": run_engine([ChainAccept(never, threshold=args.threshold)])}
     from fastdllm_warmstart.upstream import find_upstream
 
     up = find_upstream()

@@ -37,7 +37,7 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import torch
 
@@ -48,7 +48,7 @@ if str(REPO) not in sys.path:
 from fastdllm_warmstart.residual import ResidualContext, residual_inputs  # noqa: E402
 from fastdllm_warmstart.tasks import tinygsm  # noqa: E402
 from fastdllm_warmstart.training import (GEN_LENGTH, ProblemStream, dllm_encode_batch, mask_canvas,  # noqa: E402
-                                         masked_ce, score)
+                                         masked_ce, optimizer_step, score)
 
 VAL_SEED = 777
 FRESH_SEED = 20241123
@@ -264,10 +264,7 @@ def main(argv=None) -> None:
             g["lr"] = lr_at(state["step"], args)
         probs = stream.next_batch(args.batch)
         loss = rcd_loss(target, reference, tok, dllm_encode_batch(tok, probs, "cpu"), probs, gen, rng, args)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(target.parameters(), 1.0)
-        opt.step()
+        optimizer_step(target, opt, loss)
         now = time.time()
         state["elapsed"] += now - t_last
         t_last = now

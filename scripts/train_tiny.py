@@ -31,11 +31,10 @@ import json
 import math
 import os
 import platform
-import random
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -48,7 +47,7 @@ from fastdllm_warmstart.models import TinyLLaDAConfig, TinyLLaDAModelLM  # noqa:
 from fastdllm_warmstart.tasks import tinygsm  # noqa: E402
 from fastdllm_warmstart.tokenization import build_aux_tokenizer, build_dllm_tokenizer  # noqa: E402
 from fastdllm_warmstart.training import (BLOCK_LENGTH, GEN_LENGTH, THRESHOLD, ProblemStream,  # noqa: E402
-                                         dllm_encode_batch, dllm_loss, eval_dllm, score)
+                                         dllm_encode_batch, dllm_loss, eval_dllm, optimizer_step, score)
 
 VAL_SEED = 777  # validation problems used for the learning curve / checkpoint selection
 FRESH_SEED = 20241123  # a freshly drawn split for the final report
@@ -183,7 +182,7 @@ def export(kind: str, args, tok, state: dict) -> None:
     work = Path(args.work)
     curve = state["curve"]
     if kind == "dllm":
-        chosen = max((c for c in curve if "acc" in c), key=lambda c: c["acc"], default=None)
+        chosen = max((c for c in curve if "acc" in c), key=lambda c: (c["acc"], c["step"]), default=None)
     else:
         inside = [c for c in curve if "acc" in c and 0.30 <= c["acc"] <= 0.70]
         pool = inside or [c for c in curve if "acc" in c]
@@ -191,6 +190,13 @@ def export(kind: str, args, tok, state: dict) -> None:
     if chosen is None:
         raise SystemExit("no evaluated checkpoint to export")
     snap = work / f"snap_{chosen['step']:07d}.pt"
+    if not snap.exists():  # a run that spans machines keeps only ckpt.pt and best.pt
+        best = torch.load(work / "best.pt", map_location="cpu") if (work / "best.pt").exists() else None
+        if kind == "aux" or best is None or best["step"] != chosen["step"]:
+            raise SystemExit(f"the chosen checkpoint {snap} is missing and best.pt does not hold step "
+                             f"{chosen['step']}; resume the run where its snapshots are")
+        snap = work / "best.pt.weights"
+        torch.save(best["model"], snap)
     log(f"exporting step {chosen['step']} (val acc {chosen['acc']:.3f}) from {snap}")
     model = build(kind, args, tok)
     model.load_state_dict(torch.load(snap, map_location="cpu"))
@@ -367,6 +373,9 @@ def main(argv=None) -> None:
         r.update(step=state["step"], elapsed=round(state["elapsed"], 1), loss=round(run_loss, 4))
         state["curve"].append(r)
         torch.save(model.state_dict(), work / f"snap_{state['step']:07d}.pt")
+        if kind == "dllm" and r["acc"] >= max(c["acc"] for c in state["curve"]):
+            # the best weights so far, small enough to commit beside ckpt.pt when a run spans sessions
+            torch.save({"step": state["step"], "acc": r["acc"], "model": model.state_dict()}, work / "best.pt")
         curve_f.write(json.dumps(r) + "\n")
         curve_f.flush()
         log(f"EVAL step {state['step']}: {json.dumps(r)}")
@@ -376,7 +385,7 @@ def main(argv=None) -> None:
     t_session = time.time()
     t_last = time.time()
     last_ckpt = time.time()
-    run_loss, n_loss = 0.0, 0
+    run_loss = 0.0
     loss_ema = None
     stop_reason = "steps"
     while state["step"] < args.steps:
@@ -399,10 +408,7 @@ def main(argv=None) -> None:
                              eq_frac=args.eq_frac, forced_weight=args.forced_weight)
         else:
             loss = aux_loss(model, aux_encode_batch(tok, probs, device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        optimizer_step(model, opt, loss)
         now = time.time()
         state["elapsed"] += now - t_last
         t_last = now

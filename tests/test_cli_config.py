@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -219,3 +220,31 @@ def test_to_flat_round_trips():
     cfg = configs_from_flat(warm_init="embed", alpha=0.3, remask=True, remask_tau=0.9, threshold=None,
                             cache="prefix", residual=True, proposal_cache="p.jsonl")
     assert configs_from_flat(cfg.to_flat()) == cfg
+
+
+def test_bench_mode_can_name_its_own_model(random_model_dirs, tmp_path, capsys):
+    """A preset mode with "model" decodes with that dLLM (e.g. the RCD model beside the base one)."""
+    import torch
+
+    from fastdllm_warmstart.models import TinyLLaDAModelLM
+
+    other = tmp_path / "other"
+    model = TinyLLaDAModelLM.from_pretrained(random_model_dirs["dllm"])
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    model.save_pretrained(other)
+    (other / "tokenizer.json").write_bytes((Path(random_model_dirs["dllm"]) / "tokenizer.json").read_bytes())
+    (other / "tokenizer_config.json").write_bytes(
+        (Path(random_model_dirs["dllm"]) / "tokenizer_config.json").read_bytes())
+    preset = tmp_path / "preset.json"
+    preset.write_text(json.dumps([{"mode": "base", "settings": {}},
+                                  {"mode": "other", "settings": {"model": str(other)}}]))
+    out = tmp_path / "b.json"
+    assert main(["bench", "--model", random_model_dirs["dllm"], "--preset", str(preset), "--limit", "3",
+                 "--gen-length", "32", "--block-length", "16", "--json", str(out), "--quiet"]) == 0
+    result = json.loads(out.read_text())
+    assert result["models"] == {"base": random_model_dirs["dllm"], "other": str(other)}
+    rows = [json.loads(line) for line in out.with_suffix(".partial.jsonl").read_text().splitlines()[1:]]
+    answers = {m: [r["answer"] for r in rows if r["mode"] == m] for m in ("base", "other")}
+    assert answers["base"] != answers["other"]  # really another model
