@@ -31,7 +31,7 @@ REMASK_SCHEDULES = ("linear", "exp")
 # How --remask treats a prior (fastdllm_warmstart.priors): "revoke" is the paper-style confidence
 # remask (judge injected priors, revoke unlikely ones, never commit one early); the others commit
 # draft tokens the dLLM supports, earlier than it would commit them alone.
-REMASK_RULES = ("revoke", "accept", "chain", "prefix")
+REMASK_RULES = ("revoke", "accept", "chain", "prefix", "spec")
 PRIOR_CONTEXTS = ("hidden", "visible")
 RESIDUAL_STARTS = ("zeros", "reference")
 # Fast-dLLM's decoding loop exists in two shapes that give the same tokens but different NFE:

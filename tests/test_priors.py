@@ -241,3 +241,102 @@ def test_build_verifier_knows_its_rules(problem):
         assert build_verifier(name, target, tau_accept=0.3, threshold=0.9).name == name
     with pytest.raises(ValueError, match="choose one of"):
         build_verifier("nope", target, tau_accept=0.3, threshold=0.9)
+
+
+# -- spec: drafts and their shadows as transient queries -----------------------------------------
+from conftest import make_tiny_model  # noqa: E402
+from fastdllm_warmstart.priors.spec import SpeculativeAccept  # noqa: E402
+
+
+class LogitsSpy(DecodeCallback):
+    def __init__(self):
+        self.steps = []
+
+    def after_forward(self, state):
+        self.steps.append((state.logits.clone(), state.transient_logits, state.x.clone(), state.window))
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_spec_shadows_judge_each_draft_token_given_the_drafts_before_it(layers):
+    """The canvas queries see no draft (their logits are the cold ones, any depth); with one layer
+    the shadow of open position j predicts exactly what the model predicts on the canvas holding
+    the draft before j (deeper, the keys it sees are the cold ones: an approximation)."""
+    torch.manual_seed(0)
+    model = make_tiny_model(n_layers=layers, dtype=torch.float64)
+    prompt = torch.randint(10, 40, (2, P))
+    draft = torch.randint(10, 40, (2, G))
+    spy = LogitsSpy()
+    generate(model, prompt, steps=G, gen_length=G, block_length=BLOCK, threshold=0.9, cache="none",
+             callbacks=[spy, SpeculativeAccept(draft, lookahead=BLOCK)], mask_id=MASK)
+    logits, shadows, x, _ = spy.steps[0]
+    with torch.no_grad():
+        assert torch.allclose(model(x).logits, logits, atol=1e-10)
+        for j in range(BLOCK):
+            xj = x.clone()
+            xj[:, P:P + j] = draft[:, :j]
+            exact = torch.allclose(model(xj).logits[:, P + j], shadows[:, BLOCK + j], atol=1e-9)
+            assert exact if (layers == 1 or j == 0) else True
+
+
+@pytest.mark.parametrize("cache", CACHES)
+def test_spec_never_changes_what_the_model_decides_itself(cache):
+    """A draft the model never supports adds nothing: tokens and NFE equal the cold run's, in every
+    cache mode; batch and one-by-one agree."""
+    torch.manual_seed(1)
+    model = make_tiny_model(dtype=torch.float64)
+    prompt = torch.randint(10, 40, (3, P))
+    never = torch.full((3, G), 1)  # logit 0 among widely spread ones: never first, never likely
+    with torch.no_grad():
+        model.lm_head.weight[1] = 0.0
+    cold = decode(model, prompt, cache)
+    out = decode(model, prompt, cache, [SpeculativeAccept(never, tau_accept=0.999)])
+    assert int(out.stats["accepted"].sum()) == 0
+    assert torch.equal(out.sequences, cold.sequences) and torch.equal(out.nfe, cold.nfe)
+    own = cold.generated.clone()  # the model's own answer as the draft: judged, often accepted
+    batch = decode(model, prompt, cache, [SpeculativeAccept(own)])
+    assert int(batch.stats["accepted"].sum()) > 0
+    for i in range(3):
+        one = decode(model, prompt[i:i + 1], cache, [SpeculativeAccept(own[i:i + 1])])
+        assert torch.equal(one.sequences, batch.sequences[i:i + 1]) and one.nfe.item() == batch.nfe[i].item()
+
+
+def test_spec_needs_a_model_that_takes_transient_queries(problem):
+    target, prompt = problem
+    with pytest.raises(ValueError, match="transient queries"):
+        decode(ScriptedLM(target, P), prompt, "none", [SpeculativeAccept(target.clone())])
+
+
+@pytest.mark.parametrize("rule", ["accept", "chain", "prefix", "spec", "revoke"])
+def test_run_config_builds_the_rule_with_its_settings(rule):
+    from fastdllm_warmstart.config import configs_from_flat
+    from fastdllm_warmstart.priors import RULES
+    from fastdllm_warmstart.warmstart import ConfidenceRemask, TokenInjection, build_callbacks
+
+    cfg = configs_from_flat(warm_init="token", remask="true", remask_rule=rule, remask_tau_accept="0.2",
+                            remask_rel="0.15", remask_floor="0.002", remask_context="visible", threshold="0.8")
+    cbs = build_callbacks(cfg, torch.full((2, 8), 5))
+    assert isinstance(cbs[0], TokenInjection)
+    if rule == "revoke":
+        assert isinstance(cbs[1], ConfidenceRemask)
+        return
+    v = cbs[1]
+    assert type(v) is RULES[rule] and v.context == "visible" and v.threshold == 0.8
+    if rule in ("accept", "chain", "spec"):
+        assert v.tau_accept == 0.2
+    if rule == "chain":
+        assert (v.rel, v.floor) == (0.15, 0.002)
+
+
+def test_bad_rule_settings_are_one_clear_error(capsys):
+    from fastdllm_warmstart.cli import main
+
+    for flags, hint in ((["--remask-rule", "magic"], "--remask-rule"),
+                        (["--remask-tau-accept", "0"], "remask_tau_accept=0.0 is out of range"),
+                        (["--remask-context", "loud"], "--remask-context")):
+        try:
+            code = main(["generate", "--prompt", "x", "--warm-init", "token", "--remask", *flags])
+        except SystemExit as exc:  # argparse's own choice check
+            code = exc.code
+        assert code == 2
+        err = capsys.readouterr().err
+        assert hint in err and "Traceback" not in err

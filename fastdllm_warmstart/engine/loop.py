@@ -146,6 +146,18 @@ def _prepare_prompt(prompt, attention_mask, pad_token: int, device):
     return ids, attention_mask
 
 
+def _with_transient(state: DecodeState) -> dict:
+    """Model inputs for a forward with transient queries (``state.transient``)."""
+    tr = state.transient
+    if not getattr(state.model, "supports_transient_queries", False):
+        raise ValueError(f"{type(state.model).__name__} does not take transient queries "
+                         "(supports_transient_queries); use another rule with this model.")
+    window = state.inputs_embeds if state.inputs_embeds is not None else state.embed(state.window_view(state.x))
+    return {"inputs_embeds": torch.cat((window, tr.embeds.to(window.dtype)), dim=1),  # (B, W + T, C)
+            "position_ids": tr.position_ids, "attention_bias": tr.attention.unsqueeze(1),
+            "n_transient": tr.embeds.shape[1]}
+
+
 def _close_finished_rows(state: DecodeState) -> None:
     """Early stop: a row whose answer so far ends in EOS followed only by EOS is done."""
     if state.eos_id is None:
@@ -306,14 +318,19 @@ def generate(model, prompt: Union[torch.Tensor, Sequence[Sequence[int]]], steps:
             state.window = strategy.window(state)
             state.active = ~state.finished & ((state.block_masks() > 0)
                                               | (state.block_step < strategy.min_block_steps))
-            state.inputs_embeds = None
+            state.inputs_embeds, state.transient, state.transient_logits = None, None, None
             hooks.fire("before_forward", state)
-            if state.inputs_embeds is not None:
+            if state.transient is not None:
+                inputs = _with_transient(state)
+            elif state.inputs_embeds is not None:
                 inputs = {"inputs_embeds": state.inputs_embeds}
             else:
                 inputs = {"input_ids": state.window_view(state.x)}
-            state.logits = strategy.forward(state, inputs)  # (B, W, V)
-            state.inputs_embeds = None
+            state.logits = strategy.forward(state, inputs)  # (B, W, V), or (B, W + T, V)
+            if state.transient is not None:
+                n = state.transient.embeds.shape[1]
+                state.logits, state.transient_logits = state.logits[:, :-n], state.logits[:, -n:]
+            state.inputs_embeds, state.transient = None, None
             state.nfe += state.active.long()
             state.total_nfe += 1
             hooks.fire("after_forward", state)

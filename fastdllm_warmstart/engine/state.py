@@ -9,6 +9,20 @@ import torch
 
 
 @dataclass
+class TransientInputs:
+    """Extra queries a ``before_forward`` hook adds to one forward (models with
+    ``supports_transient_queries``): their keys/values serve this forward only.
+
+    ``embeds`` (B, T, C) their input embeddings; ``position_ids`` (B, T) their model positions;
+    ``attention`` (B, W + T, L + T) bool: what each query (the window's W, then the T transient)
+    may see among the L canvas keys, then the T transient keys."""
+
+    embeds: torch.Tensor
+    position_ids: torch.Tensor
+    attention: torch.Tensor
+
+
+@dataclass
 class DecodeState:
     """Everything the decoding loop knows, batch-first.
 
@@ -44,7 +58,9 @@ class DecodeState:
 
     # Per-forward data.
     inputs_embeds: Optional[torch.Tensor] = None  # (B, W, C) supplied by before_forward hooks
+    transient: Optional[TransientInputs] = None   # extra queries for the next forward only
     logits: Optional[torch.Tensor] = None         # (B, W, V) of the last forward
+    transient_logits: Optional[torch.Tensor] = None  # (B, T, V) of the transient queries
     x0: Optional[torch.Tensor] = None             # (B, W) proposed tokens of the last commit
     confidence: Optional[torch.Tensor] = None     # (B, W) float64 prob of x0 (masked cols)
     transfer: Optional[torch.Tensor] = None       # (B, W) bool: committed by the last commit

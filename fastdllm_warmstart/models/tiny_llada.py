@@ -20,13 +20,12 @@ KV-cache semantics (the ones the prefix and dual cache strategies rely on):
 Positions come from ``attention_mask`` when one is given (``cumsum(mask) - 1``), so a left-padded
 row sees exactly the positions it would see alone; padded keys are never attended to.
 
-Leave-one-out verification (``fastdllm_warmstart.priors.loo``) adds *transient* queries: with
-``replace_position`` selecting ``n < T`` columns, the last ``T - n`` inputs are extra tokens whose
-keys/values take part in this forward only (appended after the cache, never stored), at the
-positions given by ``position_ids`` (``(B, T - n)``), and ``attention_bias`` (bool
-``(B or 1, 1, T, S + T - n)``, True = may attend) says which keys each query sees. Without a cache
-the same two arguments apply to the whole input (``position_ids`` ``(B, T)``, ``attention_bias``
-``(B or 1, 1, T, T)``), combined with the padding mask.
+Transient queries (``n_transient``; draft verification in ``fastdllm_warmstart.priors.spec``): the
+last ``n_transient`` inputs are extra tokens whose keys/values take part in this forward only
+(after the canvas keys, never in the returned cache), at the positions ``position_ids``
+(``(B, n_transient)``); ``attention_bias`` (bool ``(B or 1, 1, T, S + n_transient)`` over the ``S``
+canvas keys then the transient ones, True = may attend) says which keys each query sees, combined
+with the padding mask. Models that implement this set ``supports_transient_queries = True``.
 """
 
 from __future__ import annotations
@@ -145,22 +144,21 @@ class Block(nn.Module):
         v = v.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         q = self.rotary(q, q_pos)
         k = self.rotary(k, q_pos)
-        if layer_past is not None:
-            past_k, past_v = layer_past
-            if replace_cols is None:
-                k = torch.cat((past_k, k), dim=2)
-                v = torch.cat((past_v, v), dim=2)
-            else:
-                n = T - n_transient
-                full_k, full_v = past_k.clone(), past_v.clone()
-                full_k[:, :, replace_cols] = k[:, :, :n]
-                full_v[:, :, replace_cols] = v[:, :, :n]
-                if n_transient:  # transient keys join this forward only
-                    k = torch.cat((full_k, k[:, :, n:]), dim=2)
-                    v = torch.cat((full_v, v[:, :, n:]), dim=2)
-                    cached = (full_k, full_v)
-                else:
-                    k, v = full_k, full_v
+        n = T - n_transient  # canvas inputs; the last n_transient inputs are transient
+        if layer_past is None:
+            cached_k, cached_v = k[:, :, :n], v[:, :, :n]
+        elif replace_cols is None:  # prefix cache: new canvas columns follow the cached ones
+            cached_k = torch.cat((layer_past[0], k[:, :, :n]), dim=2)
+            cached_v = torch.cat((layer_past[1], v[:, :, :n]), dim=2)
+        else:  # dual cache: the inputs replace their columns
+            cached_k, cached_v = layer_past[0].clone(), layer_past[1].clone()
+            cached_k[:, :, replace_cols] = k[:, :, :n]
+            cached_v[:, :, replace_cols] = v[:, :, :n]
+        if n_transient:  # transient keys join this forward only, after the canvas keys
+            k = torch.cat((cached_k, k[:, :, n:]), dim=2)
+            v = torch.cat((cached_v, v[:, :, n:]), dim=2)
+        else:
+            k, v = cached_k, cached_v
         if key_mask is None:
             attn_mask = None
         elif key_mask.dim() == 2:
@@ -171,9 +169,7 @@ class Block(nn.Module):
         x = x + self.attn_out(att.transpose(1, 2).reshape(B, T, C))
         gate, up = self.gate_up(self.mlp_norm(x)).chunk(2, dim=-1)
         x = x + self.down(F.silu(gate) * up)
-        if n_transient and layer_past is not None and replace_cols is not None:
-            return x, cached
-        return x, (k, v)
+        return x, (cached_k, cached_v)
 
 
 class TinyLLaDAModelLM(PreTrainedModel):
@@ -185,6 +181,7 @@ class TinyLLaDAModelLM(PreTrainedModel):
     _no_split_modules = ["Block"]
     # Honours attention_mask (left padding is invisible); upstream LLaDAModelLM ignores it.
     supports_padding = True
+    supports_transient_queries = True
 
     def __init__(self, config: TinyLLaDAConfig):
         super().__init__(config)
@@ -224,6 +221,7 @@ class TinyLLaDAModelLM(PreTrainedModel):
         replace_position: Optional[torch.Tensor] = None,
         position_ids: Optional[torch.Tensor] = None,
         attention_bias: Optional[torch.Tensor] = None,
+        n_transient: int = 0,
         return_dict: Optional[bool] = None,
         **unused,
     ) -> CausalLMOutputWithPast:
@@ -235,8 +233,12 @@ class TinyLLaDAModelLM(PreTrainedModel):
         B, T, _ = x.shape
         past_len = 0 if not past_key_values else past_key_values[0][0].shape[2]
 
+        n_transient = int(n_transient or 0)
+        if not 0 <= n_transient <= T or (n_transient and position_ids is None):
+            raise ValueError(f"n_transient={n_transient} must lie in [0, {T}] and needs position_ids "
+                             f"of the transient inputs.")
+        n = T - n_transient  # canvas inputs
         replace_cols = None
-        n_transient = 0
         if replace_position is not None:
             if past_key_values is None:
                 raise ValueError("replace_position needs past_key_values (dual cache).")
@@ -244,13 +246,11 @@ class TinyLLaDAModelLM(PreTrainedModel):
             if rp.shape[0] > 1 and not torch.equal(rp, rp[:1].expand_as(rp)):
                 raise ValueError("replace_position must select the same columns in every row.")
             replace_cols = rp[0].nonzero(as_tuple=True)[0]  # (n,)
-            n_transient = T - replace_cols.numel()
-            if n_transient < 0 or (n_transient and position_ids is None):
-                raise ValueError(f"replace_position selects {replace_cols.numel()} columns for {T} inputs "
-                                 "(more inputs than columns need position_ids for the extra ones).")
+            if replace_cols.numel() != n:
+                raise ValueError(f"replace_position selects {replace_cols.numel()} columns for {n} inputs.")
             total = past_len
         else:
-            total = past_len + T
+            total = past_len + n
 
         key_mask = None
         if attention_mask is not None:
@@ -261,14 +261,9 @@ class TinyLLaDAModelLM(PreTrainedModel):
             if bool(key_mask.all()):
                 key_mask = None
         all_pos = positions_from_mask(attention_mask, B, total, x.device)  # (B, total)
-        if replace_cols is not None:
-            q_pos = all_pos[:, replace_cols]
-            if n_transient:
-                q_pos = torch.cat((q_pos, position_ids[:, -n_transient:].to(q_pos)), dim=1)
-        elif position_ids is not None:
-            q_pos = position_ids.to(all_pos).expand(B, T)
-        else:
-            q_pos = all_pos[:, past_len:past_len + T]
+        q_pos = all_pos[:, replace_cols] if replace_cols is not None else all_pos[:, past_len:past_len + n]
+        if n_transient:
+            q_pos = torch.cat((q_pos, position_ids.to(q_pos).expand(B, n_transient)), dim=1)
         if attention_bias is not None:
             bias = attention_bias.bool()
             S = total + n_transient
@@ -279,6 +274,8 @@ class TinyLLaDAModelLM(PreTrainedModel):
                 pad[:, :total] = key_mask
                 bias = bias & pad[:, None, None, :]
             key_mask = bias.expand(B, 1, T, S)
+        elif n_transient:
+            raise ValueError("transient inputs need an attention_bias saying what each query sees.")
 
         presents: List[KV] = []
         for i, block in enumerate(self.blocks):

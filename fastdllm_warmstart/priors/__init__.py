@@ -7,6 +7,8 @@ accept     when the dLLM gives it probability >= ``tau_accept`` or ranks it firs
 chain      when its probability relative to the draft token before it is high (a chain-rule
            estimate of the conditional given the draft so far; see ``chain.py``)
 prefix     when it equals the dLLM's argmax (APD's agreeing prefix)
+spec       when the dLLM ranks it first or gives it >= ``tau_accept`` *given the draft before
+           it*, all in one forward (the draft rides along as transient queries; ``spec.py``)
 =========  ==================================================================================
 
 ``revoke`` (the paper-style confidence remask, ``warmstart.ConfidenceRemask``) is the fourth
@@ -26,11 +28,13 @@ from .accept import ThresholdAccept
 from .base import CONTEXTS, DraftVerifier
 from .chain import ChainAccept
 from .prefix import AgreeingPrefix
+from .spec import SpeculativeAccept
 
 RULES: Dict[str, Type[DraftVerifier]] = {
     ThresholdAccept.name: ThresholdAccept,
     ChainAccept.name: ChainAccept,
     AgreeingPrefix.name: AgreeingPrefix,
+    SpeculativeAccept.name: SpeculativeAccept,
 }
 
 
@@ -40,8 +44,8 @@ def build_verifier(rule: str, proposals: torch.Tensor, *, tau_accept: float, thr
     if rule not in RULES:
         raise ValueError(f"remask_rule={rule!r} is not a verification rule; choose one of "
                          f"{', '.join(sorted(RULES))}.")
-    if rule == "accept":
-        return ThresholdAccept(proposals, tau_accept=tau_accept, threshold=threshold, context=context)
+    if rule in ("accept", "spec"):
+        return RULES[rule](proposals, tau_accept=tau_accept, threshold=threshold, context=context)
     if rule == "chain":
         return ChainAccept(proposals, tau_accept=tau_accept, rel=rel, floor=floor, threshold=threshold,
                            context=context)
@@ -49,4 +53,4 @@ def build_verifier(rule: str, proposals: torch.Tensor, *, tau_accept: float, thr
 
 
 __all__ = ["RULES", "CONTEXTS", "DraftVerifier", "ThresholdAccept", "ChainAccept", "AgreeingPrefix",
-           "build_verifier"]
+           "SpeculativeAccept", "build_verifier"]
