@@ -68,6 +68,9 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--remask-floor", type=float, help="chain: never below this probability (default 0.01)")
     r.add_argument("--remask-context", choices=PRIOR_CONTEXTS,
                    help="accept/chain/prefix: hidden (default) or visible later-block priors as context")
+    r.add_argument("--remask-frontier", action="store_true", default=None,
+                   help="accept/chain/prefix: put the forced guess at the first open position when the "
+                        "draft is not supported there (fewer forwards with good drafts; see README)")
     a = parser.add_argument_group("auxiliary proposer")
     a.add_argument("--aux-model", help="HF causal LM folder (default: the embedded tiny aux model)")
     a.add_argument("--aux-max-new-tokens", type=int, help="aux greedy length (default 2 x gen-length)")

@@ -214,6 +214,10 @@ class RemaskConfig:
     # for the wrong problem); visible = injected / interpolated priors of later blocks stay
     # visible as context while the current block is judged.
     context: str = "hidden"
+    # accept / chain / prefix: when the draft is not supported at the first open position, place
+    # upstream's forced guess there instead of at the most confident position. Off: it turns
+    # decoding left-to-right, which cost the tiny model accuracy with bad drafts (README).
+    frontier: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.enabled, bool):
@@ -229,6 +233,8 @@ class RemaskConfig:
         _check_range("remask_rel", self.rel, 0.0, 1.0, lo_open=True)
         _check_range("remask_floor", self.floor, 0.0, 1.0, lo_open=True)
         _check_choice("remask_context", self.context, PRIOR_CONTEXTS)
+        if not isinstance(self.frontier, bool):
+            raise ConfigError(f"remask_frontier must be true or false, got {self.frontier!r}.")
 
     def probability(self, step):
         """p(t) for an int step or a tensor of per-row steps."""

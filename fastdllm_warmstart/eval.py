@@ -65,6 +65,8 @@ _HELP = {
     "remask_rel": "chain: or at least this times the probability of the draft token before it",
     "remask_floor": "chain: never a draft token the model gives less than this",
     "remask_context": "accept/chain/prefix: hidden (default) or visible later-block priors",
+    "remask_frontier": "accept/chain/prefix: forced guess at the first open position when the draft "
+                       "is not supported there",
     "aux_max_new_tokens": "aux proposal length in aux tokens (default 2 x gen_length)",
     "aux_batch_size": "aux model batch size",
     "aux_chat_template": "use the aux tokenizer's chat template (default: iff it has one)",
@@ -87,7 +89,7 @@ _HELP = {
     "remasking": "which masked positions to commit: low_confidence or random",
     "early_stop": "stop decoding a row once its answer has ended with EOS",
 }
-_BOOL_FIELDS = {"early_stop", "remask", "residual", "aux_chat_template"}
+_BOOL_FIELDS = {"early_stop", "remask", "residual", "aux_chat_template", "remask_frontier"}
 _MODEL_FLAGS = {  # model-level keys of llada_warmstart's model_args
     "model_path": "dLLM checkpoint dir (default: the embedded tiny dLLM)",
     "fast_dllm_path": "Fast-dLLM checkout to load LLaDAModelLM from (or FAST_DLLM_PATH)",

@@ -99,6 +99,31 @@ def dllm_encode_batch(tok, problems: Sequence[dict], device) -> Dict[str, torch.
     return {"ids": ids.to(device), "am": am.to(device), "P": P, "spans": spans}
 
 
+def save_checkpoint(path, model, opt, stream: "ProblemStream", gen: torch.Generator, state: dict,
+                    **extra) -> None:
+    """Everything a run needs to continue on another machine (weights, optimiser, data and mask
+    RNG states, the run's own ``state``), written atomically."""
+    import os
+    from pathlib import Path
+
+    path = Path(path)
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "data_rng": stream.rng.getstate(),
+                "data_queue": getattr(stream, "queue", None), "gen_rng": gen.get_state(), "state": state,
+                **extra}, path.with_suffix(".tmp"))
+    os.replace(path.with_suffix(".tmp"), path)
+
+
+def load_checkpoint(path, model, opt, stream: "ProblemStream", gen: torch.Generator) -> dict:
+    """Restore what :func:`save_checkpoint` wrote; returns the checkpoint (``["state"]``, extras)."""
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    model.load_state_dict(ck["model"])
+    opt.load_state_dict(ck["opt"])
+    stream.rng.setstate(ck["data_rng"])
+    stream.queue = ck.get("data_queue")
+    gen.set_state(ck["gen_rng"])
+    return ck
+
+
 def optimizer_step(model, opt, loss: torch.Tensor, clip: float = 1.0) -> None:
     """Backward, gradient-norm clip, step."""
     opt.zero_grad(set_to_none=True)

@@ -261,7 +261,8 @@ def _remask_callback(config: RunConfig, proposals: torch.Tensor) -> DecodeCallba
 
     d = config.decode
     return build_verifier(rm.rule, proposals, tau_accept=rm.tau_accept, rel=rm.rel, floor=rm.floor,
-                          threshold=None if d.factor is not None else d.threshold, context=rm.context)
+                          threshold=None if d.factor is not None else d.threshold, context=rm.context,
+                          frontier_guess=rm.frontier)
 
 
 def build_callbacks(config: RunConfig, proposals: Optional[torch.Tensor],

@@ -48,7 +48,8 @@ if str(REPO) not in sys.path:
 from fastdllm_warmstart.residual import ResidualContext, residual_inputs  # noqa: E402
 from fastdllm_warmstart.tasks import tinygsm  # noqa: E402
 from fastdllm_warmstart.training import (GEN_LENGTH, ProblemStream, dllm_encode_batch, mask_canvas,  # noqa: E402
-                                         masked_ce, optimizer_step, score)
+                                         load_checkpoint, masked_ce, optimizer_step, save_checkpoint,
+                                         score)
 
 VAL_SEED = 777
 FRESH_SEED = 20241123
@@ -220,12 +221,7 @@ def main(argv=None) -> None:
     state = {"step": 0, "elapsed": 0.0, "curve": [], "hparams": hparams, "commands": []}
     ckpt = work / "ckpt.pt"
     if (args.resume or args.export_only) and ckpt.exists():
-        ck = torch.load(ckpt, map_location="cpu", weights_only=False)
-        target.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        stream.rng.setstate(ck["data_rng"])
-        stream.queue = ck.get("data_queue")
-        gen.set_state(ck["gen_rng"])
+        ck = load_checkpoint(ckpt, target, opt, stream, gen)
         rng.setstate(ck["rng"])
         state = ck["state"]
         log(f"resumed from {ckpt} at step {state['step']}")
@@ -235,10 +231,7 @@ def main(argv=None) -> None:
         return
 
     def save_ckpt():
-        torch.save({"model": target.state_dict(), "opt": opt.state_dict(), "data_rng": stream.rng.getstate(),
-                    "data_queue": getattr(stream, "queue", None), "gen_rng": gen.get_state(),
-                    "rng": rng.getstate(), "state": state}, ckpt.with_suffix(".tmp"))
-        os.replace(ckpt.with_suffix(".tmp"), ckpt)
+        save_checkpoint(ckpt, target, opt, stream, gen, state, rng=rng.getstate())
 
     def do_eval(loss):
         r = evaluate(target, tok, val, True, args.t_res_eval)

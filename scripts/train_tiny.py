@@ -47,7 +47,8 @@ from fastdllm_warmstart.models import TinyLLaDAConfig, TinyLLaDAModelLM  # noqa:
 from fastdllm_warmstart.tasks import tinygsm  # noqa: E402
 from fastdllm_warmstart.tokenization import build_aux_tokenizer, build_dllm_tokenizer  # noqa: E402
 from fastdllm_warmstart.training import (BLOCK_LENGTH, GEN_LENGTH, THRESHOLD, ProblemStream,  # noqa: E402
-                                         dllm_encode_batch, dllm_loss, eval_dllm, optimizer_step, score)
+                                         dllm_encode_batch, dllm_loss, eval_dllm, load_checkpoint,
+                                         optimizer_step, save_checkpoint, score)
 
 VAL_SEED = 777  # validation problems used for the learning curve / checkpoint selection
 FRESH_SEED = 20241123  # a freshly drawn split for the final report
@@ -338,13 +339,7 @@ def main(argv=None) -> None:
     state = {"step": 0, "elapsed": 0.0, "curve": [], "hparams": hparams, "commands": []}
 
     if (args.resume or args.export_only) and ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        stream.rng.setstate(ck["data_rng"])
-        stream.queue = ck.get("data_queue")
-        gen.set_state(ck["gen_rng"])
-        state = ck["state"]
+        state = load_checkpoint(ckpt_path, model, opt, stream, gen)["state"]
         log(f"resumed from {ckpt_path} at step {state['step']}")
     elif args.init_from and kind == "dllm" and not args.export_only:
         info = init_from(model, tok, args.init_from)
@@ -363,10 +358,7 @@ def main(argv=None) -> None:
     curve_f = (work / "curve.jsonl").open("a")
 
     def save_ckpt():
-        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "data_rng": stream.rng.getstate(),
-                    "data_queue": getattr(stream, "queue", None),
-                    "gen_rng": gen.get_state(), "state": state}, ckpt_path.with_suffix(".tmp"))
-        os.replace(ckpt_path.with_suffix(".tmp"), ckpt_path)
+        save_checkpoint(ckpt_path, model, opt, stream, gen, state)
 
     def do_eval():
         r = eval_dllm(model, tok, val) if kind == "dllm" else eval_aux(model, tok, val)

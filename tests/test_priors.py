@@ -340,3 +340,17 @@ def test_bad_rule_settings_are_one_clear_error(capsys):
         assert code == 2
         err = capsys.readouterr().err
         assert hint in err and "Traceback" not in err
+
+
+def test_frontier_guess_moves_the_forced_commit_to_the_first_open_position():
+    draft = torch.tensor([[11, 12, 13, 14]])
+    # nothing supported at pos 0 (0.05); the model force-committed 30 at pos 2 (0.6 < 0.9)
+    logits = _logits([[{31: 0.5, 11: 0.05, 20: 0.45}, {12: 0.5, 20: 0.5}, {30: 0.6, 13: 0.4}, {14: 0.5, 20: 0.5}]])
+    x_block = torch.tensor([[MASK, MASK, 30, MASK]])
+    for frontier, expected in ((False, [MASK, MASK, 30, MASK]), (True, [31, 12, 13, 14])):
+        st = _state(logits.clone(), x_block.clone(), torch.tensor([[False, False, True, False]]))
+        v = ThresholdAccept(draft, tau_accept=0.3, argmax=False, frontier_guess=frontier)
+        v.on_init(st)
+        v.after_commit(st)
+        # with the guess at the frontier, the draft after it is judged (and here supported) at once
+        assert st.x[0, 2:].tolist() == expected, frontier

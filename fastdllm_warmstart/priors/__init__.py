@@ -39,17 +39,21 @@ RULES: Dict[str, Type[DraftVerifier]] = {
 
 
 def build_verifier(rule: str, proposals: torch.Tensor, *, tau_accept: float, threshold: Optional[float],
-                   context: str = "hidden", rel: float = 0.3, floor: float = 0.01) -> DraftVerifier:
+                   context: str = "hidden", rel: float = 0.3, floor: float = 0.01,
+                   frontier_guess: bool = False) -> DraftVerifier:
     """The verifier callback for ``rule`` with the run config's settings."""
     if rule not in RULES:
         raise ValueError(f"remask_rule={rule!r} is not a verification rule; choose one of "
                          f"{', '.join(sorted(RULES))}.")
-    if rule in ("accept", "spec"):
-        return RULES[rule](proposals, tau_accept=tau_accept, threshold=threshold, context=context)
+    if rule == "spec":  # its run already starts at the first open position
+        return SpeculativeAccept(proposals, tau_accept=tau_accept, threshold=threshold, context=context)
+    if rule == "accept":
+        return ThresholdAccept(proposals, tau_accept=tau_accept, threshold=threshold, context=context,
+                               frontier_guess=frontier_guess)
     if rule == "chain":
         return ChainAccept(proposals, tau_accept=tau_accept, rel=rel, floor=floor, threshold=threshold,
-                           context=context)
-    return RULES[rule](proposals, threshold=threshold, context=context)
+                           context=context, frontier_guess=frontier_guess)
+    return RULES[rule](proposals, threshold=threshold, context=context, frontier_guess=frontier_guess)
 
 
 __all__ = ["RULES", "CONTEXTS", "DraftVerifier", "ThresholdAccept", "ChainAccept", "AgreeingPrefix",

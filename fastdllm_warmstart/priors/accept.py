@@ -22,8 +22,9 @@ class ThresholdAccept(DraftVerifier):
     name = "accept"
 
     def __init__(self, proposals: torch.Tensor, tau_accept: float = 0.3, argmax: bool = True,
-                 threshold: Optional[float] = 0.9, context: str = "hidden"):
-        super().__init__(proposals, threshold=threshold, context=context)
+                 threshold: Optional[float] = 0.9, context: str = "hidden",
+                 frontier_guess: bool = False):
+        super().__init__(proposals, threshold=threshold, context=context, frontier_guess=frontier_guess)
         if not 0.0 < tau_accept <= 1.0:
             raise ValueError(f"tau_accept={tau_accept} must lie in (0, 1].")
         self.tau_accept = tau_accept

@@ -23,6 +23,10 @@ base class does the rest, after every commit (numbers as in its docstring):
    even below the threshold, only so that decoding progresses. In a row where a draft run was
    committed, such a sub-threshold forced token is taken back (the run is the progress), unless the
    run itself reaches it. Tokens the model committed at >= threshold always stay.
+   With ``frontier_guess``, a row whose draft is not supported at its first open position gets its
+   forced guess *there* (the model's own token) instead of at its most confident position, so the
+   draft is judged again right after it: far fewer forwards with good drafts, but decoding turns
+   left-to-right, which costs a weak model accuracy when the drafts are bad (README).
 
 Accepted positions are recorded in ``state.extras["accepted_mask"]`` (B, L) and counted per row in
 ``state.extras["accepted"]``; only rows the forward counted for (``state.active``) are judged.
@@ -46,7 +50,7 @@ class DraftVerifier(DecodeCallback):
     name = "base"
 
     def __init__(self, proposals: torch.Tensor, threshold: Optional[float] = 0.9,
-                 context: str = "hidden"):
+                 context: str = "hidden", frontier_guess: bool = False):
         if proposals.dim() != 2:
             raise ValueError("proposals must be a (B, gen_length) tensor (-1 = no proposal).")
         if context not in CONTEXTS:
@@ -55,6 +59,7 @@ class DraftVerifier(DecodeCallback):
         self.threshold = threshold
         self.context = context
         self.visible: Optional[torch.Tensor] = None  # (B, L) bool: priors shown as later-block context
+        self.frontier_guess = frontier_guess  # see _guess_at_frontier
 
     def reset(self) -> None:
         self.visible = None
@@ -134,6 +139,8 @@ class DraftVerifier(DecodeCallback):
         # 2. the rule's verdict, on undecided positions that have a draft, in rows this step counts for
         support = self.supports(probs, draft.clamp(min=0), state, undecided) & undecided & (draft >= 0)
         support &= state.active.view(-1, 1)
+        if self.frontier_guess:
+            self._guess_at_frontier(state, x_blk, probs, forced, undecided, support)
         if not bool(support.any()):
             return
         # 3. contiguous run from the block's first undecided position
@@ -146,6 +153,20 @@ class DraftVerifier(DecodeCallback):
         x_blk[run] = draft[run]
         state.extras["accepted_mask"][:, lo:hi] |= run
         state.extras["accepted"] += run.sum(dim=1)
+
+    def _guess_at_frontier(self, state, x_blk, probs, forced, undecided, support) -> None:
+        """Rows without support at their first open position: move upstream's forced guess there
+        (the model's own token at the frontier), so the draft is judged again right after it."""
+        first = undecided.long().cumsum(dim=1).eq(1) & undecided  # (B, Wb) the first open position
+        stuck = ~(support & first).any(dim=1) & forced.any(dim=1) & state.active  # (B,)
+        stuck &= ~(forced & first).any(dim=1)
+        if not bool(stuck.any()):
+            return
+        move = forced & stuck.view(-1, 1)
+        x_blk[move] = state.mask_id
+        at = first & stuck.view(-1, 1)
+        x_blk[at] = probs.argmax(dim=-1)[at]
+        undecided &= ~at
 
     def _below_threshold(self, probs: torch.Tensor, x_blk: torch.Tensor) -> torch.Tensor:
         """(B, Wb) bool: the committed token's probability is below the commit threshold."""

@@ -30,8 +30,9 @@ class ChainAccept(DraftVerifier):
     name = "chain"
 
     def __init__(self, proposals: torch.Tensor, tau_accept: float = 0.3, rel: float = 0.3,
-                 floor: float = 0.01, threshold: Optional[float] = 0.9, context: str = "hidden"):
-        super().__init__(proposals, threshold=threshold, context=context)
+                 floor: float = 0.01, threshold: Optional[float] = 0.9, context: str = "hidden",
+                 frontier_guess: bool = False):
+        super().__init__(proposals, threshold=threshold, context=context, frontier_guess=frontier_guess)
         for name, value in (("tau_accept", tau_accept), ("rel", rel), ("floor", floor)):
             if not 0.0 < value <= 1.0:
                 raise ValueError(f"{name}={value} must lie in (0, 1].")
