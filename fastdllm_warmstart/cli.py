@@ -64,7 +64,7 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--remask-tau-accept", type=float,
                    help="accept/chain: commit a draft token the model gives >= this (default 0.3)")
     r.add_argument("--remask-rel", type=float,
-                   help="chain: ... or >= this x the probability of the draft token before it (default 0.3)")
+                   help="chain: ... or >= this x the probability of the draft token before it (default 0.2)")
     r.add_argument("--remask-floor", type=float, help="chain: never below this probability (default 0.01)")
     r.add_argument("--remask-context", choices=PRIOR_CONTEXTS,
                    help="accept/chain/prefix: hidden (default) or visible later-block priors as context")

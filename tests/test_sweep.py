@@ -71,3 +71,21 @@ def test_sweep_writes_one_record_per_point_and_resumes(random_model_dirs, tmp_pa
     assert main(args + ["--resume"]) == 0
     again = [json.loads(line) for line in out.read_text().splitlines()][1:]
     assert [(r["accuracy"], r["mean_nfe"]) for r in again] == [(r["accuracy"], r["mean_nfe"]) for r in records]
+
+
+def test_every_shipped_preset_resolves_to_valid_configs():
+    """Presets are data the code must keep up with: every mode and point builds a RunConfig."""
+    from pathlib import Path
+
+    from fastdllm_warmstart.bench import PRESET_DIR, load_preset
+    from fastdllm_warmstart.config import configs_from_flat
+    from fastdllm_warmstart.sweep import load_sweep_preset
+
+    files = sorted(Path(PRESET_DIR).glob("*.json"))
+    assert len(files) >= 4
+    for path in files:
+        raw = json.loads(path.read_text())
+        modes = load_sweep_preset(str(path)) if isinstance(raw, dict) else load_preset(path)
+        for m in modes:
+            settings = {k: v for k, v in m["settings"].items() if k != "model"}
+            configs_from_flat(settings)

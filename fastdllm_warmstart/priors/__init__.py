@@ -39,7 +39,7 @@ RULES: Dict[str, Type[DraftVerifier]] = {
 
 
 def build_verifier(rule: str, proposals: torch.Tensor, *, tau_accept: float, threshold: Optional[float],
-                   context: str = "hidden", rel: float = 0.3, floor: float = 0.01,
+                   context: str = "hidden", rel: float = 0.2, floor: float = 0.01,
                    frontier_guess: bool = False) -> DraftVerifier:
     """The verifier callback for ``rule`` with the run config's settings."""
     if rule not in RULES:

@@ -29,7 +29,7 @@ from .base import DraftVerifier
 class ChainAccept(DraftVerifier):
     name = "chain"
 
-    def __init__(self, proposals: torch.Tensor, tau_accept: float = 0.3, rel: float = 0.3,
+    def __init__(self, proposals: torch.Tensor, tau_accept: float = 0.3, rel: float = 0.2,
                  floor: float = 0.01, threshold: Optional[float] = 0.9, context: str = "hidden",
                  frontier_guess: bool = False):
         super().__init__(proposals, threshold=threshold, context=context, frontier_guess=frontier_guess)
