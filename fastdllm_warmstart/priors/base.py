@@ -128,11 +128,7 @@ class DraftVerifier(DecodeCallback):
             return
         x_blk = state.x[:, lo:hi]  # (B, Wb) view
         draft = state.prior_ids[:, lo:hi]  # (B, Wb)
-        logits = state.logits[:, lo - w0:hi - w0].float().clone()  # (B, Wb, V): window-relative
-        logits[..., state.mask_id] = float("-inf")  # as the commit rule: never [MASK] / a real [PAD]
-        if state.pad_id is not None and state.pad_id != state.eos_id:
-            logits[..., state.pad_id] = float("-inf")
-        probs = torch.softmax(logits, dim=-1)
+        probs = torch.softmax(self._banned(state.logits[:, lo - w0:hi - w0].float(), state), dim=-1)  # (B, Wb, V)
         transfer = state.transfer[:, lo - w0:hi - w0] if state.transfer is not None else torch.zeros_like(draft, dtype=torch.bool)
         forced = transfer & self._below_threshold(probs, x_blk)  # (B, Wb) guesses made for progress
         undecided = (x_blk == state.mask_id) | forced
@@ -167,6 +163,15 @@ class DraftVerifier(DecodeCallback):
         at = first & stuck.view(-1, 1)
         x_blk[at] = probs.argmax(dim=-1)[at]
         undecided &= ~at
+
+    @staticmethod
+    def _banned(logits: torch.Tensor, state: DecodeState) -> torch.Tensor:
+        """A copy of ``logits`` that, as the commit rule, never offers [MASK] or a real [PAD]."""
+        logits = logits.clone()
+        logits[..., state.mask_id] = float("-inf")
+        if state.pad_id is not None and state.pad_id != state.eos_id:
+            logits[..., state.pad_id] = float("-inf")
+        return logits
 
     def _below_threshold(self, probs: torch.Tensor, x_blk: torch.Tensor) -> torch.Tensor:
         """(B, Wb) bool: the committed token's probability is below the commit threshold."""

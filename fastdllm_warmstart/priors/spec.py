@@ -159,11 +159,3 @@ class SpeculativeAccept(DraftVerifier):
         state.x[r, cols[r, t]] = draft[r, t]
         state.extras["accepted_mask"][r, cols[r, t]] = True
         state.extras["accepted"] += run.sum(dim=1)
-
-    @staticmethod
-    def _banned(logits: torch.Tensor, state: DecodeState) -> torch.Tensor:
-        logits = logits.clone()
-        logits[..., state.mask_id] = float("-inf")
-        if state.pad_id is not None and state.pad_id != state.eos_id:
-            logits[..., state.pad_id] = float("-inf")
-        return logits
