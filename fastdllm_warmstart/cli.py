@@ -43,6 +43,9 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--temperature", type=float, help="sampling temperature (default 0: greedy)")
     g.add_argument("--early-stop", action="store_true", default=None,
                    help="stop a row once it produced EOS and only EOS follows")
+    g.add_argument("--skip-done-rows", action=argparse.BooleanOptionalAction, default=None,
+                   help="forwards compute only rows whose block still has masks (default on; "
+                        "--no-skip-done-rows computes every row, as upstream)")
     w = parser.add_argument_group("warm start")
     w.add_argument("--warm-init", choices=WARM_INITS, help="none | token (inject, --rho) | embed (interpolate, --alpha)")
     w.add_argument("--rho", type=float, help="token injection rate (default 0.25)")

@@ -95,6 +95,11 @@ class DecodeConfig:
     loop_variant: str = "auto"
     # Stop a row once it has produced EOS and everything after it is EOS. Off for parity.
     early_stop: bool = False
+    # A forward computes only the rows it counts for: a row whose block is done stops riding
+    # along with the batch's slowest row (upstream computes every row). Each row's tokens and NFE
+    # are unchanged (greedy decoding; sampling draws differ); the batch's cost follows the rows'
+    # own NFE instead of the slowest row's. The full forward opening a block runs every row.
+    skip_done_rows: bool = True
 
     def __post_init__(self) -> None:
         _check_int("gen_length", self.gen_length, 1)
@@ -116,8 +121,9 @@ class DecodeConfig:
             _check_range("factor", self.factor, 0.0, float("inf"), lo_open=True, hi_open=True)
         _check_choice("cache", self.cache, CACHE_MODES)
         _check_choice("loop_variant", self.loop_variant, LOOP_VARIANTS)
-        if not isinstance(self.early_stop, bool):
-            raise ConfigError(f"early_stop must be true or false, got {self.early_stop!r}.")
+        for name in ("early_stop", "skip_done_rows"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}.")
 
     @property
     def num_blocks(self) -> int:

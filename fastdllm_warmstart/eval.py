@@ -88,8 +88,9 @@ _HELP = {
     "temperature": "sampling temperature of the commit rule (0 = greedy)",
     "remasking": "which masked positions to commit: low_confidence or random",
     "early_stop": "stop decoding a row once its answer has ended with EOS",
+    "skip_done_rows": "forwards compute only rows whose block still has masks (default true)",
 }
-_BOOL_FIELDS = {"early_stop", "remask", "residual", "aux_chat_template", "remask_frontier"}
+_BOOL_FIELDS = {"early_stop", "skip_done_rows", "remask", "residual", "aux_chat_template", "remask_frontier"}
 _MODEL_FLAGS = {  # model-level keys of llada_warmstart's model_args
     "model_path": "dLLM checkpoint dir (default: the embedded tiny dLLM)",
     "fast_dllm_path": "Fast-dLLM checkout to load LLaDAModelLM from (or FAST_DLLM_PATH)",

@@ -185,7 +185,7 @@ class WarmStartRunner:
                        block_length=d.block_length, temperature=d.temperature, remasking=d.remasking,
                        mask_id=self.mask_id, threshold=d.threshold, factor=d.factor, cache=d.cache,
                        callbacks=callbacks, loop_variant=d.loop_variant, eos_id=self.eos_id,
-                       pad_id=self.pad_id, early_stop=d.early_stop, seed=self.config.warm.seed,
+                       pad_id=self.pad_id, early_stop=d.early_stop, skip_done_rows=d.skip_done_rows, seed=self.config.warm.seed,
                        fast_dllm_path=self.fast_dllm_path)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

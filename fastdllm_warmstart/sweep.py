@@ -2,7 +2,8 @@
 
 1. Read the preset: ``base`` settings for every point, then ``series``, each a name, a ``kind``
    (``reference``: the cold baseline's own trade-off curve, usually a threshold sweep; ``paper``:
-   the paper's configurations; ``ours``: the rules under study), fixed ``settings`` and a ``vary``
+   the paper's configurations; ``ours``: the rules under study; ``control``: an ablation that
+   separates a method's effect from a confound), fixed ``settings`` and a ``vary``
    grid (the cartesian product of its lists gives the series' points).
 2. Run every point as a bench mode on the same problems with the same proposals (drafted once and
    reused from the proposal cache; ``--resume`` continues an interrupted sweep row by row).
@@ -20,7 +21,7 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-KINDS = ("reference", "paper", "ours")
+KINDS = ("reference", "paper", "ours", "control")
 
 
 def _format_value(v: Any) -> str:
@@ -31,7 +32,7 @@ def expand_preset(preset: Dict[str, Any]) -> List[Dict[str, Any]]:
     """Points ``{"mode", "series", "kind", "varied", "settings"}`` of a sweep preset, in order."""
     if not isinstance(preset, dict) or not isinstance(preset.get("series"), list) or not preset["series"]:
         raise ValueError('A sweep preset is a JSON object {"base": {...}, "series": [{"name": ..., '
-                         '"kind": "reference|paper|ours", "settings": {...}, "vary": {key: [values]}}]}.')
+                         '"kind": "reference|paper|ours|control", "settings": {...}, "vary": {key: [values]}}]}.')
     base = preset.get("base", {})
     points, seen = [], set()
     for s in preset["series"]:
@@ -81,7 +82,7 @@ def plot_sweep(records: List[Dict[str, Any]], path: str, title: Optional[str] = 
         raise ValueError("--plot needs matplotlib: pip install 'fastdllm-warmstart[plot]'.") from None
     fig, axes = plt.subplots(1, 2, figsize=(12, 5))
     styles = {"reference": dict(marker="o", color="black"), "paper": dict(marker="*", markersize=12),
-              "ours": dict(marker="s")}
+              "ours": dict(marker="s"), "control": dict(marker="x", color="gray")}
     for ax, x, xlabel in ((axes[0], "mean_nfe", "mean NFE (forward passes per answer)"),
                           (axes[1], "wall_per_problem_s", "wall-clock per problem, s (dLLM + aux)")):
         series: Dict[str, List[Dict[str, Any]]] = {}
@@ -94,7 +95,7 @@ def plot_sweep(records: List[Dict[str, Any]], path: str, title: Optional[str] = 
             ys = [r["accuracy"] for r in rows]
             err = [[r["accuracy"] - r["accuracy_ci95"][0] for r in rows],
                    [r["accuracy_ci95"][1] - r["accuracy"] for r in rows]]
-            ls = "-" if kind == "reference" else ("none" if kind == "paper" else ":")
+            ls = {"reference": "-", "paper": "none", "control": "--"}.get(kind, ":")
             ax.errorbar(xs, ys, yerr=err, linestyle=ls, capsize=2, label=f"{name} ({kind})",
                         **styles[kind])
         front = pareto_front(records, x)

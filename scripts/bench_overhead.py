@@ -9,7 +9,9 @@ Times, on the same model, prompts and settings (threshold decoding, cold start):
   +chain     the engine with the default draft verifier judging a draft it never accepts (the
              same steps as the cold run: the per-step cost of judging)
   upstream   Fast-dLLM's own generate function, when a checkout is found (FAST_DLLM_PATH)
-and prints milliseconds per forward step (median over repeats) and the overhead vs plain.
+and prints milliseconds per forward step (median over repeats) and the overhead vs plain. Every
+loop computes every row of the batch (the engine with ``skip_done_rows=False``) and commits from the
+block's columns only: this measures what the machinery costs per step, not what batching saves.
 
     python scripts/bench_overhead.py [--cache dual] [--batch 8] [--repeats 7] [--model PATH]
 """
@@ -52,11 +54,10 @@ def plain_loop(model, x_prompt, gen_length, block_length, threshold, cache, mask
                 out = model(input_ids=x[:, s:e], past_key_values=past, use_cache=True, replace_position=rp)
                 past, logits, lo = out.past_key_values, out.logits, s
             steps += 1
-            win = x[:, lo:lo + logits.shape[1]]
-            cols = torch.arange(lo, lo + logits.shape[1])
-            mask_index = (win == mask_id) & (cols >= s) & (cols < e)
-            x0, tr = get_transfer_index(logits, 0.0, "low_confidence", mask_index, win, None, threshold)
-            win[tr] = x0[tr]
+            blk = x[:, s:e]  # only the block's masked positions can be committed
+            logits = logits[:, s - lo:e - lo]
+            x0, tr = get_transfer_index(logits, 0.0, "low_confidence", blk == mask_id, blk, None, threshold)
+            blk[tr] = x0[tr]
             if not bool((x[:, s:e] == mask_id).any()):  # today's upstream: no step after a full block
                 break
             first = False
@@ -118,14 +119,14 @@ def main():
     def run_engine(callbacks=None):
         def fn():
             out = generate(model, prompt, steps=args.gen_length, cache=args.cache, mask_id=mask_id,
-                           callbacks=callbacks, use_upstream=False, **common)
+                           callbacks=callbacks, use_upstream=False, skip_done_rows=False, **common)
             return out.total_nfe
         return fn
 
     # Same tokens first: the comparison is only meaningful if both do the same work.
     ref = plain_loop(model, prompt, cache=args.cache, mask_id=mask_id, **common)
     out = generate(model, prompt, steps=args.gen_length, cache=args.cache, mask_id=mask_id,
-                   use_upstream=False, **common)
+                   use_upstream=False, skip_done_rows=False, **common)
     assert torch.equal(ref[0], out.sequences) and ref[1] == out.total_nfe, "plain loop and engine disagree"
 
     from fastdllm_warmstart.priors import ChainAccept

@@ -161,7 +161,8 @@ def export(args, target, tok, state: dict, reference_id: str) -> None:
     m2, tok2, _ = load(str(out))
     test = tinygsm.load_jsonl(tinygsm.default_split_path("test"))[:args.final_n]
     fresh = tinygsm.generate_problems(FRESH_SEED, len(test))
-    final = {split: {"rcd": evaluate(m2, tok2, probs, True, args.t_res_eval)}
+    final = {split: {"rcd": evaluate(m2, tok2, probs, True, args.t_res_eval),
+                     "rcd_weights_no_residual": evaluate(m2, tok2, probs, False, args.t_res_eval)}
              for split, probs in (("test", test), ("fresh_seed", fresh))}
     info = {"model": "rcd", "command": state["commands"], "reference": reference_id,
             "hyperparameters": state["hparams"], "steps_done": state["step"], "exported_step": chosen["step"],
@@ -235,6 +236,10 @@ def main(argv=None) -> None:
 
     def do_eval(loss):
         r = evaluate(target, tok, val, True, args.t_res_eval)
+        # the control: the same weights decoded without the residual stream (what the extra
+        # training alone buys, as opposed to reading residuals)
+        plain = evaluate(target, tok, val, False, args.t_res_eval)
+        r.update(acc_no_residual=plain["acc"], nfe_no_residual=plain["nfe"])
         r.update(step=state["step"], loss=round(loss, 4), elapsed=round(state["elapsed"], 1))
         state["curve"].append(r)
         torch.save(target.state_dict(), work / f"snap_{state['step']:07d}.pt")

@@ -141,8 +141,9 @@ def init_from(model, tok, path: str) -> Dict[str, int]:
     differ: every weight is copied; embedding and output rows are matched by token *string*, so
     tokens the old vocabulary lacked keep their fresh initialisation. Returns counts for the log."""
     from transformers import AutoTokenizer
-    if path.endswith(".pt"):  # a snapshot of a run with this very vocabulary (train_tiny's snap_*.pt)
-        model.load_state_dict(torch.load(path, map_location="cpu"))
+    if path.endswith(".pt"):  # a run with this very vocabulary: its snap_*.pt, or best.pt
+        sd = torch.load(path, map_location="cpu")
+        model.load_state_dict(sd["model"] if "model" in sd and isinstance(sd["model"], dict) else sd)
         return {"tokens_matched": len(tok), "tokens_new": 0}
     old_tok = AutoTokenizer.from_pretrained(path)
     old = TinyLLaDAModelLM.from_pretrained(path, dtype=torch.float32)

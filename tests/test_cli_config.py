@@ -120,7 +120,8 @@ def test_bench_smoke_and_resume(random_model_dirs, tmp_path, capsys):
     printed = capsys.readouterr().out
     result = json.loads(out.read_text())
     modes = [r["mode"] for r in result["records"]]
-    assert modes == ["aux_only", "baseline", "token", "token+revoke", "token+remask", "embed", "embed+remask"]
+    assert modes == ["aux_only", "baseline", "token", "token+revoke", "token+remask", "token+remask-fast",
+                     "embed", "embed+remask", "rcd", "rcd+embed"]
     for rec in result["records"]:
         assert rec["n"] == 4
         assert {"accuracy", "accuracy_flexible", "wall_s"} <= rec.keys()

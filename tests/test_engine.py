@@ -92,6 +92,43 @@ def test_batch_equals_one_by_one(tiny_model64, cache, rule, variant):
         assert len(set(batch.nfe.tolist())) > 1  # rows finish blocks at different steps
 
 
+class RowSpy(torch.nn.Module):
+    """Wraps a model; counts the rows of every forward it computes."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.inner = model
+        self.config = model.config
+        self.rows = 0
+
+    def get_input_embeddings(self):
+        return self.inner.get_input_embeddings()
+
+    def forward(self, input_ids=None, inputs_embeds=None, **kw):
+        self.rows += (input_ids if input_ids is not None else inputs_embeds).shape[0]
+        return self.inner(input_ids=input_ids, inputs_embeds=inputs_embeds, **kw)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("cache", ["none", "prefix", "dual"])
+def test_skip_done_rows_computes_only_counted_rows(tiny_model64, cache, variant):
+    """With skip_done_rows a row whose block is done is left out of the forward: the rows
+    computed equal the rows' NFE summed (not batch x forward calls), and every row's tokens
+    and NFE are those of the run that computes every row."""
+    prompts = [[5, 6, 7, 8, 9], [10, 11, 12], [13, 14, 15, 16, 17, 18, 19], [20], [21, 22]]
+    kw = dict(steps=32, gen_length=32, block_length=8, cache=cache, use_upstream=False,
+              loop_variant=variant, threshold=0.7)
+    runs = {}
+    for skip in (False, True):
+        spy = RowSpy(tiny_model64)
+        runs[skip] = (generate(spy, prompts, skip_done_rows=skip, **kw), spy.rows)
+    (full, rows_full), (skip, rows_skip) = runs[False], runs[True]
+    assert torch.equal(full.sequences, skip.sequences)
+    assert torch.equal(full.nfe, skip.nfe) and full.total_nfe == skip.total_nfe
+    assert rows_full == len(prompts) * full.total_nfe
+    assert rows_skip == int(skip.nfe.sum()) < rows_full  # rows finish blocks at different steps
+
+
 class ReplaceSpy(torch.nn.Module):
     """Wraps a model; records the shape of every replace_position it receives."""
 
@@ -375,3 +412,26 @@ def test_from_pretrained_round_trip_is_exact(tmp_path, tiny_model):
     for _ in range(2):
         again = TinyLLaDAModelLM.from_pretrained(tmp_path).eval()
         assert torch.equal(again(x).logits, ref)
+
+
+@needs_checkout
+def test_skip_done_rows_with_upstream_model_class():
+    """Upstream's LLaDAModelLM (its own cache layout; the June-2025 one writes the block's
+    keys/values in place and pools replace_position rows) gives every row the same tokens and NFE
+    whether done rows are left out of the forward or not, in every cache mode."""
+    from fastdllm_warmstart.upstream import find_upstream
+
+    up = find_upstream()
+    prompts = torch.randint(0, 90, (3, 10), generator=torch.Generator().manual_seed(5))
+    for cache in ("none", "prefix", "dual"):
+        for rule in (dict(threshold=0.9), dict(threshold=0.3)):
+            runs = {}
+            for skip in (False, True):
+                spy = RowSpy(_upstream_tiny_model(up))
+                spy.replace_position_rows = up.replace_position_rows  # the spy hides the class
+                runs[skip] = (generate(spy, prompts, steps=32, gen_length=32, block_length=8, cache=cache,
+                                       skip_done_rows=skip, **rule), spy.rows)
+            (full, rows_full), (skip, rows_skip) = runs[False], runs[True]
+            assert torch.equal(full.sequences, skip.sequences), (cache, rule)
+            assert torch.equal(full.nfe, skip.nfe), (cache, rule)
+            assert rows_skip == int(skip.nfe.sum()) <= rows_full, (cache, rule)

@@ -31,8 +31,10 @@ def problem():
 
 
 def decode(model, prompt, cache, callbacks=()):
+    # ScriptedLM knows a row's target by the row's place in the batch, so every row is computed
+    # (skip_done_rows would hand it a subset); test_rules_with_done_rows_skipped covers skipping.
     return generate(model, prompt, steps=G, gen_length=G, block_length=BLOCK, threshold=0.9, cache=cache,
-                    callbacks=list(callbacks), mask_id=MASK, eos_id=EOS, pad_id=PAD)
+                    callbacks=list(callbacks), mask_id=MASK, eos_id=EOS, pad_id=PAD, skip_done_rows=False)
 
 
 class RunAudit(DecodeCallback):
@@ -298,6 +300,28 @@ def test_spec_never_changes_what_the_model_decides_itself(cache):
     for i in range(3):
         one = decode(model, prompt[i:i + 1], cache, [SpeculativeAccept(own[i:i + 1])])
         assert torch.equal(one.sequences, batch.sequences[i:i + 1]) and one.nfe.item() == batch.nfe[i].item()
+
+
+@pytest.mark.parametrize("cache", CACHES)
+@pytest.mark.parametrize("rule", ["accept", "chain", "prefix", "spec"])
+def test_rules_with_done_rows_skipped(cache, rule):
+    """Leaving done rows out of the forward (the default) changes no row: drafts (the model's own
+    answers, one row's spoiled) are accepted exactly as when every row is computed."""
+    from conftest import make_tiny_model
+
+    model = make_tiny_model(seed=3, vocab=40)
+    prompt = torch.randint(10, 40, (4, P), generator=torch.Generator().manual_seed(1))
+    kw = dict(steps=G, gen_length=G, block_length=BLOCK, threshold=0.9, cache=cache, mask_id=MASK,
+              eos_id=EOS, pad_id=PAD)
+    draft = generate(model, prompt, **kw).generated.clone()
+    draft[2, 3:] = 11  # rows differ in how far their drafts get
+    runs = {skip: generate(model, prompt, skip_done_rows=skip, **kw,
+                           callbacks=[build_verifier(rule, draft, tau_accept=0.3, threshold=0.9)])
+            for skip in (False, True)}
+    assert torch.equal(runs[True].sequences, runs[False].sequences)
+    assert torch.equal(runs[True].nfe, runs[False].nfe)
+    assert torch.equal(runs[True].stats["accepted"], runs[False].stats["accepted"])
+    assert int(runs[True].stats["accepted"].sum()) > 0 and len(set(runs[True].nfe.tolist())) > 1
 
 
 def test_spec_needs_a_model_that_takes_transient_queries(problem):

@@ -111,8 +111,10 @@ class WindowRecorder(DecodeCallback):
         self.windows = []
 
     def before_forward(self, state):
-        self.windows.append((state.window_view(state.x).clone(), state.window_view(state.prior_ids).clone(),
-                             state.block_step))
+        # with skip_done_rows the model sees only the rows still counted (state.active)
+        rows = state.active.nonzero().squeeze(1) if not bool(state.active.all()) else slice(None)
+        self.windows.append((state.window_view(state.x)[rows].clone(),
+                             state.window_view(state.prior_ids)[rows].clone(), state.block_step))
 
 
 @pytest.mark.parametrize("cache", ["none", "prefix", "dual"])

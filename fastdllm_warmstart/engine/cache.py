@@ -10,6 +10,12 @@ They reproduce exactly what upstream Fast-dLLM recomputes:
   today's upstream passes it; ``(1, L)`` for the June-2025 model, which reads the columns of all
   rows together), the suffix stays cached.
 
+With ``rows`` (a ``(B_a,)`` index of the rows a forward still counts for; the loop passes it
+when ``skip_done_rows`` is on and some row's block is done), a cached forward computes only those
+rows: their inputs, attention mask, cache rows and ``replace_position`` rows are taken, and the
+keys/values the forward wrote go back into the full cache. The full forward that opens a block
+always runs every row, so the cache always covers the whole batch.
+
 ``min_block_steps`` is the number of forwards a block costs even when step 0 fills it: 1 in
 today's upstream (its cached loops check for remaining masks before each cached forward), and 2
 for the cached strategies of the June-2025 snapshot, which always ran one cached step after step 0.
@@ -40,13 +46,22 @@ class CacheStrategy:
     def window(self, state: DecodeState) -> Tuple[int, int]:
         raise NotImplementedError
 
-    def forward(self, state: DecodeState, inputs: dict) -> torch.Tensor:
+    def forward(self, state: DecodeState, inputs: dict, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Logits of the window, ``(B, W, V)``; with ``rows``, of those rows only, ``(B_a, W, V)``."""
         raise NotImplementedError
 
+    def can_skip_rows(self, state: DecodeState) -> bool:
+        """Whether this forward may leave rows out (never the forward that fills the cache)."""
+        return True
+
     @staticmethod
-    def _call(state: DecodeState, inputs: dict, **extra: Any):
+    def _call(state: DecodeState, inputs: dict, rows: Optional[torch.Tensor] = None, **extra: Any):
         if state.attention_mask is not None:
             extra["attention_mask"] = state.attention_mask
+        if rows is not None:
+            batch = state.x.shape[0]
+            inputs = {k: take_rows(v, rows, batch) for k, v in inputs.items()}
+            extra = {k: take_rows(v, rows, batch) for k, v in extra.items()}
         return state.model(**inputs, **extra)
 
 
@@ -56,10 +71,10 @@ class NoCache(CacheStrategy):
     def window(self, state: DecodeState) -> Tuple[int, int]:
         return 0, state.x.shape[1]
 
-    def forward(self, state: DecodeState, inputs: dict) -> torch.Tensor:
+    def forward(self, state: DecodeState, inputs: dict, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
         # use_cache passed explicitly: upstream reads config.use_cache otherwise, which newer
         # transformers releases no longer define on every config.
-        return self._call(state, inputs, use_cache=False).logits  # (B, L, V)
+        return self._call(state, inputs, rows, use_cache=False).logits  # (B, L, V)
 
 
 class PrefixCache(CacheStrategy):
@@ -77,13 +92,17 @@ class PrefixCache(CacheStrategy):
         start = 0 if state.block_step == 0 else state.block_start
         return start, state.x.shape[1]
 
-    def forward(self, state: DecodeState, inputs: dict) -> torch.Tensor:
+    def can_skip_rows(self, state: DecodeState) -> bool:
+        return state.block_step > 0
+
+    def forward(self, state: DecodeState, inputs: dict, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
         if state.block_step == 0:
             out = self._call(state, inputs, use_cache=True)
             # Keep only the keys/values before the block (the prompt and finished blocks).
             self.past = [tuple(t[:, :, :state.block_start] for t in layer) for layer in out.past_key_values]
             return out.logits  # (B, L, V)
-        out = self._call(state, inputs, past_key_values=self.past, use_cache=True)
+        past = self.past if rows is None else [tuple(t[rows] for t in layer) for layer in self.past]
+        out = self._call(state, inputs, rows, past_key_values=past, use_cache=True)
         return out.logits  # (B, L - block_start, V)
 
 
@@ -108,23 +127,46 @@ class DualCache(CacheStrategy):
             return 0, state.x.shape[1]
         return state.block_start, state.block_end
 
-    def forward(self, state: DecodeState, inputs: dict) -> torch.Tensor:
+    def can_skip_rows(self, state: DecodeState) -> bool:
+        return state.block_step > 0
+
+    def forward(self, state: DecodeState, inputs: dict, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
         if state.block_step == 0:
             out = self._call(state, inputs, use_cache=True)
             self.past = out.past_key_values
             # Blocks sit at the same columns in every (left-padded) row. Models derived from
             # newer Fast-dLLM replace each row from its own mask row, so every row gets one;
             # the June-2025 model pools the columns of all rows and needs a single row.
-            rows = state.x.shape[0] if self.replace_position_rows == "batch" else 1
-            self.replace_position = torch.zeros((rows, state.x.shape[1]), dtype=torch.bool,
+            n_rows = state.x.shape[0] if self.replace_position_rows == "batch" else 1
+            self.replace_position = torch.zeros((n_rows, state.x.shape[1]), dtype=torch.bool,
                                                 device=state.x.device)
             self.replace_position[:, state.block_start:state.block_end] = True
             return out.logits  # (B, L, V)
-        out = self._call(state, inputs, past_key_values=self.past, use_cache=True,
+        if rows is None:
+            out = self._call(state, inputs, past_key_values=self.past, use_cache=True,
+                             replace_position=self.replace_position)
+            if out.past_key_values is not None:
+                self.past = out.past_key_values  # upstream updates in place; ours returns new tensors
+            return out.logits  # (B, block_length, V)
+        past = [tuple(t[rows] for t in layer) for layer in self.past]  # copies of the rows
+        out = self._call(state, inputs, rows, past_key_values=past, use_cache=True,
                          replace_position=self.replace_position)
-        if out.past_key_values is not None:
-            self.past = out.past_key_values  # upstream updates in place; ours returns new tensors
-        return out.logits  # (B, block_length, V)
+        # The rows' updated keys/values (returned, or written in place into ``past`` by
+        # upstream's model) go back into the full cache; only the block's columns changed.
+        new = out.past_key_values if out.past_key_values is not None else past
+        cols = slice(state.block_start, state.block_end)
+        for full_layer, row_layer in zip(self.past, new):
+            for full, part in zip(full_layer, row_layer):
+                full[rows, :, cols] = part[:, :, cols]
+        return out.logits  # (B_a, block_length, V)
+
+
+def take_rows(value: Any, rows: torch.Tensor, batch: int) -> Any:
+    """``value[rows]`` for a batch-first tensor of ``batch`` rows; anything else as it is (a
+    ``(1, L)`` shared ``replace_position``, ``n_transient``, flags)."""
+    if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == batch and batch > 1:
+        return value[rows]
+    return value
 
 
 CACHE_STRATEGIES = {"none": NoCache, "prefix": PrefixCache, "dual": DualCache}

@@ -175,15 +175,21 @@ def _close_finished_rows(state: DecodeState) -> None:
 
 
 def _commit(state: DecodeState, transfer_fn, config: DecodeConfig, schedule: Optional[torch.Tensor],
-            banned: Sequence[int]) -> None:
+            banned: Sequence[int], rows: Optional[torch.Tensor] = None) -> None:
     """Step 2c: upstream's commit rule on the window's logits (``transfer_fn`` is the rule in
-    force: the factor rule when ``config.factor`` is set, else the threshold/schedule rule)."""
-    w0, _ = state.window
+    force: the factor rule when ``config.factor`` is set, else the threshold/schedule rule).
+
+    Only the block's masked positions can be committed, and the rule proposes the current token
+    everywhere else, so it runs on the block's columns alone (and, with ``rows``, on those rows:
+    the others have no mask in the block): the same result as over the whole window, without a
+    softmax over every canvas position at a block's full forward."""
+    w0, w1 = state.window
     x_win = state.window_view(state.x)  # (B, W) view into the canvas
-    cols = torch.arange(w0, state.window[1], device=state.x.device)
-    in_block = (cols >= state.block_start) & (cols < state.block_end)  # (W,)
-    mask_index = (x_win == state.mask_id) & in_block  # (B, W)
-    logits = suppress_ids(state.logits, mask_index, banned)
+    b0, b1 = max(state.block_start, w0) - w0, min(state.block_end, w1) - w0  # block columns in the window
+    sel = (slice(None) if rows is None else rows, slice(b0, b1))
+    x_blk = x_win[sel]  # (B or B_a, Wb) copy
+    mask_blk = x_blk == state.mask_id
+    logits = suppress_ids(state.logits[sel], mask_blk, banned)
     if schedule is None:
         k = None
     elif state.block_step < schedule.shape[1]:
@@ -194,15 +200,20 @@ def _commit(state: DecodeState, transfer_fn, config: DecodeConfig, schedule: Opt
         k, last = None, config.factor  # upstream passes no counts to the factor rule
     else:
         last = config.threshold
-    if transfer_fn in BUILTIN_RULES:
-        x0, transfer = transfer_fn(logits, config.temperature, config.remasking, mask_index, x_win,
-                                   k, last, generator=state.generator)
-    else:
-        x0, transfer = transfer_fn(logits, config.temperature, config.remasking, mask_index, x_win,
-                                   k, last)
-    transfer = transfer & mask_index
+    if k is not None and rows is not None:
+        k = k[rows]
+    x0_blk, transfer_blk = _call_rule(transfer_fn, state, config, logits, mask_blk, x_blk, k, last)
+    x0, transfer = x_win.clone(), torch.zeros_like(x_win, dtype=torch.bool)
+    x0[sel], transfer[sel] = x0_blk, transfer_blk & mask_blk
     x_win[transfer] = x0[transfer]
     state.x0, state.transfer = x0, transfer
+
+
+def _call_rule(transfer_fn, state: DecodeState, config: DecodeConfig, logits, mask_index, x_win, k, last):
+    if transfer_fn in BUILTIN_RULES:
+        return transfer_fn(logits, config.temperature, config.remasking, mask_index, x_win, k, last,
+                           generator=state.generator)
+    return transfer_fn(logits, config.temperature, config.remasking, mask_index, x_win, k, last)
 
 
 @torch.no_grad()
@@ -214,8 +225,8 @@ def generate(model, prompt: Union[torch.Tensor, Sequence[Sequence[int]]], steps:
              callbacks: Optional[Sequence[DecodeCallback]] = None, loop_variant: str = "auto",
              attention_mask: Optional[torch.Tensor] = None, tokenizer=None,
              eos_id: Optional[int] = None, pad_id: Optional[int] = None, early_stop: bool = False,
-             seed: int = 0, use_upstream: bool = True, fast_dllm_path: Optional[str] = None,
-             transfer_fn=None) -> GenerateOutput:
+             skip_done_rows: bool = True, seed: int = 0, use_upstream: bool = True,
+             fast_dllm_path: Optional[str] = None, transfer_fn=None) -> GenerateOutput:
     """Fast-dLLM decoding with callbacks; upstream's argument names, order and defaults.
 
     Args:
@@ -238,6 +249,8 @@ def generate(model, prompt: Union[torch.Tensor, Sequence[Sequence[int]]], steps:
         attention_mask: (B, P) for an already left-padded prompt tensor.
         eos_id, pad_id: default from the model config / tokenizer.
         early_stop: close a row once its answer ended with EOS (fills the rest with EOS).
+        skip_done_rows: cached and uncached forwards after a block's first compute only the rows
+            still active (``DecodeConfig.skip_done_rows``); False computes every row, as upstream.
         seed: seeds the generator handed to callbacks (and our sampler when temperature > 0).
         use_upstream / fast_dllm_path: use a Fast-dLLM checkout's commit functions and loop
             variant when one is found (``FAST_DLLM_PATH`` or ``sys.path``).
@@ -248,7 +261,7 @@ def generate(model, prompt: Union[torch.Tensor, Sequence[Sequence[int]]], steps:
     config = DecodeConfig(gen_length=gen_length, block_length=block_length, steps=steps,
                           temperature=temperature, remasking=remasking, threshold=threshold,
                           factor=factor, cache=cache, loop_variant=loop_variant,
-                          early_stop=early_stop)
+                          early_stop=early_stop, skip_done_rows=skip_done_rows)
     mask, eos, pad = resolve_special_ids(model, tokenizer, mask_id, eos_id, pad_id)
     upstream = None
     if use_upstream:
@@ -326,7 +339,16 @@ def generate(model, prompt: Union[torch.Tensor, Sequence[Sequence[int]]], steps:
                 inputs = {"inputs_embeds": state.inputs_embeds}
             else:
                 inputs = {"input_ids": state.window_view(state.x)}
-            state.logits = strategy.forward(state, inputs)  # (B, W, V), or (B, W + T, V)
+            rows = None  # every row, unless some are done and the strategy may leave them out
+            if (config.skip_done_rows and not bool(state.active.all()) and bool(state.active.any())
+                    and strategy.can_skip_rows(state)):
+                rows = state.active.nonzero().squeeze(1)  # (B_a,)
+            logits = strategy.forward(state, inputs, rows)  # (B or B_a, W, V), or (., W + T, V)
+            if rows is not None:  # the rows left out get zero logits; nothing reads them
+                full = logits.new_zeros((B,) + tuple(logits.shape[1:]))
+                full[rows] = logits
+                logits = full
+            state.logits = logits
             if state.transient is not None:
                 n = state.transient.embeds.shape[1]
                 state.logits, state.transient_logits = state.logits[:, :-n], state.logits[:, -n:]
@@ -335,7 +357,7 @@ def generate(model, prompt: Union[torch.Tensor, Sequence[Sequence[int]]], steps:
             state.total_nfe += 1
             hooks.fire("after_forward", state)
             # 2c. Commit; 2d. hooks may revoke.
-            _commit(state, transfer_fn, config, schedule, banned)
+            _commit(state, transfer_fn, config, schedule, banned, rows)
             state.revoked = None
             hooks.fire("after_commit", state)
             state.block_step += 1

@@ -128,7 +128,7 @@ class DraftVerifier(DecodeCallback):
             return
         x_blk = state.x[:, lo:hi]  # (B, Wb) view
         draft = state.prior_ids[:, lo:hi]  # (B, Wb)
-        probs = torch.softmax(self._banned(state.logits[:, lo - w0:hi - w0].float(), state), dim=-1)  # (B, Wb, V)
+        probs = self._block_probs(state, lo - w0, hi - w0)  # (B, Wb, V)
         transfer = state.transfer[:, lo - w0:hi - w0] if state.transfer is not None else torch.zeros_like(draft, dtype=torch.bool)
         forced = transfer & self._below_threshold(probs, x_blk)  # (B, Wb) guesses made for progress
         undecided = (x_blk == state.mask_id) | forced
@@ -163,6 +163,17 @@ class DraftVerifier(DecodeCallback):
         at = first & stuck.view(-1, 1)
         x_blk[at] = probs.argmax(dim=-1)[at]
         undecided &= ~at
+
+    def _block_probs(self, state: DecodeState, c0: int, c1: int) -> torch.Tensor:
+        """(B, Wb, V) the model's distributions over window columns [c0, c1) of the rows this
+        forward counts for; zeros in the other rows (nothing of theirs is judged)."""
+        logits = state.logits[:, c0:c1]
+        active = state.active
+        if active is None or bool(active.all()):
+            return torch.softmax(self._banned(logits.float(), state), dim=-1)
+        probs = torch.zeros(logits.shape, dtype=torch.float32, device=logits.device)
+        probs[active] = torch.softmax(self._banned(logits[active].float(), state), dim=-1)
+        return probs
 
     @staticmethod
     def _banned(logits: torch.Tensor, state: DecodeState) -> torch.Tensor:

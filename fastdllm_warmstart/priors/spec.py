@@ -151,7 +151,7 @@ class SpeculativeAccept(DraftVerifier):
         # a forced guess anywhere in the block of a row with a run is taken back (base point 4)
         s, e = state.block_start, state.block_end
         blk_transfer = state.transfer[:, s - w0:e - w0]
-        blk_probs = torch.softmax(self._banned(state.logits[:, s - w0:e - w0].float(), state), dim=-1)
+        blk_probs = self._block_probs(state, s - w0, e - w0)
         x_blk = state.x[:, s:e]
         undo = blk_transfer & self._below_threshold(blk_probs, x_blk) & rows.view(-1, 1)
         x_blk[undo] = state.mask_id
