@@ -181,6 +181,36 @@ def dllm_loss(model, batch, mask_id: int, eos_id: int, gen: torch.Generator, pre
     return masked_ce(logits, canvas, t, m, forced, forced_weight)
 
 
+def dllm_cache_loss(model, batch, mask_id: int, eos_id: int, gen: torch.Generator,
+                    block_length: int = BLOCK_LENGTH, eq_frac: float = 0.0, forced_weight: float = 2.0,
+                    eps: float = 1e-3) -> torch.Tensor:
+    """The masked cross-entropy in the state a dual-cache decoding step is in (Fast-dLLM's dual
+    cache: a block's later forwards recompute only the block against keys/values of the prompt,
+    the earlier blocks and the still-masked later blocks taken at the block's first forward).
+
+    One block ``b`` per batch: a no-grad forward over the canvas with everything from the block on
+    masked gives the cache; the block, corrupted as :func:`mask_canvas` corrupts the canvas, is then
+    run against it (``replace_position``), and the loss is taken on its masked positions. The
+    cached keys/values are constants, as at inference; the model learns to predict from the stale
+    context it is given there. Normalised by the block's token count."""
+    ids, am, P = batch["ids"], batch["am"], batch["P"]
+    G = ids.shape[1] - P
+    t, m, forced = mask_canvas(batch, eos_id, gen, 0.0, eq_frac, eps)
+    b = int(torch.randint(G // block_length, (1,), generator=gen))
+    s, e = P + b * block_length, P + (b + 1) * block_length
+    ctx = ids.clone()
+    ctx[:, s:] = mask_id
+    with torch.no_grad():
+        past = model(ctx, attention_mask=am, use_cache=True).past_key_values
+    past = [tuple(x.detach() for x in layer) for layer in past]
+    block, mb = ids[:, s:e], m[:, s - P:e - P]
+    xb = torch.where(mb, torch.full_like(block, mask_id), block)
+    rp = torch.zeros_like(ids, dtype=torch.bool)
+    rp[:, s:e] = True
+    logits = model(xb, attention_mask=am, past_key_values=past, use_cache=True, replace_position=rp).logits
+    return masked_ce(logits, block, t, mb, forced[:, s - P:e - P], forced_weight)
+
+
 def _equation_focus(canvas: torch.Tensor, spans, m: torch.Tensor, frac: float, gen: torch.Generator):
     """Decode-state masking for a fraction of rows: for every other equation (any wording, see
     :func:`equation_spans`) reveal its operands and operator and mask its result c together with
@@ -266,9 +296,36 @@ def score(problems: Sequence[dict], texts: Sequence[str]) -> float:
     return ok / max(1, len(problems))
 
 
-def eval_dllm(model, tok, problems, batch_size=100) -> Dict[str, float]:
+def engine_decode(model, tok, questions: Sequence[str], cache: str = "dual", batch_size: int = 100):
+    """Threshold decoding through the package's engine (Fast-dLLM's cache strategies)."""
+    from .engine import generate
+
+    model.eval()
+    texts: List[str] = []
+    nfes: List[int] = []
+    with torch.no_grad():
+        for start in range(0, len(questions), batch_size):
+            prompts = [tok.encode(tinygsm.format_prompt(q), add_special_tokens=False)
+                       for q in questions[start:start + batch_size]]
+            out = generate(model, prompts, steps=GEN_LENGTH, gen_length=GEN_LENGTH, block_length=BLOCK_LENGTH,
+                           threshold=THRESHOLD, cache=cache, tokenizer=tok, use_upstream=False)
+            nfes.extend(out.nfe.tolist())
+            for row in out.generated.tolist():
+                if tok.eos_token_id in row:
+                    row = row[:row.index(tok.eos_token_id)]
+                texts.append(tok.decode(row, skip_special_tokens=True))
+    return texts, nfes
+
+
+def eval_dllm(model, tok, problems, batch_size=100, cache: str = "none") -> Dict[str, float]:
+    """Exact match and mean NFE of threshold decoding; ``cache``: none (the training loop's own
+    decoder) or prefix / dual (the engine, as the bench decodes)."""
     t0 = time.time()
-    texts, nfes = threshold_decode(model, tok, [p["question"] for p in problems], batch_size=batch_size)
+    questions = [p["question"] for p in problems]
+    if cache == "none":
+        texts, nfes = threshold_decode(model, tok, questions, batch_size=batch_size)
+    else:
+        texts, nfes = engine_decode(model, tok, questions, cache, batch_size)
     model.train()
     return {"acc": score(problems, texts), "nfe": sum(nfes) / len(nfes), "eval_s": time.time() - t0,
             "example": texts[0]}

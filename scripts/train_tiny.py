@@ -47,7 +47,8 @@ from fastdllm_warmstart.models import TinyLLaDAConfig, TinyLLaDAModelLM  # noqa:
 from fastdllm_warmstart.tasks import tinygsm  # noqa: E402
 from fastdllm_warmstart.tokenization import build_aux_tokenizer, build_dllm_tokenizer  # noqa: E402
 from fastdllm_warmstart.training import (BLOCK_LENGTH, GEN_LENGTH, THRESHOLD, ProblemStream,  # noqa: E402
-                                         dllm_encode_batch, dllm_loss, eval_dllm, load_checkpoint,
+                                         dllm_cache_loss, dllm_encode_batch, dllm_loss, eval_dllm,
+                                         load_checkpoint,
                                          optimizer_step, save_checkpoint, score)
 
 VAL_SEED = 777  # validation problems used for the learning curve / checkpoint selection
@@ -221,7 +222,10 @@ def export(kind: str, args, tok, state: dict) -> None:
     torch.manual_seed(0)
     if kind == "dllm":
         m2 = TinyLLaDAModelLM.from_pretrained(out, dtype=torch.float32)
-        final = {"test": eval_dllm(m2, tok2, test), "fresh_seed": eval_dllm(m2, tok2, fresh)}
+        final = {"test": eval_dllm(m2, tok2, test), "fresh_seed": eval_dllm(m2, tok2, fresh),
+                 # as the bench decodes (Fast-dLLM's dual cache)
+                 "test_dual_cache": eval_dllm(m2, tok2, test, cache="dual"),
+                 "fresh_seed_dual_cache": eval_dllm(m2, tok2, fresh, cache="dual")}
     else:
         m2 = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
         final = {"test": eval_aux(m2, tok2, test), "fresh_seed": eval_aux(m2, tok2, fresh)}
@@ -288,6 +292,11 @@ def main(argv=None) -> None:
     ap.add_argument("--forced-weight", type=float, default=2.0,
                     help="dllm: loss weight of the tokens forced masked by --eq-frac")
     ap.add_argument("--final-n", type=int, default=500, help="problems per final eval split")
+    ap.add_argument("--cache-frac", type=float, default=0.0,
+                    help="dllm: fraction of steps trained in the dual-cache decoding state "
+                         "(training.dllm_cache_loss: a block against stale cached context)")
+    ap.add_argument("--eval-cache", choices=["none", "dual"], default="none",
+                    help="dllm: decode validation with no cache (default) or the engine's dual cache")
     ap.add_argument("--max-events", type=int, default=None,
                     help="curriculum: train on problems with up to this many events (default: the task's)")
     ap.add_argument("--max-groups", type=int, default=None,
@@ -323,7 +332,7 @@ def main(argv=None) -> None:
     hparams = {k: getattr(args, k) for k in ("steps", "batch", "lr", "warmup", "min_lr_frac", "weight_decay",
                                                "d_model", "layers", "heads", "mlp_ratio", "eval_every",
                                                "eval_n", "threads", "prefix_frac", "eq_frac", "forced_weight",
-                                               "max_events", "max_groups")}
+                                               "max_events", "max_groups", "cache_frac", "eval_cache")}
     hparams.update(gen_length=GEN_LENGTH, vocab_size=len(tok), device=str(device))
     ckpt_path = work / "ckpt.pt"
     command = "python " + " ".join([os.path.relpath(__file__, REPO)] + sys.argv[1:])
@@ -362,7 +371,7 @@ def main(argv=None) -> None:
         save_checkpoint(ckpt_path, model, opt, stream, gen, state)
 
     def do_eval():
-        r = eval_dllm(model, tok, val) if kind == "dllm" else eval_aux(model, tok, val)
+        r = eval_dllm(model, tok, val, cache=args.eval_cache) if kind == "dllm" else eval_aux(model, tok, val)
         r.update(step=state["step"], elapsed=round(state["elapsed"], 1), loss=round(run_loss, 4))
         state["curve"].append(r)
         torch.save(model.state_dict(), work / f"snap_{state['step']:07d}.pt")
@@ -395,7 +404,11 @@ def main(argv=None) -> None:
         for g in opt.param_groups:
             g["lr"] = lr_at(state["step"], args)
         probs = stream.next_batch(args.batch)
-        if kind == "dllm":
+        if kind == "dllm" and args.cache_frac > 0 and float(torch.rand(1, generator=gen)) < args.cache_frac:
+            loss = dllm_cache_loss(model, dllm_encode_batch(tok, probs, device), tok.mask_token_id,
+                                   tok.eos_token_id, gen, eq_frac=args.eq_frac,
+                                   forced_weight=args.forced_weight)
+        elif kind == "dllm":
             loss = dllm_loss(model, dllm_encode_batch(tok, probs, device), tok.mask_token_id,
                              tok.eos_token_id, gen, prefix_frac=args.prefix_frac,
                              eq_frac=args.eq_frac, forced_weight=args.forced_weight)

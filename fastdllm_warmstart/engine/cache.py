@@ -11,10 +11,10 @@ They reproduce exactly what upstream Fast-dLLM recomputes:
   rows together), the suffix stays cached.
 
 With ``rows`` (a ``(B_a,)`` index of the rows a forward still counts for; the loop passes it
-when ``skip_done_rows`` is on and some row's block is done), a cached forward computes only those
-rows: their inputs, attention mask, cache rows and ``replace_position`` rows are taken, and the
-keys/values the forward wrote go back into the full cache. The full forward that opens a block
-always runs every row, so the cache always covers the whole batch.
+when ``skip_done_rows`` is on and some row's block is done), a forward computes only those rows:
+their inputs, attention mask, cache rows and ``replace_position`` rows are taken, and the
+keys/values a dual-cache forward wrote go back into the full cache. The full forward that opens a
+block always runs every row (``can_skip_rows``), so the cache always covers the whole batch.
 
 ``min_block_steps`` is the number of forwards a block costs even when step 0 fills it: 1 in
 today's upstream (its cached loops check for remaining masks before each cached forward), and 2

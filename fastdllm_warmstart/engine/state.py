@@ -59,7 +59,8 @@ class DecodeState:
     # Per-forward data.
     inputs_embeds: Optional[torch.Tensor] = None  # (B, W, C) supplied by before_forward hooks
     transient: Optional[TransientInputs] = None   # extra queries for the next forward only
-    logits: Optional[torch.Tensor] = None         # (B, W, V) of the last forward
+    logits: Optional[torch.Tensor] = None         # (B, W, V) of the last forward (zeros in rows it
+                                                  # left out: ``active`` False, skip_done_rows)
     transient_logits: Optional[torch.Tensor] = None  # (B, T, V) of the transient queries
     x0: Optional[torch.Tensor] = None             # (B, W) proposed tokens of the last commit
     confidence: Optional[torch.Tensor] = None     # (B, W) float64 prob of x0 (masked cols)
