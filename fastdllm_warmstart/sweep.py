@@ -81,8 +81,9 @@ def plot_sweep(records: List[Dict[str, Any]], path: str, title: Optional[str] = 
     except ImportError:
         raise ValueError("--plot needs matplotlib: pip install 'fastdllm-warmstart[plot]'.") from None
     fig, axes = plt.subplots(1, 2, figsize=(12, 5))
-    styles = {"reference": dict(marker="o", color="black"), "paper": dict(marker="*", markersize=12),
-              "ours": dict(marker="s"), "control": dict(marker="x", color="gray")}
+    styles = {"reference": dict(marker="o", color="black", linestyle="-"),
+              "paper": dict(marker="*", markersize=12, linestyle="none"),
+              "ours": dict(marker="s", linestyle=":"), "control": dict(marker="x", color="gray", linestyle="--")}
     for ax, x, xlabel in ((axes[0], "mean_nfe", "mean NFE (forward passes per answer)"),
                           (axes[1], "wall_per_problem_s", "wall-clock per problem, s (dLLM + aux)")):
         series: Dict[str, List[Dict[str, Any]]] = {}
@@ -95,9 +96,7 @@ def plot_sweep(records: List[Dict[str, Any]], path: str, title: Optional[str] = 
             ys = [r["accuracy"] for r in rows]
             err = [[r["accuracy"] - r["accuracy_ci95"][0] for r in rows],
                    [r["accuracy_ci95"][1] - r["accuracy"] for r in rows]]
-            ls = {"reference": "-", "paper": "none", "control": "--"}.get(kind, ":")
-            ax.errorbar(xs, ys, yerr=err, linestyle=ls, capsize=2, label=f"{name} ({kind})",
-                        **styles[kind])
+            ax.errorbar(xs, ys, yerr=err, capsize=2, label=f"{name} ({kind})", **styles[kind])
         front = pareto_front(records, x)
         ax.step([p[x] for p in front], [p["accuracy"] for p in front], where="post", color="grey",
                 alpha=0.5, linewidth=3, label="Pareto frontier")

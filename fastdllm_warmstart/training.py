@@ -11,9 +11,10 @@
 
 from __future__ import annotations
 
+import math
 import random
 import time
-from typing import Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -122,6 +123,25 @@ def load_checkpoint(path, model, opt, stream: "ProblemStream", gen: torch.Genera
     stream.queue = ck.get("data_queue")
     gen.set_state(ck["gen_rng"])
     return ck
+
+
+def cosine_lr(step: int, lr: float, warmup: int, steps: int, min_frac: float = 0.1) -> float:
+    """Linear warmup over ``warmup`` steps, then cosine from ``lr`` to ``min_frac * lr`` at ``steps``."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    prog = min(1.0, (step - warmup) / max(1, steps - warmup))
+    return lr * (min_frac + (1 - min_frac) * 0.5 * (1 + math.cos(math.pi * prog)))
+
+
+def versions() -> Dict[str, str]:
+    """The library versions a training log records."""
+    import platform
+
+    import tokenizers
+    import transformers
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "tokenizers": tokenizers.__version__}
 
 
 def optimizer_step(model, opt, loss: torch.Tensor, clip: float = 1.0) -> None:
@@ -296,8 +316,10 @@ def score(problems: Sequence[dict], texts: Sequence[str]) -> float:
     return ok / max(1, len(problems))
 
 
-def engine_decode(model, tok, questions: Sequence[str], cache: str = "dual", batch_size: int = 100):
-    """Threshold decoding through the package's engine (Fast-dLLM's cache strategies)."""
+def engine_decode(model, tok, questions: Sequence[str], cache: str = "dual", batch_size: int = 100,
+                  make_callbacks: Optional[Callable[[], list]] = None):
+    """Threshold decoding through the package's engine (Fast-dLLM's cache strategies);
+    ``make_callbacks`` gives each batch its own fresh callbacks (e.g. an RCD residual stream)."""
     from .engine import generate
 
     model.eval()
@@ -308,7 +330,8 @@ def engine_decode(model, tok, questions: Sequence[str], cache: str = "dual", bat
             prompts = [tok.encode(tinygsm.format_prompt(q), add_special_tokens=False)
                        for q in questions[start:start + batch_size]]
             out = generate(model, prompts, steps=GEN_LENGTH, gen_length=GEN_LENGTH, block_length=BLOCK_LENGTH,
-                           threshold=THRESHOLD, cache=cache, tokenizer=tok, use_upstream=False)
+                           threshold=THRESHOLD, cache=cache, tokenizer=tok, use_upstream=False,
+                           callbacks=make_callbacks() if make_callbacks else None)
             nfes.extend(out.nfe.tolist())
             for row in out.generated.tolist():
                 if tok.eos_token_id in row:

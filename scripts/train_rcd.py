@@ -30,14 +30,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import platform
 import random
 import sys
 import time
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 
@@ -47,9 +45,9 @@ if str(REPO) not in sys.path:
 
 from fastdllm_warmstart.residual import ResidualContext, residual_inputs  # noqa: E402
 from fastdllm_warmstart.tasks import tinygsm  # noqa: E402
-from fastdllm_warmstart.training import (GEN_LENGTH, ProblemStream, dllm_encode_batch, mask_canvas,  # noqa: E402
-                                         load_checkpoint, masked_ce, optimizer_step, save_checkpoint,
-                                         score)
+from fastdllm_warmstart.training import (GEN_LENGTH, ProblemStream, cosine_lr, dllm_encode_batch,  # noqa: E402
+                                         engine_decode, load_checkpoint, mask_canvas, masked_ce,
+                                         optimizer_step, save_checkpoint, score, versions)
 
 VAL_SEED = 777
 FRESH_SEED = 20241123
@@ -57,13 +55,6 @@ FRESH_SEED = 20241123
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def versions() -> Dict[str, str]:
-    import tokenizers
-    import transformers
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "tokenizers": tokenizers.__version__}
 
 
 def load(path: Optional[str]):
@@ -113,30 +104,11 @@ def rcd_loss(target, reference, tok, batch, problems, gen: torch.Generator, rng:
 @torch.no_grad()
 def evaluate(model, tok, problems: Sequence[dict], residual: bool, t_res: float, batch_size: int = 50):
     """Engine decoding (threshold 0.9, blocks of 32, dual cache) with or without the residual stream."""
-    from fastdllm_warmstart.engine import generate
-
-    model.eval()
-    texts, nfe, t0 = [], 0, time.time()
-    for s in range(0, len(problems), batch_size):
-        chunk = problems[s:s + batch_size]
-        prompts = [tok.encode(tinygsm.format_prompt(p["question"]), add_special_tokens=False) for p in chunk]
-        callbacks = [ResidualContext(t_res=t_res)] if residual else []
-        out = generate(model, prompts, steps=GEN_LENGTH, gen_length=GEN_LENGTH, block_length=32,
-                       threshold=0.9, cache="dual", callbacks=callbacks, tokenizer=tok)
-        nfe += int(out.nfe.sum())
-        for row in out.generated.tolist():
-            if tok.eos_token_id in row:
-                row = row[:row.index(tok.eos_token_id)]
-            texts.append(tok.decode(row, skip_special_tokens=True))
+    t0 = time.time()
+    texts, nfes = engine_decode(model, tok, [p["question"] for p in problems], "dual", batch_size,
+                                (lambda: [ResidualContext(t_res=t_res)]) if residual else None)
     model.train()
-    return {"acc": score(problems, texts), "nfe": nfe / len(problems), "eval_s": round(time.time() - t0, 1)}
-
-
-def lr_at(step: int, args) -> float:
-    if step < args.warmup:
-        return args.lr * (step + 1) / args.warmup
-    prog = min(1.0, (step - args.warmup) / max(1, args.steps - args.warmup))
-    return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * prog)))
+    return {"acc": score(problems, texts), "nfe": sum(nfes) / len(problems), "eval_s": round(time.time() - t0, 1)}
 
 
 def export(args, target, tok, state: dict, reference_id: str) -> None:
@@ -259,7 +231,7 @@ def main(argv=None) -> None:
             (work / "STOP").unlink()
             break
         for g in opt.param_groups:
-            g["lr"] = lr_at(state["step"], args)
+            g["lr"] = cosine_lr(state["step"], args.lr, args.warmup, args.steps)
         probs = stream.next_batch(args.batch)
         loss = rcd_loss(target, reference, tok, dllm_encode_batch(tok, probs, "cpu"), probs, gen, rng, args)
         optimizer_step(target, opt, loss)

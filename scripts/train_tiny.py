@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -47,9 +45,9 @@ from fastdllm_warmstart.models import TinyLLaDAConfig, TinyLLaDAModelLM  # noqa:
 from fastdllm_warmstart.tasks import tinygsm  # noqa: E402
 from fastdllm_warmstart.tokenization import build_aux_tokenizer, build_dllm_tokenizer  # noqa: E402
 from fastdllm_warmstart.training import (BLOCK_LENGTH, GEN_LENGTH, THRESHOLD, ProblemStream,  # noqa: E402
-                                         dllm_cache_loss, dllm_encode_batch, dllm_loss, eval_dllm,
-                                         load_checkpoint,
-                                         optimizer_step, save_checkpoint, score)
+                                         cosine_lr, dllm_cache_loss, dllm_encode_batch, dllm_loss,
+                                         eval_dllm, load_checkpoint, optimizer_step, save_checkpoint,
+                                         score, versions)
 
 VAL_SEED = 777  # validation problems used for the learning curve / checkpoint selection
 FRESH_SEED = 20241123  # a freshly drawn split for the final report
@@ -57,13 +55,6 @@ FRESH_SEED = 20241123  # a freshly drawn split for the final report
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def versions() -> Dict[str, str]:
-    import tokenizers
-    import transformers
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "tokenizers": tokenizers.__version__}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -169,10 +160,7 @@ def init_from(model, tok, path: str) -> Dict[str, int]:
 
 
 def lr_at(step: int, args) -> float:
-    if step < args.warmup:
-        return args.lr * (step + 1) / args.warmup
-    prog = min(1.0, (step - args.warmup) / max(1, args.steps - args.warmup))
-    return args.lr * (args.min_lr_frac + (1 - args.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * prog)))
+    return cosine_lr(step, args.lr, args.warmup, args.steps, args.min_lr_frac)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -308,6 +296,8 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--target", type=float, default=None, help="stop once val acc >= target")
     args = ap.parse_args(argv)
+    if not 0.0 <= args.cache_frac <= 1.0:
+        ap.error(f"--cache-frac {args.cache_frac}: give a fraction of steps in [0, 1].")
 
     kind = args.kind
     if args.max_events is not None:  # curriculum: the training stream and the validation draw follow it

@@ -51,8 +51,9 @@ class CacheStrategy:
         raise NotImplementedError
 
     def can_skip_rows(self, state: DecodeState) -> bool:
-        """Whether this forward may leave rows out (never the forward that fills the cache)."""
-        return True
+        """Whether this forward may leave rows out: never the block's first forward of a cached
+        strategy (it fills the cache for every row)."""
+        return not self.cached or state.block_step > 0
 
     @staticmethod
     def _call(state: DecodeState, inputs: dict, rows: Optional[torch.Tensor] = None, **extra: Any):
@@ -92,9 +93,6 @@ class PrefixCache(CacheStrategy):
         start = 0 if state.block_step == 0 else state.block_start
         return start, state.x.shape[1]
 
-    def can_skip_rows(self, state: DecodeState) -> bool:
-        return state.block_step > 0
-
     def forward(self, state: DecodeState, inputs: dict, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
         if state.block_step == 0:
             out = self._call(state, inputs, use_cache=True)
@@ -126,9 +124,6 @@ class DualCache(CacheStrategy):
         if state.block_step == 0:
             return 0, state.x.shape[1]
         return state.block_start, state.block_end
-
-    def can_skip_rows(self, state: DecodeState) -> bool:
-        return state.block_step > 0
 
     def forward(self, state: DecodeState, inputs: dict, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
         if state.block_step == 0:

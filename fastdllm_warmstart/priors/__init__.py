@@ -15,7 +15,8 @@ spec       when the dLLM ranks it first or gives it >= ``tau_accept`` *given the
 choice of ``remask_rule``; it judges injected priors but never commits one early.
 
 To add a rule: subclass :class:`~fastdllm_warmstart.priors.base.DraftVerifier` in a new module,
-implement ``supports(probs, draft, state, undecided)``, and register the class in ``RULES``.
+implement ``supports(probs, draft, state, undecided)``, list the run-config settings its
+constructor takes in ``settings``, and register the class in ``RULES``.
 """
 
 from __future__ import annotations
@@ -41,19 +42,14 @@ RULES: Dict[str, Type[DraftVerifier]] = {
 def build_verifier(rule: str, proposals: torch.Tensor, *, tau_accept: float, threshold: Optional[float],
                    context: str = "hidden", rel: float = 0.2, floor: float = 0.01,
                    frontier_guess: bool = False) -> DraftVerifier:
-    """The verifier callback for ``rule`` with the run config's settings."""
+    """The verifier callback for ``rule`` with the run config's settings (those its class lists in
+    ``settings``)."""
     if rule not in RULES:
         raise ValueError(f"remask_rule={rule!r} is not a verification rule; choose one of "
                          f"{', '.join(sorted(RULES))}.")
-    if rule == "spec":  # its run already starts at the first open position
-        return SpeculativeAccept(proposals, tau_accept=tau_accept, threshold=threshold, context=context)
-    if rule == "accept":
-        return ThresholdAccept(proposals, tau_accept=tau_accept, threshold=threshold, context=context,
-                               frontier_guess=frontier_guess)
-    if rule == "chain":
-        return ChainAccept(proposals, tau_accept=tau_accept, rel=rel, floor=floor, threshold=threshold,
-                           context=context, frontier_guess=frontier_guess)
-    return RULES[rule](proposals, threshold=threshold, context=context, frontier_guess=frontier_guess)
+    given = dict(tau_accept=tau_accept, context=context, rel=rel, floor=floor, frontier_guess=frontier_guess)
+    cls = RULES[rule]
+    return cls(proposals, threshold=threshold, **{k: given[k] for k in cls.settings})
 
 
 __all__ = ["RULES", "CONTEXTS", "DraftVerifier", "ThresholdAccept", "ChainAccept", "AgreeingPrefix",

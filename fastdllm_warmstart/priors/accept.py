@@ -20,6 +20,7 @@ from .base import DraftVerifier
 
 class ThresholdAccept(DraftVerifier):
     name = "accept"
+    settings = ("tau_accept", "context", "frontier_guess")
 
     def __init__(self, proposals: torch.Tensor, tau_accept: float = 0.3, argmax: bool = True,
                  threshold: Optional[float] = 0.9, context: str = "hidden",

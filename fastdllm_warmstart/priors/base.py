@@ -48,6 +48,9 @@ class DraftVerifier(DecodeCallback):
     """Base class of the acceptance rules (see the module docstring)."""
 
     name = "base"
+    # The run-config settings (``remask_*``) the rule's constructor takes besides ``proposals`` and
+    # ``threshold``; ``build_verifier`` passes exactly these.
+    settings = ("context", "frontier_guess")
 
     def __init__(self, proposals: torch.Tensor, threshold: Optional[float] = 0.9,
                  context: str = "hidden", frontier_guess: bool = False):

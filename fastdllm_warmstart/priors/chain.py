@@ -28,6 +28,7 @@ from .base import DraftVerifier
 
 class ChainAccept(DraftVerifier):
     name = "chain"
+    settings = ("tau_accept", "rel", "floor", "context", "frontier_guess")
 
     def __init__(self, proposals: torch.Tensor, tau_accept: float = 0.3, rel: float = 0.2,
                  floor: float = 0.01, threshold: Optional[float] = 0.9, context: str = "hidden",

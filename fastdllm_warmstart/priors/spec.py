@@ -46,6 +46,7 @@ def model_positions(state: DecodeState) -> torch.Tensor:
 
 class SpeculativeAccept(DraftVerifier):
     name = "spec"
+    settings = ("tau_accept", "context")  # its run already starts at the first open position
 
     def __init__(self, proposals: torch.Tensor, tau_accept: float = 0.3, threshold: Optional[float] = 0.9,
                  context: str = "hidden", lookahead: int = 16):
@@ -132,15 +133,14 @@ class SpeculativeAccept(DraftVerifier):
         p_draft = torch.gather(probs, -1, draft.clamp(min=0).unsqueeze(-1)).squeeze(-1)
         support = used & ((probs.argmax(-1) == draft) | (p_draft >= self.tau_accept))
         # the canvas after the commit: still masked, a forced guess, or already the draft's token
-        now = torch.gather(state.x, 1, safe)  # (B, K)
+        s, e = state.block_start, state.block_end
         w0 = state.window[0]
-        window_cols = (safe - w0).clamp(0, state.logits.shape[1] - 1)
-        canvas_probs = torch.softmax(self._banned(
-            torch.gather(state.logits, 1, window_cols.unsqueeze(-1).expand(-1, -1, state.logits.shape[-1])).float(),
-            state), dim=-1)
-        transfer = torch.gather(state.transfer, 1, window_cols) & used
-        p_now = torch.gather(canvas_probs, -1, now.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        forced = transfer & (p_now < (self.threshold if self.threshold is not None else 0.0))
+        x_blk = state.x[:, s:e]
+        forced_blk = state.transfer[:, s - w0:e - w0] & self._below_threshold(
+            self._block_probs(state, s - w0, e - w0), x_blk)  # (B, Wb) sub-threshold guesses
+        at = (safe - s).clamp(0, e - s - 1)  # (B, K) block-relative columns of the shadows
+        now = torch.gather(x_blk, 1, at)  # (B, K)
+        forced = torch.gather(forced_blk, 1, at) & used
         agree = (now == draft) & (now != state.mask_id) & ~forced  # the model committed it itself
         fits = (now == state.mask_id) | forced
         run = (agree | (support & fits)).long().cumprod(dim=1).bool()  # (B, K) from the first on
@@ -149,12 +149,7 @@ class SpeculativeAccept(DraftVerifier):
         if not bool(rows.any()):
             return
         # a forced guess anywhere in the block of a row with a run is taken back (base point 4)
-        s, e = state.block_start, state.block_end
-        blk_transfer = state.transfer[:, s - w0:e - w0]
-        blk_probs = self._block_probs(state, s - w0, e - w0)
-        x_blk = state.x[:, s:e]
-        undo = blk_transfer & self._below_threshold(blk_probs, x_blk) & rows.view(-1, 1)
-        x_blk[undo] = state.mask_id
+        x_blk[forced_blk & rows.view(-1, 1)] = state.mask_id
         r, t = run.nonzero(as_tuple=True)
         state.x[r, cols[r, t]] = draft[r, t]
         state.extras["accepted_mask"][r, cols[r, t]] = True
