@@ -140,7 +140,13 @@ def _load_dllm(model_path, *, device, dtype, fast_dllm_path):
         raise ModelLoadError(f"{path} holds a {model_type!r} model; expected a masked-diffusion LM "
                              "(model_type 'llada' or 'tiny_llada').")
     model = model.to(dev).eval()
-    return model, tokenizer, (embedded_model_id(name, path) if embedded else str(model_path))
+    model_id = embedded_model_id(name, path) if embedded else str(model_path)
+    asked = str(model_path).split("@", 1)[1] if embedded and model_path and "@" in str(model_path) else None
+    if asked is not None and asked != model_id.split("@", 1)[1]:
+        logger.warning("%s names weights this package no longer ships: it now ships %s (the weights changed "
+                       "since that id was written); results will differ from those recorded with it.",
+                       model_path, model_id)
+    return model, tokenizer, model_id
 
 
 def embedded_model_id(name: str, path: Path) -> str:

@@ -16,6 +16,12 @@
   ``generate`` (max_new_tokens 128). The exported checkpoint is the one whose accuracy is closest to
   50% within 30-70% (it must be clearly weaker than the dLLM).
 
+For ``dllm``, ``--cache-frac`` / ``--decode-frac`` give fractions of the steps trained in the
+dual cache's stale-context state (``training.dllm_cache_loss``) and in the states the dual-cache
+threshold decoder itself visits, commits teacher-forced (``training.dllm_decode_state_loss``);
+``--init-from`` a smaller snapshot grows it (``training.grow_state_dict``); ``--select-top K``
+exports the best of the K best-validated snapshots and the last, re-measured on more problems.
+
 Training data are drawn on the fly from the generator (seeded), never containing a test or
 validation question. Checkpoints (model, optimiser, data-RNG state, learning curve) go to
 ``--work`` every ``--ckpt-minutes`` and at the end; ``--resume`` continues from them. Creating the
@@ -45,12 +51,15 @@ from fastdllm_warmstart.models import TinyLLaDAConfig, TinyLLaDAModelLM  # noqa:
 from fastdllm_warmstart.tasks import tinygsm  # noqa: E402
 from fastdllm_warmstart.tokenization import build_aux_tokenizer, build_dllm_tokenizer  # noqa: E402
 from fastdllm_warmstart.training import (BLOCK_LENGTH, GEN_LENGTH, THRESHOLD, ProblemStream,  # noqa: E402
-                                         cosine_lr, dllm_cache_loss, dllm_encode_batch, dllm_loss,
-                                         eval_dllm, load_checkpoint, optimizer_step, save_checkpoint,
+                                         cosine_lr, dllm_cache_loss, dllm_decode_state_loss, dllm_encode_batch,
+                                         dllm_loss,
+                                         eval_dllm, grow_state_dict, load_checkpoint, optimizer_step,
+                                         save_checkpoint,
                                          score, versions)
 
 VAL_SEED = 777  # validation problems used for the learning curve / checkpoint selection
 FRESH_SEED = 20241123  # a freshly drawn split for the final report
+SELECT_SEED = 778  # a larger validation draw for choosing the exported checkpoint (--select-top)
 
 
 def log(msg: str) -> None:
@@ -135,8 +144,16 @@ def init_from(model, tok, path: str) -> Dict[str, int]:
     from transformers import AutoTokenizer
     if path.endswith(".pt"):  # a run with this very vocabulary: its snap_*.pt, or best.pt
         sd = torch.load(path, map_location="cpu")
-        model.load_state_dict(sd["model"] if "model" in sd and isinstance(sd["model"], dict) else sd)
-        return {"tokens_matched": len(tok), "tokens_new": 0}
+        sd = sd["model"] if "model" in sd and isinstance(sd["model"], dict) else sd
+        if all(sd[k].shape == v.shape for k, v in model.state_dict().items() if k in sd) and \
+                set(sd) == set(model.state_dict()):
+            model.load_state_dict(sd)
+            return {"tokens_matched": len(tok), "tokens_new": 0}
+        try:  # a smaller model of the same width: grow it without changing what it computes
+            return dict(grow_state_dict(sd, model), tokens_matched=len(tok), tokens_new=0)
+        except (ValueError, KeyError) as e:
+            raise SystemExit(f"--init-from {path}: cannot load or grow it into this model ({e}); "
+                             f"use the same --d-model and at least its --layers and --mlp-ratio")
     old_tok = AutoTokenizer.from_pretrained(path)
     old = TinyLLaDAModelLM.from_pretrained(path, dtype=torch.float32)
     old_sd, new_sd = old.state_dict(), model.state_dict()
@@ -167,13 +184,42 @@ def lr_at(step: int, args) -> float:
 # export
 # ---------------------------------------------------------------------------------------------
 
+def select_checkpoint(args, tok, curve: list, work: Path):
+    """Validation on ``--eval-n`` problems is noisy (threshold decoding of a tiny model moves by
+    several points between neighbouring checkpoints): re-measure the ``--select-top`` best snapshots
+    and the last one on ``--select-n`` problems of another seed (no test question) and pick the best."""
+    ranked = sorted((c for c in curve if "acc" in c), key=lambda c: (c["acc"], c["step"]), reverse=True)
+    cands = {c["step"]: c for c in ranked[:args.select_top] + [curve[-1]]}
+    test = {p["question"] for p in tinygsm.load_jsonl(tinygsm.default_split_path("test"))}
+    problems = tinygsm.generate_problems(SELECT_SEED, args.select_n, exclude=test)
+    model = build("dllm", args, tok)
+    rows = []
+    for step, c in sorted(cands.items()):
+        snap = work / f"snap_{step:07d}.pt"
+        if not snap.exists():
+            log(f"selection: {snap} is missing, skipped")
+            continue
+        model.load_state_dict(torch.load(snap, map_location="cpu"))
+        r = eval_dllm(model, tok, problems, cache=args.eval_cache)
+        rows.append({"step": step, "val_acc": c["acc"], "select_acc": r["acc"], "select_nfe": r["nfe"]})
+        log(f"selection: step {step}: {rows[-1]}")
+    if not rows:
+        raise SystemExit("--select-top: none of the candidate snapshots is here; resume the run where they are")
+    best = max(rows, key=lambda r: (r["select_acc"], r["step"]))
+    return cands[best["step"]], {"seed": SELECT_SEED, "n": args.select_n, "cache": args.eval_cache,
+                                 "candidates": rows}
+
+
 def export(kind: str, args, tok, state: dict) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(args.work)
     curve = state["curve"]
+    selection = None
     if kind == "dllm":
         chosen = max((c for c in curve if "acc" in c), key=lambda c: (c["acc"], c["step"]), default=None)
+        if chosen is not None and args.select_top > 0:
+            chosen, selection = select_checkpoint(args, tok, curve, work)
     else:
         inside = [c for c in curve if "acc" in c and 0.30 <= c["acc"] <= 0.70]
         pool = inside or [c for c in curve if "acc" in c]
@@ -230,6 +276,7 @@ def export(kind: str, args, tok, state: dict) -> None:
         "steps_done": state["step"],
         "exported_step": chosen["step"],
         "exported_val_acc": chosen["acc"],
+        "selection": selection,
         "wall_time_s": round(state["elapsed"], 1),
         "versions": versions(),
         "final_eval": final,
@@ -279,10 +326,17 @@ def main(argv=None) -> None:
                     help="dllm: fraction of rows with equation-focused (decode-state) masking")
     ap.add_argument("--forced-weight", type=float, default=2.0,
                     help="dllm: loss weight of the tokens forced masked by --eq-frac")
+    ap.add_argument("--select-top", type=int, default=0,
+                    help="dllm: export the best of the K best-validated snapshots and the last one, "
+                         "re-measured on --select-n problems of another seed (0: the best validation)")
+    ap.add_argument("--select-n", type=int, default=1000)
     ap.add_argument("--final-n", type=int, default=500, help="problems per final eval split")
     ap.add_argument("--cache-frac", type=float, default=0.0,
                     help="dllm: fraction of steps trained in the dual-cache decoding state "
                          "(training.dllm_cache_loss: a block against stale cached context)")
+    ap.add_argument("--decode-frac", type=float, default=0.0,
+                    help="dllm: fraction of steps trained in the states the dual-cache threshold decoder "
+                         "visits, commits teacher-forced (training.dllm_decode_state_loss)")
     ap.add_argument("--eval-cache", choices=["none", "dual"], default="none",
                     help="dllm: decode validation with no cache (default) or the engine's dual cache")
     ap.add_argument("--max-events", type=int, default=None,
@@ -298,6 +352,9 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     if not 0.0 <= args.cache_frac <= 1.0:
         ap.error(f"--cache-frac {args.cache_frac}: give a fraction of steps in [0, 1].")
+    if not (0.0 <= args.decode_frac <= 1.0 and args.cache_frac + args.decode_frac <= 1.0):
+        ap.error(f"--decode-frac {args.decode_frac}: give a fraction of steps in [0, 1] that, with "
+                 f"--cache-frac {args.cache_frac}, sums to at most 1.")
 
     kind = args.kind
     if args.max_events is not None:  # curriculum: the training stream and the validation draw follow it
@@ -322,7 +379,8 @@ def main(argv=None) -> None:
     hparams = {k: getattr(args, k) for k in ("steps", "batch", "lr", "warmup", "min_lr_frac", "weight_decay",
                                                "d_model", "layers", "heads", "mlp_ratio", "eval_every",
                                                "eval_n", "threads", "prefix_frac", "eq_frac", "forced_weight",
-                                               "max_events", "max_groups", "cache_frac", "eval_cache")}
+                                               "max_events", "max_groups", "cache_frac", "decode_frac",
+                                               "eval_cache")}
     hparams.update(gen_length=GEN_LENGTH, vocab_size=len(tok), device=str(device))
     ckpt_path = work / "ckpt.pt"
     command = "python " + " ".join([os.path.relpath(__file__, REPO)] + sys.argv[1:])
@@ -394,7 +452,11 @@ def main(argv=None) -> None:
         for g in opt.param_groups:
             g["lr"] = lr_at(state["step"], args)
         probs = stream.next_batch(args.batch)
-        if kind == "dllm" and args.cache_frac > 0 and float(torch.rand(1, generator=gen)) < args.cache_frac:
+        u = float(torch.rand(1, generator=gen)) if kind == "dllm" and args.cache_frac + args.decode_frac > 0 else 1.0
+        if u < args.decode_frac:
+            loss = dllm_decode_state_loss(model, dllm_encode_batch(tok, probs, device), tok.mask_token_id,
+                                          tok.eos_token_id, tok.pad_token_id, gen)
+        elif u < args.decode_frac + args.cache_frac:
             loss = dllm_cache_loss(model, dllm_encode_batch(tok, probs, device), tok.mask_token_id,
                                    tok.eos_token_id, gen, eq_frac=args.eq_frac,
                                    forced_weight=args.forced_weight)

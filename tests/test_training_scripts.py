@@ -51,9 +51,13 @@ def test_train_tiny_dllm_trains_resumes_and_exports(tmp_path):
               "--d-model", "16", "--layers", "1", "--heads", "2", "--batch", "4", "--steps", "6",
               "--eval-every", "3", "--eval-n", "3", "--final-n", "3", "--eq-frac", "0.5", "--threads", "1"]
     _run(*common, "--stop-at", "3", cwd=REPO)
-    _run(*common, "--resume", cwd=REPO)
+    _run(*common, "--resume", "--select-top", "1", "--select-n", "4", cwd=REPO)
     log = json.loads((tmp_path / "out" / "train_log.json").read_text())
     assert log["steps_done"] == 6 and [c["step"] for c in log["learning_curve"]] == [3, 6]
+    # the exported step is the best re-measured candidate (the best-validated one and the last)
+    cands = log["selection"]["candidates"]
+    assert {c["step"] for c in cands} <= {3, 6} and 6 in {c["step"] for c in cands}
+    assert log["exported_step"] == max(cands, key=lambda c: (c["select_acc"], c["step"]))["step"]
     assert (tmp_path / "out" / "model.safetensors").is_file()
     # On another machine only ckpt.pt and best.pt travel (committed): the export still works.
     for snap in (tmp_path / "work").glob("snap_*.pt"):
@@ -93,3 +97,122 @@ def test_dual_cache_loss_trains_a_block_against_stale_context():
         opt.step()
     last = [loss_at(s).item() for s in range(3)]
     assert sum(last) < 0.5 * sum(first)
+
+
+def test_grow_state_dict_keeps_the_function_and_trains_the_new_layers(tmp_path):
+    """training.grow_state_dict: a 1-layer model grown to 3 layers and a wider MLP computes the same
+    logits in every cache state, its new blocks' branches start at zero and receive gradient; a
+    shallower target or another width is refused; train_tiny.py --init-from grows a snapshot."""
+    import pytest
+
+    from fastdllm_warmstart.models import TinyLLaDAConfig, TinyLLaDAModelLM
+    from fastdllm_warmstart.tokenization import build_dllm_tokenizer
+    from fastdllm_warmstart.training import grow_state_dict
+
+    tok = build_dllm_tokenizer()
+
+    def make(layers, ratio=4.0, d=16):
+        torch.manual_seed(layers)
+        return TinyLLaDAModelLM(TinyLLaDAConfig(vocab_size=len(tok), d_model=d, n_layers=layers, n_heads=2,
+                                                mlp_ratio=ratio, mask_token_id=tok.mask_token_id,
+                                                eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
+
+    small, big = make(1).eval(), make(3, ratio=6.0).eval()
+    info = grow_state_dict(small.state_dict(), big)
+    assert info == {"layers_from": 1, "layers_to": 3, "mlp_from": 64, "mlp_to": 96}
+    x = torch.randint(4, len(tok), (2, 20))
+    torch.testing.assert_close(big(x).logits, small(x).logits, atol=1e-5, rtol=1e-5)
+    # the dual-cache path too: a block recomputed against cached keys/values
+    rp = torch.zeros_like(x, dtype=torch.bool)
+    rp[:, 8:12] = True
+    outs = [m(x[:, 8:12], past_key_values=m(x, use_cache=True).past_key_values, use_cache=True,
+              replace_position=rp).logits for m in (small, big)]
+    torch.testing.assert_close(outs[1], outs[0], atol=1e-5, rtol=1e-5)
+    fresh = big.blocks[1]
+    assert fresh.attn_out.weight.abs().sum() == 0 and fresh.down.weight.abs().sum() == 0
+    big.train()
+    big(x).logits.logsumexp(-1).mean().backward()
+    assert fresh.attn_out.weight.grad.abs().sum() > 0 and fresh.down.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="--layers"):
+        grow_state_dict(big.state_dict(), make(2))
+    with pytest.raises(ValueError, match="d_model"):
+        grow_state_dict(small.state_dict(), make(2, d=32))
+
+    snap = tmp_path / "small.pt"
+    torch.save({"step": 1, "model": small.state_dict()}, snap)
+    common = ["scripts/train_tiny.py", "dllm", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "w"),
+              "--d-model", "16", "--heads", "2", "--batch", "4", "--steps", "2", "--eval-every", "2",
+              "--eval-n", "2", "--final-n", "2", "--threads", "1", "--init-from", str(snap)]
+    out = _run(*common, "--layers", "2", cwd=REPO)
+    assert "'layers_from': 1, 'layers_to': 2" in out
+    proc = subprocess.run([sys.executable, *common, "--layers", "2", "--d-model", "32", "--work",
+                           str(tmp_path / "w2")], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0 and "--init-from" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_teacher_forced_order_replays_the_engines_dual_cache_trajectory():
+    """training.teacher_forced_order: given the embedded dLLM's own dual-cache decoding as the
+    reference, the teacher-forced decoder visits the very states the engine visited, so the forwards
+    it counts per block add up to the engine's NFE for every row; and dllm_decode_state_loss trains."""
+    from fastdllm_warmstart.assets import asset_path
+    from fastdllm_warmstart.engine import generate
+    from fastdllm_warmstart.models import TinyLLaDAModelLM
+    from fastdllm_warmstart.tasks import tinygsm
+    from fastdllm_warmstart.tokenization import build_dllm_tokenizer
+    from fastdllm_warmstart.training import (BLOCK_LENGTH, GEN_LENGTH, THRESHOLD, dllm_decode_state_loss,
+                                             dllm_encode_batch, teacher_forced_order)
+
+    tok = build_dllm_tokenizer()
+    model = TinyLLaDAModelLM.from_pretrained(asset_path("tiny-dllm"), dtype=torch.float32).eval()
+    problems = tinygsm.generate_problems(31, 12)
+    prompts = [tok.encode(tinygsm.format_prompt(p["question"]), add_special_tokens=False) for p in problems]
+    out = generate(model, prompts, steps=GEN_LENGTH, gen_length=GEN_LENGTH, block_length=BLOCK_LENGTH,
+                   threshold=THRESHOLD, cache="dual", tokenizer=tok, use_upstream=False)
+    ids = out.sequences
+    P = ids.shape[1] - GEN_LENGTH
+    am = torch.ones_like(ids)
+    for i, pr in enumerate(prompts):
+        am[i, :P - len(pr)] = 0
+    counted = torch.zeros(len(prompts), dtype=torch.long)
+    with torch.no_grad():
+        for b in range(GEN_LENGTH // BLOCK_LENGTH):
+            s = P + b * BLOCK_LENGTH
+            order, _ = teacher_forced_order(model, ids, am, s, s + BLOCK_LENGTH, tok.mask_token_id, tok.pad_token_id)
+            assert (order >= 0).all()
+            counted += order.amax(1) + 1
+    assert counted.tolist() == out.nfe.tolist()
+    assert out.nfe.float().mean() > 3 * (GEN_LENGTH // BLOCK_LENGTH) / 2  # far from trivially one forward per block
+
+    batch = dllm_encode_batch(tok, problems, "cpu")
+    model.train()
+    loss = dllm_decode_state_loss(model, batch, tok.mask_token_id, tok.eos_token_id, tok.pad_token_id,
+                                  torch.Generator().manual_seed(0))
+    loss.backward()
+    assert torch.isfinite(loss) and loss > 0 and model.wte.weight.grad.abs().sum() > 0
+
+
+def test_probe_decode_order_runs_on_the_embedded_model():
+    """scripts/probe_decode_order.py: one-token left-to-right decoding really decodes (the embedded
+    dLLM solves most of a few problems that way), and the script prints all three accuracies."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import probe_decode_order as probe
+    finally:
+        sys.path.pop(0)
+    from fastdllm_warmstart.tasks import tinygsm
+    from fastdllm_warmstart.tokenization import build_dllm_tokenizer
+    from fastdllm_warmstart.training import score
+
+    tok = build_dllm_tokenizer()
+    model = probe.load("embedded:tiny-dllm", tok, 96, 3).eval()
+    problems = tinygsm.generate_problems(5, 10)
+    texts = probe.left_to_right(model, tok, [p["question"] for p in problems])
+    assert all("####" in t for t in texts) and score(problems, texts) >= 0.5
+    gold = probe.wording_errors([p["answer"] for p in problems])
+    assert sum(v["equations"] for v in gold.values()) >= 30 and all(v["wrong"] == 0 for v in gold.values())
+    bad = probe.wording_errors(["3 + 4 = 8 . 9 = 2 * 4 . 2 times 5 is 10 . #### 10"])
+    assert bad == {"symbol": {"equations": 1, "wrong": 1.0}, "result_first": {"equations": 1, "wrong": 1.0},
+                   "words": {"equations": 1, "wrong": 0.0}}
+    out = _run("scripts/probe_decode_order.py", "--n", "3", "--threads", "1", cwd=REPO)
+    rec = json.loads(out.strip().splitlines()[-1])
+    assert set(rec["accuracy"]) == {"left-to-right", "threshold", "threshold+dual"}

@@ -207,3 +207,29 @@ def test_quiet_loading_hides_transformers_bars_unless_verbose():
         set_verbose(was_verbose)
         if not bars_were_on:
             hf_logging.disable_progress_bar()
+
+
+def test_embedded_id_with_a_stale_fingerprint_warns():
+    """A result file or an RCD config names ``embedded:NAME@<fingerprint>``; when the package ships
+    other weights under that name now, loading it says so (the results will not reproduce)."""
+    import logging
+
+    from fastdllm_warmstart.loading import load_dllm
+
+    records = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    log = logging.getLogger("fastdllm_warmstart.loading")  # other tests may stop propagation to caplog
+    handler = Keep(level=logging.WARNING)
+    log.addHandler(handler)
+    try:
+        _, _, model_id = load_dllm("embedded:tiny-dllm")
+        load_dllm(model_id)  # the current fingerprint: silent
+        assert not [m for m in records if "weights changed" in m]
+        load_dllm("embedded:tiny-dllm@0123456789abcdef")
+    finally:
+        log.removeHandler(handler)
+    assert [m for m in records if "weights changed" in m and model_id in m and "@0123456789abcdef" in m]
