@@ -383,6 +383,20 @@ def _equation_focus(canvas: torch.Tensor, spans, m: torch.Tensor, frac: float, g
     return m, forced
 
 
+def prompt_canvas(tok, questions: Sequence[str], gen_length: int = GEN_LENGTH, device=None):
+    """``(x, attention_mask, P)``: the questions' prompts left-padded with ``[PAD]`` (mask 0) to the
+    longest, ``P`` tokens, followed by ``gen_length`` ``[MASK]`` tokens."""
+    prompts = [tok.encode(tinygsm.format_prompt(q), add_special_tokens=False) for q in questions]
+    P, B = max(len(x) for x in prompts), len(prompts)
+    x = torch.full((B, P + gen_length), tok.mask_token_id, dtype=torch.long, device=device)
+    am = torch.ones((B, P + gen_length), dtype=torch.long, device=device)
+    for i, pr in enumerate(prompts):
+        x[i, :P - len(pr)] = tok.pad_token_id
+        am[i, :P - len(pr)] = 0
+        x[i, P - len(pr):P] = torch.tensor(pr, device=device)
+    return x, am, P
+
+
 @torch.no_grad()
 def threshold_decode(model, tok, questions: Sequence[str], gen_length: int = GEN_LENGTH,
                      block_length: int = BLOCK_LENGTH, threshold: float = THRESHOLD,
@@ -394,16 +408,8 @@ def threshold_decode(model, tok, questions: Sequence[str], gen_length: int = GEN
     texts: List[str] = []
     nfes: List[int] = []
     for start in range(0, len(questions), batch_size):
-        qs = questions[start:start + batch_size]
-        prompts = [tok.encode(tinygsm.format_prompt(q), add_special_tokens=False) for q in qs]
-        P = max(len(x) for x in prompts)
-        B = len(qs)
-        x = torch.full((B, P + gen_length), mask_id, dtype=torch.long, device=device)
-        am = torch.ones((B, P + gen_length), dtype=torch.long, device=device)
-        for i, pr in enumerate(prompts):
-            x[i, :P - len(pr)] = pad_id
-            am[i, :P - len(pr)] = 0
-            x[i, P - len(pr):P] = torch.tensor(pr, device=device)
+        x, am, P = prompt_canvas(tok, questions[start:start + batch_size], gen_length, device)
+        B = x.shape[0]
         nfe = torch.zeros(B, dtype=torch.long)
         for b in range(gen_length // block_length):
             s, e = P + b * block_length, P + (b + 1) * block_length

@@ -36,8 +36,8 @@ if str(REPO) not in sys.path:
 from fastdllm_warmstart.models import TinyLLaDAConfig, TinyLLaDAModelLM  # noqa: E402
 from fastdllm_warmstart.tasks import tinygsm  # noqa: E402
 from fastdllm_warmstart.tokenization import build_dllm_tokenizer  # noqa: E402
-from fastdllm_warmstart.training import (GEN_LENGTH, engine_decode, score, threshold_decode,  # noqa: E402
-                                         versions)
+from fastdllm_warmstart.training import (GEN_LENGTH, engine_decode, prompt_canvas, score,  # noqa: E402
+                                         threshold_decode, versions)
 
 
 @torch.no_grad()
@@ -45,15 +45,7 @@ def left_to_right(model, tok, questions, batch_size: int = 100):
     """One token per forward at the first masked position (mask and pad never predicted)."""
     texts = []
     for start in range(0, len(questions), batch_size):
-        prompts = [tok.encode(tinygsm.format_prompt(q), add_special_tokens=False)
-                   for q in questions[start:start + batch_size]]
-        P, B = max(map(len, prompts)), len(prompts)
-        x = torch.full((B, P + GEN_LENGTH), tok.mask_token_id, dtype=torch.long)
-        am = torch.ones_like(x)
-        for i, pr in enumerate(prompts):
-            x[i, :P - len(pr)] = tok.pad_token_id
-            am[i, :P - len(pr)] = 0
-            x[i, P - len(pr):P] = torch.tensor(pr)
+        x, am, P = prompt_canvas(tok, questions[start:start + batch_size])
         for j in range(P, P + GEN_LENGTH):
             logits = model(x, attention_mask=am).logits[:, j].float()
             logits[:, [tok.mask_token_id, tok.pad_token_id]] = -float("inf")
