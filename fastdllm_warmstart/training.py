@@ -244,6 +244,25 @@ def dllm_loss(model, batch, mask_id: int, eos_id: int, gen: torch.Generator, pre
     return masked_ce(logits, canvas, t, m, forced, forced_weight)
 
 
+def stale_block_cache(model, ids: torch.Tensor, am: torch.Tensor, s: int, mask_id: int):
+    """The dual cache at the start of a block at column ``s``: a forward without gradient over
+    ``ids`` with everything from ``s`` on masked. Returns ``(past, logits)``; ``past`` is detached
+    (constants, as at inference)."""
+    ctx = ids.clone()
+    ctx[:, s:] = mask_id
+    with torch.no_grad():
+        out = model(ctx, attention_mask=am, use_cache=True)
+    return [tuple(x.detach() for x in layer) for layer in out.past_key_values], out.logits
+
+
+def block_forward(model, xb: torch.Tensor, am: torch.Tensor, past, s: int) -> torch.Tensor:
+    """Logits of the block ``xb`` (columns ``s`` to ``s + xb.shape[1]``) recomputed against the
+    cache ``past``, replacing its own columns there (the dual cache's ``replace_position``)."""
+    rp = torch.zeros_like(am, dtype=torch.bool)
+    rp[:, s:s + xb.shape[1]] = True
+    return model(xb, attention_mask=am, past_key_values=past, use_cache=True, replace_position=rp).logits
+
+
 def dllm_cache_loss(model, batch, mask_id: int, eos_id: int, gen: torch.Generator,
                     block_length: int = BLOCK_LENGTH, eq_frac: float = 0.0, forced_weight: float = 2.0,
                     eps: float = 1e-3) -> torch.Tensor:
@@ -261,32 +280,11 @@ def dllm_cache_loss(model, batch, mask_id: int, eos_id: int, gen: torch.Generato
     t, m, forced = mask_canvas(batch, eos_id, gen, 0.0, eq_frac, eps)
     b = int(torch.randint(G // block_length, (1,), generator=gen))
     s, e = P + b * block_length, P + (b + 1) * block_length
-    ctx = ids.clone()
-    ctx[:, s:] = mask_id
-    with torch.no_grad():
-        past = model(ctx, attention_mask=am, use_cache=True).past_key_values
-    past = [tuple(x.detach() for x in layer) for layer in past]
+    past, _ = stale_block_cache(model, ids, am, s, mask_id)
     block, mb = ids[:, s:e], m[:, s - P:e - P]
     xb = torch.where(mb, torch.full_like(block, mask_id), block)
-    rp = torch.zeros_like(ids, dtype=torch.bool)
-    rp[:, s:e] = True
-    logits = model(xb, attention_mask=am, past_key_values=past, use_cache=True, replace_position=rp).logits
+    logits = block_forward(model, xb, am, past, s)
     return masked_ce(logits, block, t, mb, forced[:, s - P:e - P], forced_weight)
-
-
-def threshold_commit(logits: torch.Tensor, still: torch.Tensor, mask_id: int, pad_id: int,
-                     threshold: float = THRESHOLD, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Fast-dLLM's threshold rule on a block's logits (B, L, V): commit every still-masked position
-    whose top probability (softmax in ``dtype``, mask and pad banned) is at least ``threshold``, and at
-    least the most confident one per row that has any. Returns ``(commit (B, L) bool, pred (B, L))``."""
-    lg = logits.to(dtype)
-    lg[..., mask_id] = -float("inf")
-    lg[..., pad_id] = -float("inf")
-    conf, pred = torch.softmax(lg, dim=-1).max(-1)
-    conf = torch.where(still, conf, torch.full_like(conf, -1.0))
-    commit = conf >= threshold
-    commit[torch.arange(conf.shape[0], device=conf.device), conf.argmax(-1)] = True
-    return commit & still, pred
 
 
 @torch.no_grad()
@@ -294,37 +292,36 @@ def teacher_forced_order(model, ids: torch.Tensor, am: torch.Tensor, s: int, e: 
                          threshold: float = THRESHOLD):
     """Run Fast-dLLM's dual-cache threshold decoder over the block ``[s, e)`` of ``ids`` (everything
     before it as given, everything from it on masked) with every commit *teacher-forced*: a committed
-    position receives ``ids``'s token, whatever the model predicted. The decoder's rule is upstream's:
-    the cache comes from the block's first forward over the whole canvas; later forwards recompute the
-    block only; a forward commits every masked token whose probability (float64 softmax, mask and pad
-    banned) is at least ``threshold`` and at least the most confident one.
+    position receives ``ids``'s token, whatever the model predicted. The cache comes from the block's
+    first forward over the whole canvas (:func:`stale_block_cache`); later forwards recompute the block
+    only; each commits by the engine's own threshold rule (``engine.transfer``: mask and pad never
+    win, every token at ``threshold`` or above and at least the most confident one).
 
     Returns ``(order, past)``: ``order`` (B, e - s), the forward (0-based) at which each position was
     committed, and the block's cache. Given the model's own decoding as ``ids``, ``order`` is exactly
     the decoder's trajectory (tested against the engine)."""
-    ctx = ids.clone()
-    ctx[:, s:] = mask_id
+    from .engine.transfer import get_transfer_index, suppress_ids
+
     gold = ids[:, s:e]
-    rp = torch.zeros_like(ids, dtype=torch.bool)
-    rp[:, s:e] = True
     order = torch.full(gold.shape, -1, dtype=torch.long, device=ids.device)
-    out = model(ctx, attention_mask=am, use_cache=True)
-    past = [tuple(x.detach() for x in layer) for layer in out.past_key_values]
-    logits = out.logits[:, s:e]
+    past, logits = stale_block_cache(model, ids, am, s, mask_id)
+    logits = logits[:, s:e]
     still = torch.ones_like(gold, dtype=torch.bool)
+    xb = torch.full_like(gold, mask_id)
     step = 0
     while True:
-        commit, _ = threshold_commit(logits, still, mask_id, pad_id, threshold, torch.float64)
+        _, commit = get_transfer_index(suppress_ids(logits, still, (mask_id, pad_id)), 0.0, "low_confidence",
+                                       still, xb, None, threshold)
         order[commit] = step
         still &= ~commit
         if not still.any():
             return order, past
         step += 1
         xb = torch.where(still, torch.full_like(gold, mask_id), gold)
-        logits = model(xb, attention_mask=am, past_key_values=past, use_cache=True, replace_position=rp).logits
+        logits = block_forward(model, xb, am, past, s)
 
 
-def dllm_decode_state_loss(model, batch, mask_id: int, eos_id: int, pad_id: int, gen: torch.Generator,
+def dllm_decode_state_loss(model, batch, mask_id: int, pad_id: int, gen: torch.Generator,
                            block_length: int = BLOCK_LENGTH, threshold: float = THRESHOLD) -> torch.Tensor:
     """The masked cross-entropy in the states the dual-cache threshold decoder itself visits.
 
@@ -348,9 +345,7 @@ def dllm_decode_state_loss(model, batch, mask_id: int, eos_id: int, pad_id: int,
     mb = order >= k[:, None]  # masked in the state before forward k (its commits included)
     gold = ids[:, s:e]
     xb = torch.where(mb, torch.full_like(gold, mask_id), gold)
-    rp = torch.zeros_like(ids, dtype=torch.bool)
-    rp[:, s:e] = True
-    logits = model(xb, attention_mask=am, past_key_values=past, use_cache=True, replace_position=rp).logits
+    logits = block_forward(model, xb, am, past, s)
     return masked_ce(logits, gold, mb.float().mean(1), mb, torch.zeros_like(mb))
 
 
@@ -418,8 +413,15 @@ def threshold_decode(model, tok, questions: Sequence[str], gen_length: int = GEN
                 active = still.any(1).nonzero(as_tuple=True)[0]
                 if active.numel() == 0:
                     break
-                logits = model(x[active], attention_mask=am[active]).logits[:, s:e]
-                commit, pred = threshold_commit(logits, still[active], mask_id, pad_id, threshold)
+                logits = model(x[active], attention_mask=am[active]).logits[:, s:e].float()
+                logits[..., mask_id] = -float("inf")
+                logits[..., pad_id] = -float("inf")
+                conf, pred = torch.softmax(logits, dim=-1).max(-1)
+                blk_mask = still[active]
+                conf = torch.where(blk_mask, conf, torch.full_like(conf, -1.0))
+                commit = conf >= threshold
+                commit[torch.arange(active.numel()), conf.argmax(-1)] = True
+                commit &= blk_mask
                 sub = x[active, s:e]
                 sub[commit] = pred[commit]
                 x[active, s:e] = sub

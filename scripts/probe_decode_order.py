@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from fastdllm_warmstart.loading import ModelLoadError  # noqa: E402
 from fastdllm_warmstart.models import TinyLLaDAConfig, TinyLLaDAModelLM  # noqa: E402
 from fastdllm_warmstart.tasks import tinygsm  # noqa: E402
 from fastdllm_warmstart.tokenization import build_dllm_tokenizer  # noqa: E402
@@ -98,7 +99,15 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     tok = build_dllm_tokenizer()
-    model = load(args.model, tok, args.d_model, args.layers).eval()
+    try:
+        model = load(args.model, tok, args.d_model, args.layers).eval()
+    except FileNotFoundError:
+        raise SystemExit(f"--model {args.model}: no such file; give embedded:NAME, a model folder or a run's .pt")
+    except RuntimeError as e:  # a .pt of another shape
+        raise SystemExit(f"--model {args.model}: its weights do not fit d_model {args.d_model}, {args.layers} "
+                         f"layers ({str(e).splitlines()[0]}); pass its run's --d-model and --layers")
+    except ModelLoadError as e:  # the loader's own message names the fix
+        raise SystemExit(f"--model {args.model}: {e}")
     problems = tinygsm.generate_problems(args.seed, args.n)
     questions = [p["question"] for p in problems]
     texts = {

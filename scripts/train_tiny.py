@@ -455,7 +455,7 @@ def main(argv=None) -> None:
         u = float(torch.rand(1, generator=gen)) if kind == "dllm" and args.cache_frac + args.decode_frac > 0 else 1.0
         if u < args.decode_frac:
             loss = dllm_decode_state_loss(model, dllm_encode_batch(tok, probs, device), tok.mask_token_id,
-                                          tok.eos_token_id, tok.pad_token_id, gen)
+                                          tok.pad_token_id, gen)
         elif u < args.decode_frac + args.cache_frac:
             loss = dllm_cache_loss(model, dllm_encode_batch(tok, probs, device), tok.mask_token_id,
                                    tok.eos_token_id, gen, eq_frac=args.eq_frac,

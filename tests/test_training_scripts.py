@@ -185,7 +185,7 @@ def test_teacher_forced_order_replays_the_engines_dual_cache_trajectory():
 
     batch = dllm_encode_batch(tok, problems, "cpu")
     model.train()
-    loss = dllm_decode_state_loss(model, batch, tok.mask_token_id, tok.eos_token_id, tok.pad_token_id,
+    loss = dllm_decode_state_loss(model, batch, tok.mask_token_id, tok.pad_token_id,
                                   torch.Generator().manual_seed(0))
     loss.backward()
     assert torch.isfinite(loss) and loss > 0 and model.wte.weight.grad.abs().sum() > 0
@@ -216,3 +216,7 @@ def test_probe_decode_order_runs_on_the_embedded_model():
     out = _run("scripts/probe_decode_order.py", "--n", "3", "--threads", "1", cwd=REPO)
     rec = json.loads(out.strip().splitlines()[-1])
     assert set(rec["accuracy"]) == {"left-to-right", "threshold", "threshold+dual"}
+    for bad in ("/nonexistent/model.pt", "/nonexistent-folder"):
+        proc = subprocess.run([sys.executable, "scripts/probe_decode_order.py", "--model", bad], cwd=REPO,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode != 0 and "--model" in proc.stderr and "Traceback" not in proc.stderr
