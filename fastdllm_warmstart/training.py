@@ -322,30 +322,50 @@ def teacher_forced_order(model, ids: torch.Tensor, am: torch.Tensor, s: int, e: 
 
 
 def dllm_decode_state_loss(model, batch, mask_id: int, pad_id: int, gen: torch.Generator,
-                           block_length: int = BLOCK_LENGTH, threshold: float = THRESHOLD) -> torch.Tensor:
+                           block_length: int = BLOCK_LENGTH, threshold: float = THRESHOLD,
+                           states: int = 1, block_choice: str = "uniform") -> torch.Tensor:
     """The masked cross-entropy in the states the dual-cache threshold decoder itself visits.
 
     Random masking trains every mask pattern a little; the decoder, though, fills a block in the
     order of the model's own confidence, and a model that is sure of a token whose place depends on
     a wording not yet chosen commits it and derails the answer (the tiny dLLM decodes 87% of
     validation problems right one token at a time left to right, 65% with the threshold rule). Here,
-    for one random block, :func:`teacher_forced_order` runs the decoder with the reference answer's
+    for one block, :func:`teacher_forced_order` runs the decoder with the reference answer's
     tokens forced in (every visited state is consistent with a valid answer); each row then takes
-    the state before a random one of its forwards, and the loss is the masked cross-entropy there
-    against the same cache (weighted ``1/t`` by the block's masked fraction, as :func:`masked_ce`):
-    exactly the predictions, and the confidences, the decoder reads."""
+    the state before a random one of its forwards (``states`` such draws per row, batched: the
+    replay, several no-grad forwards, is paid once for all of them), and the loss is the masked
+    cross-entropy there against the same cache (weighted ``1/t`` by the block's masked fraction, as
+    :func:`masked_ce`, averaged over the draws): exactly the predictions, and the confidences, the
+    decoder reads.
+
+    ``block_choice``: ``uniform`` over the canvas's blocks, or ``content``: in proportion to one plus
+    the batch's answer tokens in the block (tokens other than the row's end-of-canvas filler, its
+    last token), so that blocks holding only EOS filler, which the model fills in one forward, are
+    rarely drawn."""
+    if states < 1:
+        raise ValueError(f"states={states}: draw at least one state per row")
+    if block_choice not in ("uniform", "content"):
+        raise ValueError(f"block_choice={block_choice!r}: use 'uniform' or 'content'")
     ids, am, P = batch["ids"], batch["am"], batch["P"]
     G = ids.shape[1] - P
     B = ids.shape[0]
-    b = int(torch.randint(G // block_length, (1,), generator=gen))
+    n_blocks = G // block_length
+    if block_choice == "uniform":
+        b = int(torch.randint(n_blocks, (1,), generator=gen))
+    else:
+        canvas = ids[:, P:P + n_blocks * block_length]
+        content = (canvas != ids[:, -1:]).view(B, n_blocks, block_length).sum((0, 2)).float()
+        b = int(torch.multinomial((content + 1).cpu(), 1, generator=gen))
     s, e = P + b * block_length, P + (b + 1) * block_length
     order, past = teacher_forced_order(model, ids, am, s, e, mask_id, pad_id, threshold)
-    n_steps = order.amax(1) + 1  # forwards the row's block took
-    k = (torch.rand(B, generator=gen).to(ids.device) * n_steps).floor().long()
-    mb = order >= k[:, None]  # masked in the state before forward k (its commits included)
-    gold = ids[:, s:e]
+    n_steps = (order.amax(1) + 1).repeat(states)  # forwards the row's block took, per draw
+    k = (torch.rand(states * B, generator=gen).to(ids.device) * n_steps).floor().long()
+    mb = order.repeat(states, 1) >= k[:, None]  # masked in the state before forward k (its commits included)
+    gold = ids[:, s:e].repeat(states, 1)
     xb = torch.where(mb, torch.full_like(gold, mask_id), gold)
-    logits = block_forward(model, xb, am, past, s)
+    if states > 1:
+        past = [tuple(x.repeat(states, 1, 1, 1) for x in layer) for layer in past]
+    logits = block_forward(model, xb, am.repeat(states, 1), past, s)
     return masked_ce(logits, gold, mb.float().mean(1), mb, torch.zeros_like(mb))
 
 

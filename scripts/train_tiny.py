@@ -18,7 +18,9 @@
 
 For ``dllm``, ``--cache-frac`` / ``--decode-frac`` give fractions of the steps trained in the
 dual cache's stale-context state (``training.dllm_cache_loss``) and in the states the dual-cache
-threshold decoder itself visits, commits teacher-forced (``training.dllm_decode_state_loss``);
+threshold decoder itself visits, commits teacher-forced (``training.dllm_decode_state_loss``;
+``--decode-states K`` draws K states per row from one replay, ``--decode-block content`` replays
+the blocks that hold answer tokens rather than end-of-canvas filler);
 ``--init-from`` a smaller snapshot grows it (``training.grow_state_dict``); ``--select-top K``
 exports the best of the K best-validated snapshots and the last, re-measured on more problems.
 
@@ -337,6 +339,11 @@ def main(argv=None) -> None:
     ap.add_argument("--decode-frac", type=float, default=0.0,
                     help="dllm: fraction of steps trained in the states the dual-cache threshold decoder "
                          "visits, commits teacher-forced (training.dllm_decode_state_loss)")
+    ap.add_argument("--decode-states", type=int, default=1,
+                    help="dllm: decoder states drawn per row from one teacher-forced replay (--decode-frac)")
+    ap.add_argument("--decode-block", choices=["uniform", "content"], default="uniform",
+                    help="dllm: which block --decode-frac replays: uniform, or in proportion to the answer "
+                         "tokens it holds (rarely a block of end-of-canvas filler only)")
     ap.add_argument("--eval-cache", choices=["none", "dual"], default="none",
                     help="dllm: decode validation with no cache (default) or the engine's dual cache")
     ap.add_argument("--max-events", type=int, default=None,
@@ -355,6 +362,8 @@ def main(argv=None) -> None:
     if not (0.0 <= args.decode_frac <= 1.0 and args.cache_frac + args.decode_frac <= 1.0):
         ap.error(f"--decode-frac {args.decode_frac}: give a fraction of steps in [0, 1] that, with "
                  f"--cache-frac {args.cache_frac}, sums to at most 1.")
+    if args.decode_states < 1:
+        ap.error(f"--decode-states {args.decode_states}: draw at least 1 state per row.")
 
     kind = args.kind
     if args.max_events is not None:  # curriculum: the training stream and the validation draw follow it
@@ -380,7 +389,7 @@ def main(argv=None) -> None:
                                                "d_model", "layers", "heads", "mlp_ratio", "eval_every",
                                                "eval_n", "threads", "prefix_frac", "eq_frac", "forced_weight",
                                                "max_events", "max_groups", "cache_frac", "decode_frac",
-                                               "eval_cache")}
+                                               "decode_states", "decode_block", "eval_cache")}
     hparams.update(gen_length=GEN_LENGTH, vocab_size=len(tok), device=str(device))
     ckpt_path = work / "ckpt.pt"
     command = "python " + " ".join([os.path.relpath(__file__, REPO)] + sys.argv[1:])
@@ -455,7 +464,8 @@ def main(argv=None) -> None:
         u = float(torch.rand(1, generator=gen)) if kind == "dllm" and args.cache_frac + args.decode_frac > 0 else 1.0
         if u < args.decode_frac:
             loss = dllm_decode_state_loss(model, dllm_encode_batch(tok, probs, device), tok.mask_token_id,
-                                          tok.pad_token_id, gen)
+                                          tok.pad_token_id, gen, states=args.decode_states,
+                                          block_choice=args.decode_block)
         elif u < args.decode_frac + args.cache_frac:
             loss = dllm_cache_loss(model, dllm_encode_batch(tok, probs, device), tok.mask_token_id,
                                    tok.eos_token_id, gen, eq_frac=args.eq_frac,

@@ -49,11 +49,16 @@ def test_train_rcd_trains_resumes_and_exports(tmp_path):
 def test_train_tiny_dllm_trains_resumes_and_exports(tmp_path):
     common = ["scripts/train_tiny.py", "dllm", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"),
               "--d-model", "16", "--layers", "1", "--heads", "2", "--batch", "4", "--steps", "6",
-              "--eval-every", "3", "--eval-n", "3", "--final-n", "3", "--eq-frac", "0.5", "--threads", "1"]
+              "--eval-every", "3", "--eval-n", "3", "--final-n", "3", "--eq-frac", "0.5", "--threads", "1",
+              "--decode-frac", "0.5", "--decode-states", "2", "--decode-block", "content"]
+    proc = subprocess.run([sys.executable, *common, "--decode-states", "0"], cwd=REPO, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode != 0 and "--decode-states" in proc.stderr and "Traceback" not in proc.stderr
     _run(*common, "--stop-at", "3", cwd=REPO)
     _run(*common, "--resume", "--select-top", "1", "--select-n", "4", cwd=REPO)
     log = json.loads((tmp_path / "out" / "train_log.json").read_text())
     assert log["steps_done"] == 6 and [c["step"] for c in log["learning_curve"]] == [3, 6]
+    assert log["hyperparameters"]["decode_states"] == 2 and log["hyperparameters"]["decode_block"] == "content"
     # the exported step is the best re-measured candidate (the best-validated one and the last)
     cands = log["selection"]["candidates"]
     assert {c["step"] for c in cands} <= {3, 6} and 6 in {c["step"] for c in cands}
@@ -189,6 +194,63 @@ def test_teacher_forced_order_replays_the_engines_dual_cache_trajectory():
                                   torch.Generator().manual_seed(0))
     loss.backward()
     assert torch.isfinite(loss) and loss > 0 and model.wte.weight.grad.abs().sum() > 0
+
+
+def test_decode_state_loss_draws_several_states_and_skips_filler_blocks(monkeypatch):
+    """dllm_decode_state_loss(states=K): each of the K draws of a row is run against that row's own
+    cache (the batched forward equals the row's forward alone), their masks differ, and
+    block_choice="content" rarely replays a block that holds only end-of-canvas filler."""
+    from fastdllm_warmstart import training
+    from fastdllm_warmstart.assets import asset_path
+    from fastdllm_warmstart.models import TinyLLaDAModelLM
+    from fastdllm_warmstart.tasks import tinygsm
+    from fastdllm_warmstart.tokenization import build_dllm_tokenizer
+
+    tok = build_dllm_tokenizer()
+    model = TinyLLaDAModelLM.from_pretrained(asset_path("tiny-dllm"), dtype=torch.float32).eval()
+    problems = tinygsm.generate_problems(5, 6)
+    batch = training.dllm_encode_batch(tok, problems, "cpu")
+    B, P = batch["ids"].shape[0], batch["P"]
+    seen = {}
+    real_block_forward = training.block_forward
+
+    def spy(model_, xb, am, past, s):
+        seen.update(xb=xb, am=am, past=past, s=s)
+        return real_block_forward(model_, xb, am, past, s)
+
+    monkeypatch.setattr(training, "block_forward", spy)
+    with torch.no_grad():
+        loss = training.dllm_decode_state_loss(model, batch, tok.mask_token_id, tok.pad_token_id,
+                                               torch.Generator().manual_seed(3), states=3)
+        assert torch.isfinite(loss) and loss > 0
+        xb, past, s = seen["xb"], seen["past"], seen["s"]
+        assert xb.shape[0] == 3 * B and not all(torch.equal(xb[:B], xb[j * B:(j + 1) * B]) for j in (1, 2))
+        together = real_block_forward(model, xb, seen["am"], past, s)
+        for j in range(3):
+            for r in (0, B - 1):
+                row = j * B + r
+                orig = [tuple(x[r:r + 1] for x in layer) for layer in past]  # copy 0 holds the original rows
+                alone = real_block_forward(model, xb[row:row + 1], batch["am"][r:r + 1],
+                                           [tuple(x[row:row + 1] for x in layer) for layer in past], s)
+                assert torch.allclose(together[row], alone[0], atol=1e-5)
+                assert all(torch.equal(a[row], b[0]) for la, lb in zip(past, orig) for a, b in zip(la, lb))
+
+    canvas = batch["ids"][:, P:]
+    filler = [b for b in range(canvas.shape[1] // training.BLOCK_LENGTH)
+              if (canvas[:, b * training.BLOCK_LENGTH:(b + 1) * training.BLOCK_LENGTH] == canvas[:, -1:]).all()]
+    assert filler, "the test needs a batch whose last block is filler only"
+    picks = []
+    monkeypatch.setattr(training, "teacher_forced_order",
+                        lambda m, ids, am, s, e, *a, **k: (picks.append((s - P) // training.BLOCK_LENGTH),
+                                                           (torch.zeros(ids.shape[0], e - s, dtype=torch.long),
+                                                            training.stale_block_cache(m, ids, am, s,
+                                                                                       tok.mask_token_id)[0]))[1])
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for _ in range(40):
+            training.dllm_decode_state_loss(model, batch, tok.mask_token_id, tok.pad_token_id, g,
+                                            block_choice="content")
+    assert sum(b in filler for b in picks) <= 4 and len(set(picks) - set(filler)) >= 2
 
 
 def test_probe_decode_order_runs_on_the_embedded_model():
