@@ -97,7 +97,32 @@ def dllm_encode_batch(tok, problems: Sequence[dict], device) -> Dict[str, torch.
         ids[i, P:] = torch.tensor(canvas)
         am[i, P - len(pr):] = 1
     spans = [equation_spans(tok.convert_ids_to_tokens(an)) for an in answers]
-    return {"ids": ids.to(device), "am": am.to(device), "P": P, "spans": spans}
+    result_first = torch.zeros((B, GEN_LENGTH), dtype=torch.bool)
+    for i, sp in enumerate(spans):
+        for first, _, res in sp:
+            if res < first:
+                result_first[i, res] = True
+    return {"ids": ids.to(device), "am": am.to(device), "P": P, "spans": spans,
+            "result_first": result_first.to(device)}
+
+
+def result_first_boost(result_first: torch.Tensor, m: torch.Tensor, rf_weight: float) -> Optional[torch.Tensor]:
+    """(B, L) loss multiplier over a canvas or block: ``rf_weight`` at the masked result ``c`` of a
+    result-first equation (``c = a op b``, ``result_first`` from :func:`dllm_encode_batch`) whose
+    ``=`` right after it is visible (unmasked), 1 elsewhere; None when ``rf_weight`` is 1.
+
+    That wording asks for ``c`` before its operands may be on the canvas, and is the one the tiny
+    dLLM gets wrong most often. Only positions whose wording the visible ``=`` already fixes are
+    weighted: where ``c``'s position is still a choice between wordings (its number or the first
+    operand), weighting the result-first answer would tilt the model towards that wording, not make
+    it compute better (tried: it did). A column whose ``=`` lies outside the slice counts as masked."""
+    if rf_weight == 1.0:
+        return None
+    if not rf_weight > 0:
+        raise ValueError(f"rf_weight={rf_weight}: use a positive weight (1 = no boost)")
+    eq_visible = torch.zeros_like(m)
+    eq_visible[:, :-1] = ~m[:, 1:]
+    return 1.0 + (rf_weight - 1.0) * (result_first & m & eq_visible).float()
 
 
 def save_checkpoint(path, model, opt, stream: "ProblemStream", gen: torch.Generator, state: dict,
@@ -222,26 +247,33 @@ def mask_canvas(batch, eos_id: int, gen: torch.Generator, prefix_frac: float = 0
 
 
 def masked_ce(logits: torch.Tensor, canvas: torch.Tensor, t: torch.Tensor, m: torch.Tensor,
-              forced: torch.Tensor, forced_weight: float = 2.0) -> torch.Tensor:
+              forced: torch.Tensor, forced_weight: float = 2.0,
+              boost: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Cross-entropy on masked canvas tokens weighted ``1/t`` (equation targets: ``forced_weight``),
-    divided by the number of canvas tokens. ``logits`` (B, G, V) over the canvas."""
+    times ``boost`` (B, G) where given, divided by the number of canvas tokens. ``logits`` (B, G, V)
+    over the canvas."""
     B, G = canvas.shape
     ce = F.cross_entropy(logits[m].float(), canvas[m], reduction="none")
     w = torch.where(forced, torch.full_like(t[:, None].expand_as(m), forced_weight),
-                    (1.0 / t)[:, None].expand_as(m))[m]
-    return (ce * w).sum() / (B * G)
+                    (1.0 / t)[:, None].expand_as(m))
+    if boost is not None:
+        w = w * boost
+    return (ce * w[m]).sum() / (B * G)
 
 
 def dllm_loss(model, batch, mask_id: int, eos_id: int, gen: torch.Generator, prefix_frac: float = 0.0,
-              eq_frac: float = 0.0, forced_weight: float = 2.0, eps: float = 1e-3) -> torch.Tensor:
-    """LLaDA SFT loss (:func:`mask_canvas` then :func:`masked_ce`)."""
+              eq_frac: float = 0.0, forced_weight: float = 2.0, eps: float = 1e-3,
+              rf_weight: float = 1.0) -> torch.Tensor:
+    """LLaDA SFT loss (:func:`mask_canvas` then :func:`masked_ce`; ``rf_weight``:
+    :func:`result_first_boost`)."""
     ids, am, P = batch["ids"], batch["am"], batch["P"]
     t, m, forced = mask_canvas(batch, eos_id, gen, prefix_frac, eq_frac, eps)
     canvas = ids[:, P:]
     xt = ids.clone()
     xt[:, P:] = torch.where(m, torch.full_like(canvas, mask_id), canvas)
     logits = model(xt, attention_mask=am).logits[:, P:]
-    return masked_ce(logits, canvas, t, m, forced, forced_weight)
+    return masked_ce(logits, canvas, t, m, forced, forced_weight,
+                     result_first_boost(batch["result_first"], m, rf_weight))
 
 
 def stale_block_cache(model, ids: torch.Tensor, am: torch.Tensor, s: int, mask_id: int):
@@ -265,7 +297,7 @@ def block_forward(model, xb: torch.Tensor, am: torch.Tensor, past, s: int) -> to
 
 def dllm_cache_loss(model, batch, mask_id: int, eos_id: int, gen: torch.Generator,
                     block_length: int = BLOCK_LENGTH, eq_frac: float = 0.0, forced_weight: float = 2.0,
-                    eps: float = 1e-3) -> torch.Tensor:
+                    eps: float = 1e-3, rf_weight: float = 1.0) -> torch.Tensor:
     """The masked cross-entropy in the state a dual-cache decoding step is in (Fast-dLLM's dual
     cache: a block's later forwards recompute only the block against keys/values of the prompt,
     the earlier blocks and the still-masked later blocks taken at the block's first forward).
@@ -284,7 +316,8 @@ def dllm_cache_loss(model, batch, mask_id: int, eos_id: int, gen: torch.Generato
     block, mb = ids[:, s:e], m[:, s - P:e - P]
     xb = torch.where(mb, torch.full_like(block, mask_id), block)
     logits = block_forward(model, xb, am, past, s)
-    return masked_ce(logits, block, t, mb, forced[:, s - P:e - P], forced_weight)
+    return masked_ce(logits, block, t, mb, forced[:, s - P:e - P], forced_weight,
+                     result_first_boost(batch["result_first"][:, s - P:e - P], mb, rf_weight))
 
 
 @torch.no_grad()
@@ -323,7 +356,8 @@ def teacher_forced_order(model, ids: torch.Tensor, am: torch.Tensor, s: int, e: 
 
 def dllm_decode_state_loss(model, batch, mask_id: int, pad_id: int, gen: torch.Generator,
                            block_length: int = BLOCK_LENGTH, threshold: float = THRESHOLD,
-                           states: int = 1, block_choice: str = "uniform") -> torch.Tensor:
+                           states: int = 1, block_choice: str = "uniform",
+                           rf_weight: float = 1.0) -> torch.Tensor:
     """The masked cross-entropy in the states the dual-cache threshold decoder itself visits.
 
     Random masking trains every mask pattern a little; the decoder, though, fills a block in the
@@ -366,7 +400,9 @@ def dllm_decode_state_loss(model, batch, mask_id: int, pad_id: int, gen: torch.G
     if states > 1:
         past = [tuple(x.repeat(states, 1, 1, 1) for x in layer) for layer in past]
     logits = block_forward(model, xb, am.repeat(states, 1), past, s)
-    return masked_ce(logits, gold, mb.float().mean(1), mb, torch.zeros_like(mb))
+    return masked_ce(logits, gold, mb.float().mean(1), mb, torch.zeros_like(mb),
+                     boost=result_first_boost(batch["result_first"][:, s - P:e - P].repeat(states, 1), mb,
+                                              rf_weight))
 
 
 def _equation_focus(canvas: torch.Tensor, spans, m: torch.Tensor, frac: float, gen: torch.Generator):

@@ -328,6 +328,9 @@ def main(argv=None) -> None:
                     help="dllm: fraction of rows with equation-focused (decode-state) masking")
     ap.add_argument("--forced-weight", type=float, default=2.0,
                     help="dllm: loss weight of the tokens forced masked by --eq-frac")
+    ap.add_argument("--rf-weight", type=float, default=1.0,
+                    help="dllm: loss weight of the result c of result-first equations ('c = a + b'), in "
+                         "every loss (training.result_first_boost; 1 = none)")
     ap.add_argument("--select-top", type=int, default=0,
                     help="dllm: export the best of the K best-validated snapshots and the last one, "
                          "re-measured on --select-n problems of another seed (0: the best validation)")
@@ -364,6 +367,8 @@ def main(argv=None) -> None:
                  f"--cache-frac {args.cache_frac}, sums to at most 1.")
     if args.decode_states < 1:
         ap.error(f"--decode-states {args.decode_states}: draw at least 1 state per row.")
+    if not args.rf_weight > 0:
+        ap.error(f"--rf-weight {args.rf_weight}: give a positive loss weight (1 = no boost).")
 
     kind = args.kind
     if args.max_events is not None:  # curriculum: the training stream and the validation draw follow it
@@ -389,7 +394,7 @@ def main(argv=None) -> None:
                                                "d_model", "layers", "heads", "mlp_ratio", "eval_every",
                                                "eval_n", "threads", "prefix_frac", "eq_frac", "forced_weight",
                                                "max_events", "max_groups", "cache_frac", "decode_frac",
-                                               "decode_states", "decode_block", "eval_cache")}
+                                               "decode_states", "decode_block", "eval_cache", "rf_weight")}
     hparams.update(gen_length=GEN_LENGTH, vocab_size=len(tok), device=str(device))
     ckpt_path = work / "ckpt.pt"
     command = "python " + " ".join([os.path.relpath(__file__, REPO)] + sys.argv[1:])
@@ -465,15 +470,16 @@ def main(argv=None) -> None:
         if u < args.decode_frac:
             loss = dllm_decode_state_loss(model, dllm_encode_batch(tok, probs, device), tok.mask_token_id,
                                           tok.pad_token_id, gen, states=args.decode_states,
-                                          block_choice=args.decode_block)
+                                          block_choice=args.decode_block, rf_weight=args.rf_weight)
         elif u < args.decode_frac + args.cache_frac:
             loss = dllm_cache_loss(model, dllm_encode_batch(tok, probs, device), tok.mask_token_id,
                                    tok.eos_token_id, gen, eq_frac=args.eq_frac,
-                                   forced_weight=args.forced_weight)
+                                   forced_weight=args.forced_weight, rf_weight=args.rf_weight)
         elif kind == "dllm":
             loss = dllm_loss(model, dllm_encode_batch(tok, probs, device), tok.mask_token_id,
                              tok.eos_token_id, gen, prefix_frac=args.prefix_frac,
-                             eq_frac=args.eq_frac, forced_weight=args.forced_weight)
+                             eq_frac=args.eq_frac, forced_weight=args.forced_weight,
+                             rf_weight=args.rf_weight)
         else:
             loss = aux_loss(model, aux_encode_batch(tok, probs, device))
         optimizer_step(model, opt, loss)

@@ -50,15 +50,17 @@ def test_train_tiny_dllm_trains_resumes_and_exports(tmp_path):
     common = ["scripts/train_tiny.py", "dllm", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"),
               "--d-model", "16", "--layers", "1", "--heads", "2", "--batch", "4", "--steps", "6",
               "--eval-every", "3", "--eval-n", "3", "--final-n", "3", "--eq-frac", "0.5", "--threads", "1",
-              "--decode-frac", "0.5", "--decode-states", "2", "--decode-block", "content"]
-    proc = subprocess.run([sys.executable, *common, "--decode-states", "0"], cwd=REPO, capture_output=True,
-                          text=True, timeout=600)
-    assert proc.returncode != 0 and "--decode-states" in proc.stderr and "Traceback" not in proc.stderr
+              "--decode-frac", "0.5", "--decode-states", "2", "--decode-block", "content", "--rf-weight", "3"]
+    for bad in (["--decode-states", "0"], ["--rf-weight", "0"]):
+        proc = subprocess.run([sys.executable, *common, *bad], cwd=REPO, capture_output=True,
+                              text=True, timeout=600)
+        assert proc.returncode != 0 and bad[0] in proc.stderr and "Traceback" not in proc.stderr
     _run(*common, "--stop-at", "3", cwd=REPO)
     _run(*common, "--resume", "--select-top", "1", "--select-n", "4", cwd=REPO)
     log = json.loads((tmp_path / "out" / "train_log.json").read_text())
     assert log["steps_done"] == 6 and [c["step"] for c in log["learning_curve"]] == [3, 6]
     assert log["hyperparameters"]["decode_states"] == 2 and log["hyperparameters"]["decode_block"] == "content"
+    assert log["hyperparameters"]["rf_weight"] == 3.0
     # the exported step is the best re-measured candidate (the best-validated one and the last)
     cands = log["selection"]["candidates"]
     assert {c["step"] for c in cands} <= {3, 6} and 6 in {c["step"] for c in cands}
@@ -251,6 +253,73 @@ def test_decode_state_loss_draws_several_states_and_skips_filler_blocks(monkeypa
             training.dllm_decode_state_loss(model, batch, tok.mask_token_id, tok.pad_token_id, g,
                                             block_choice="content")
     assert sum(b in filler for b in picks) <= 4 and len(set(picks) - set(filler)) >= 2
+
+
+def test_result_first_boost_weights_only_the_results_of_result_first_equations():
+    """dllm_encode_batch marks the result c of every ``c = a op b`` equation of the reference answers
+    (and nothing of the other wordings); result_first_boost(W) multiplies by W the cross-entropy of
+    exactly those masked results whose "=" is visible, in every loss; W = 1 leaves the loss as it was."""
+    from fastdllm_warmstart import training
+    from fastdllm_warmstart.assets import asset_path
+    from fastdllm_warmstart.models import TinyLLaDAModelLM
+    from fastdllm_warmstart.tasks import tinygsm
+    from fastdllm_warmstart.tokenization import build_dllm_tokenizer
+
+    tok = build_dllm_tokenizer()
+    problems = tinygsm.generate_problems(5, 24)
+    batch = training.dllm_encode_batch(tok, problems, "cpu")
+    P = batch["P"]
+    marked = batch["result_first"]
+    assert marked.any()
+    expected = torch.zeros_like(marked)
+    for r, p in enumerate(problems):
+        words = tok.convert_ids_to_tokens(batch["ids"][r, P:].tolist())
+        for j in range(1, len(words) - 3):  # "<c> = <a> <op> <b>" not preceded by an "... =" equation
+            if (words[j] == "=" and words[j - 1].isdigit() and words[j + 1].isdigit()
+                    and words[j + 3].isdigit() and not (j >= 3 and words[j - 2] in training._OP_TOKENS)):
+                expected[r, j - 1] = True
+    assert torch.equal(marked, expected)
+
+    # masked_ce with the boost adds (W - 1) * weight * ce where a marked result is masked and the "="
+    # right after it is visible (its wording fixed), nothing where "=" is masked too (a wording choice)
+    B, G = marked.shape
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(B, G, 50, generator=g)
+    canvas = torch.randint(50, (B, G), generator=g)
+    m = torch.rand(B, G, generator=g) < 0.5
+    assert training.result_first_boost(marked, m, 1.0) is None
+    fixed = torch.zeros_like(m)
+    for r, j in marked.nonzero().tolist():
+        fixed[r, j] = bool(m[r, j]) and not bool(m[r, j + 1])
+    assert fixed.any() and (marked & m & ~fixed).any()
+    t = torch.full((B,), 0.5)
+    none = torch.zeros_like(m)
+    base = training.masked_ce(logits, canvas, t, m, none)
+    boosted = training.masked_ce(logits, canvas, t, m, none, boost=training.result_first_boost(marked, m, 4.0))
+    ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), canvas, reduction="none")
+    extra = (3.0 * 2.0 * ce * fixed).sum() / (B * G)
+    assert torch.allclose(boosted - base, extra, rtol=1e-5)
+
+    # each loss: W = 1 is the old loss; W > 1 raises it when a marked result is masked
+    model = TinyLLaDAModelLM.from_pretrained(asset_path("tiny-dllm"), dtype=torch.float32).eval()
+    with torch.no_grad():
+        for fn, kw in ((training.dllm_loss, {"eos_id": tok.eos_token_id, "eq_frac": 0.5}),
+                       (training.dllm_decode_state_loss, {"pad_id": tok.pad_token_id, "states": 2,
+                                                          "block_choice": "content"})):
+            raised = []
+            for seed in range(6):  # the drawn states differ per seed; some hold a weighted result
+                default = fn(model, batch, tok.mask_token_id, gen=torch.Generator().manual_seed(seed), **kw)
+                one, four = (fn(model, batch, tok.mask_token_id, gen=torch.Generator().manual_seed(seed),
+                                rf_weight=w, **kw) for w in (1.0, 4.0))
+                assert torch.equal(default, one) and four >= one
+                raised.append(bool(four > one))
+            assert any(raised), fn.__name__
+    try:
+        training.result_first_boost(marked, m, 0.0)
+    except ValueError as err:
+        assert "rf_weight" in str(err)
+    else:
+        raise AssertionError("a zero weight must be refused")
 
 
 def test_probe_decode_order_runs_on_the_embedded_model():
