@@ -27,18 +27,36 @@ THRESHOLD = 0.9
 
 
 class ProblemStream:
-    """Endless seeded stream of training problems, skipping excluded questions."""
+    """Endless seeded stream of training problems, skipping excluded questions.
 
-    def __init__(self, seed: int, exclude: set):
+    ``group_frac``: when given, the fraction of problems with a group sub-result (``3 bags with 4
+    muffins in each bag``, whose product may come before the chain or right before its use): each
+    problem first draws whether it has one (probability ``group_frac``), then problems are drawn
+    until one matches. A training curriculum only (the task's own mix is what the generator
+    draws); None keeps the generator's mix, exactly as before."""
+
+    def __init__(self, seed: int, exclude: set, group_frac: Optional[float] = None):
+        if group_frac is not None and not 0.0 <= group_frac <= 1.0:
+            raise ValueError(f"group_frac={group_frac}: use a fraction in [0, 1] (or None for the task's own mix)")
         self.rng = random.Random(seed)
         self.exclude = exclude
+        self.group_frac = group_frac
+
+    def _draw(self) -> dict:
+        if self.group_frac is None:
+            return tinygsm.generate_problem(self.rng)
+        want = self.rng.random() < self.group_frac
+        while True:
+            p = tinygsm.generate_problem(self.rng)
+            if tinygsm.has_group(p) == want:
+                return p
 
     def next_batch(self, n: int, pool: int = 8) -> List[dict]:
         """Batches come from a pool of ``pool`` batches sorted by question length (less padding)."""
         if not getattr(self, "queue", None):
             out = []
             while len(out) < n * pool:
-                p = tinygsm.generate_problem(self.rng)
+                p = self._draw()
                 if p["question"] not in self.exclude:
                     out.append(p)
             out.sort(key=lambda p: len(p["question"]))

@@ -88,6 +88,19 @@ def load(spec: str, tok, d_model: int, layers: int):
     return load_dllm(spec, device="cpu", dtype=torch.float32)[0]
 
 
+def load_or_exit(spec: str, tok, d_model: int, layers: int):
+    """:func:`load`, with a one-line ``SystemExit`` naming the fix for a bad ``--model``."""
+    try:
+        return load(spec, tok, d_model, layers)
+    except FileNotFoundError:
+        raise SystemExit(f"--model {spec}: no such file; give embedded:NAME, a model folder or a run's .pt")
+    except RuntimeError as e:  # a .pt of another shape
+        raise SystemExit(f"--model {spec}: its weights do not fit d_model {d_model}, {layers} "
+                         f"layers ({str(e).splitlines()[0]}); pass its run's --d-model and --layers")
+    except ModelLoadError as e:  # the loader's own message names the fix
+        raise SystemExit(f"--model {spec}: {e}")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="embedded:tiny-dllm")
@@ -99,15 +112,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     tok = build_dllm_tokenizer()
-    try:
-        model = load(args.model, tok, args.d_model, args.layers).eval()
-    except FileNotFoundError:
-        raise SystemExit(f"--model {args.model}: no such file; give embedded:NAME, a model folder or a run's .pt")
-    except RuntimeError as e:  # a .pt of another shape
-        raise SystemExit(f"--model {args.model}: its weights do not fit d_model {args.d_model}, {args.layers} "
-                         f"layers ({str(e).splitlines()[0]}); pass its run's --d-model and --layers")
-    except ModelLoadError as e:  # the loader's own message names the fix
-        raise SystemExit(f"--model {args.model}: {e}")
+    model = load_or_exit(args.model, tok, args.d_model, args.layers).eval()
     problems = tinygsm.generate_problems(args.seed, args.n)
     questions = [p["question"] for p in problems]
     texts = {

@@ -353,6 +353,9 @@ def main(argv=None) -> None:
                     help="curriculum: train on problems with up to this many events (default: the task's)")
     ap.add_argument("--max-groups", type=int, default=None,
                     help="curriculum: ... and up to this many group events (default: the task's)")
+    ap.add_argument("--group-frac", type=float, default=None,
+                    help="curriculum: fraction of training problems with a group sub-result (default: the "
+                         "task's own mix; validation and selection always use the task's mix)")
     ap.add_argument("--init-from", default=None,
                     help="dllm: start a fresh run from this earlier checkpoint (weights matched by "
                          "token string where the vocabulary changed); ignored on --resume")
@@ -369,6 +372,8 @@ def main(argv=None) -> None:
         ap.error(f"--decode-states {args.decode_states}: draw at least 1 state per row.")
     if not args.rf_weight > 0:
         ap.error(f"--rf-weight {args.rf_weight}: give a positive loss weight (1 = no boost).")
+    if args.group_frac is not None and not 0.0 <= args.group_frac <= 1.0:
+        ap.error(f"--group-frac {args.group_frac}: give a fraction of problems in [0, 1].")
 
     kind = args.kind
     if args.max_events is not None:  # curriculum: the training stream and the validation draw follow it
@@ -394,7 +399,8 @@ def main(argv=None) -> None:
                                                "d_model", "layers", "heads", "mlp_ratio", "eval_every",
                                                "eval_n", "threads", "prefix_frac", "eq_frac", "forced_weight",
                                                "max_events", "max_groups", "cache_frac", "decode_frac",
-                                               "decode_states", "decode_block", "eval_cache", "rf_weight")}
+                                               "decode_states", "decode_block", "eval_cache", "rf_weight",
+                                               "group_frac")}
     hparams.update(gen_length=GEN_LENGTH, vocab_size=len(tok), device=str(device))
     ckpt_path = work / "ckpt.pt"
     command = "python " + " ".join([os.path.relpath(__file__, REPO)] + sys.argv[1:])
@@ -406,7 +412,7 @@ def main(argv=None) -> None:
     test = tinygsm.load_jsonl(tinygsm.default_split_path("test"))
     val = tinygsm.generate_problems(VAL_SEED, args.eval_n, exclude={p["question"] for p in test})
     exclude = {p["question"] for p in test} | {p["question"] for p in val}
-    stream = ProblemStream(args.seed * 1_000_003 + 17, exclude)
+    stream = ProblemStream(args.seed * 1_000_003 + 17, exclude, args.group_frac)
     gen = torch.Generator().manual_seed(args.seed + 1)
     state = {"step": 0, "elapsed": 0.0, "curve": [], "hparams": hparams, "commands": []}
 

@@ -199,3 +199,13 @@ def test_jsonl_roundtrip_and_make_data(tmp_path):
     assert probs == tinygsm.generate_problems(5, 30)
     tinygsm.write_jsonl(probs[:3], tmp_path / "e.jsonl")
     assert tinygsm.load_jsonl(tmp_path / "e.jsonl") == probs[:3]
+
+
+def test_has_group_matches_the_answers_sub_results(many):
+    # a problem has a group event exactly when its answer computes more equations than it has steps
+    for p in many[:400]:
+        steps = tinygsm.solve_question(p["question"])[1]
+        eqs = [e for e in tinygsm.parse_equations(p["answer"]) if e[1] != "has"]
+        assert tinygsm.has_group(p) == (len(eqs) > len(steps))
+    frac = sum(map(tinygsm.has_group, many)) / len(many)
+    assert 0.2 < frac < 0.9  # the task's own mix has both kinds

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,8 +51,9 @@ def test_train_tiny_dllm_trains_resumes_and_exports(tmp_path):
     common = ["scripts/train_tiny.py", "dllm", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"),
               "--d-model", "16", "--layers", "1", "--heads", "2", "--batch", "4", "--steps", "6",
               "--eval-every", "3", "--eval-n", "3", "--final-n", "3", "--eq-frac", "0.5", "--threads", "1",
-              "--decode-frac", "0.5", "--decode-states", "2", "--decode-block", "content", "--rf-weight", "3"]
-    for bad in (["--decode-states", "0"], ["--rf-weight", "0"]):
+              "--decode-frac", "0.5", "--decode-states", "2", "--decode-block", "content", "--rf-weight", "3",
+              "--group-frac", "0.8"]
+    for bad in (["--decode-states", "0"], ["--rf-weight", "0"], ["--group-frac", "2"]):
         proc = subprocess.run([sys.executable, *common, *bad], cwd=REPO, capture_output=True,
                               text=True, timeout=600)
         assert proc.returncode != 0 and bad[0] in proc.stderr and "Traceback" not in proc.stderr
@@ -60,7 +62,7 @@ def test_train_tiny_dllm_trains_resumes_and_exports(tmp_path):
     log = json.loads((tmp_path / "out" / "train_log.json").read_text())
     assert log["steps_done"] == 6 and [c["step"] for c in log["learning_curve"]] == [3, 6]
     assert log["hyperparameters"]["decode_states"] == 2 and log["hyperparameters"]["decode_block"] == "content"
-    assert log["hyperparameters"]["rf_weight"] == 3.0
+    assert log["hyperparameters"]["rf_weight"] == 3.0 and log["hyperparameters"]["group_frac"] == 0.8
     # the exported step is the best re-measured candidate (the best-validated one and the last)
     cands = log["selection"]["candidates"]
     assert {c["step"] for c in cands} <= {3, 6} and 6 in {c["step"] for c in cands}
@@ -73,6 +75,29 @@ def test_train_tiny_dllm_trains_resumes_and_exports(tmp_path):
     _run(*common, "--export-only", cwd=REPO)
     assert (tmp_path / "out" / "model.safetensors").is_file()
     assert json.loads((tmp_path / "out" / "train_log.json").read_text())["exported_step"] == log["exported_step"]
+
+
+def test_problem_stream_group_frac_sets_the_training_mix_only():
+    from fastdllm_warmstart.tasks import tinygsm
+    from fastdllm_warmstart.training import ProblemStream
+
+    def frac(stream, n=240):
+        probs = [p for _ in range(n // 24) for p in stream.next_batch(24, pool=1)]
+        return sum(map(tinygsm.has_group, probs)) / len(probs)
+
+    own = frac(ProblemStream(5, set()))
+    assert 0.35 < own < 0.85
+    assert frac(ProblemStream(5, set(), group_frac=1.0)) == 1.0
+    assert frac(ProblemStream(5, set(), group_frac=0.0)) == 0.0
+    assert 0.6 < frac(ProblemStream(5, set(), group_frac=0.8)) < 0.95
+    # None draws exactly the generator's problems, as before the option existed
+    import random
+    rng = random.Random(5)
+    first = ProblemStream(5, set()).next_batch(8, pool=1)
+    assert sorted(p["question"] for p in first) == sorted(
+        tinygsm.generate_problem(rng)["question"] for _ in range(8))
+    with pytest.raises(ValueError, match="group_frac"):
+        ProblemStream(5, set(), group_frac=1.5)
 
 
 def test_dual_cache_loss_trains_a_block_against_stale_context():
@@ -351,3 +376,44 @@ def test_probe_decode_order_runs_on_the_embedded_model():
         proc = subprocess.run([sys.executable, "scripts/probe_decode_order.py", "--model", bad], cwd=REPO,
                               capture_output=True, text=True, timeout=300)
         assert proc.returncode != 0 and "--model" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_probe_calibration_measures_temperature_and_decoder_states():
+    """scripts/probe_calibration.py: its calibration figures find the temperature that generated
+    the data, its decoder states are the replayed trajectory's, and the script runs end to end."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import probe_calibration as probe
+    finally:
+        sys.path.pop(0)
+    from fastdllm_warmstart.tasks import tinygsm
+    from fastdllm_warmstart.tokenization import build_dllm_tokenizer
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(20000, 12, generator=g) * 3
+    for true_t in (1.0, 2.0):  # targets drawn from softmax(logits / true_t): NLL is lowest there
+        y = torch.multinomial(torch.softmax(logits / true_t, -1), 1, generator=g)[:, 0]
+        nll = {t: probe.calibration(logits, y, t)["nll"] for t in (0.5, 1.0, 2.0, 4.0)}
+        assert min(nll, key=nll.get) == true_t
+        assert probe.calibration(logits, y, true_t)["ece"] < 0.02 < probe.calibration(logits, y, 4 * true_t)["ece"]
+    r = probe.calibration(logits, logits.argmax(-1), 1.0)  # always right: every confident token is right
+    assert r["acc_ge_0.9"] == 1.0 and 0 < r["frac_ge_0.9"] < 1
+
+    tok = build_dllm_tokenizer()
+    model = probe.load_or_exit("embedded:tiny-dllm", tok, 96, 3).eval()
+    problems = tinygsm.generate_problems(5, 3)
+    states = probe.collect_states(model, tok, problems)
+    lg, y = states["decoder states"]
+    assert lg.shape[0] == y.shape[0] >= 96 * len(problems)  # each block's first state is all masked
+    assert set(y.tolist()) <= {t for p in problems for t in tok.encode(" " + p["answer"], add_special_tokens=False)} | {
+        tok.eos_token_id}
+    out = _run("scripts/probe_calibration.py", "--n", "2", "--decode-n", "3", "--temps", "1,2", "--threads", "1",
+               cwd=REPO)
+    rec = json.loads(out.strip().splitlines()[-1])
+    assert set(rec["calibration"]) == {"random-mask", "decoder states"} and set(rec["decode"]) == {"1.0", "2.0"}
+    d = rec["decode"]["1.0"]
+    assert d.get("n_group", 0) + d.get("n_no_group", 0) == 3
+    for bad in (["--temps", "0,1"], ["--temps", "x"], ["--model", "/nonexistent-folder"]):
+        proc = subprocess.run([sys.executable, "scripts/probe_calibration.py", *bad], cwd=REPO,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode != 0 and bad[0] in proc.stderr and "Traceback" not in proc.stderr

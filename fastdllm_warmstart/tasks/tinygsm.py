@@ -389,6 +389,12 @@ def solve_question(question: str) -> Tuple[int, List[Tuple[str, int, Optional[Tu
     return start, steps
 
 
+def has_group(problem: Problem) -> bool:
+    """True when the problem has a group event (``3 bags with 4 muffins in each bag``): its answer
+    computes a sub-result ``k * m`` whose place in the answer is a free choice."""
+    return any(km for _, _, km in solve_question(str(problem["question"]))[1])
+
+
 def check_answer(problem: Problem) -> bool:
     """True when the worked answer is a valid solution of the question, in any of its wordings.
 
