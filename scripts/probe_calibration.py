@@ -130,6 +130,8 @@ def main(argv=None) -> None:
     if args.decode_n:
         problems = tinygsm.generate_problems(args.decode_seed, args.decode_n, exclude=test)
         questions = [p["question"] for p in problems]
+        groups = {name: [i for i, p in enumerate(problems) if tinygsm.has_group(p) == want]
+                  for name, want in (("group", True), ("no_group", False))}  # with a group sub-result or not
         head = model.get_output_embeddings()
         w0 = head.weight.data.clone()
         try:
@@ -137,8 +139,7 @@ def main(argv=None) -> None:
                 head.weight.data = w0 / t
                 texts, nfes = engine_decode(model, tok, questions, cache="dual")
                 r = decode[str(t)] = {"acc": round(score(problems, texts), 4), "nfe": round(sum(nfes) / len(nfes), 3)}
-                for name, want in (("group", True), ("no_group", False)):  # problems with a group sub-result or not
-                    idx = [i for i, p in enumerate(problems) if tinygsm.has_group(p) == want]
+                for name, idx in groups.items():
                     if idx:
                         r[f"acc_{name}"] = round(score([problems[i] for i in idx], [texts[i] for i in idx]), 4)
                         r[f"n_{name}"] = len(idx)
