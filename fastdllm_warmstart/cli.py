@@ -169,11 +169,15 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 # -- make-data -----------------------------------------------------------------------------
 def _cmd_make_data(args: argparse.Namespace) -> int:
-    from .tasks.tinygsm import make_data
+    from .tasks.tinygsm import check_max_events, make_data
 
     if args.n < 1:
         return _fail("--n must be >= 1.")
-    make_data(args.seed, args.n, args.out)
+    try:
+        check_max_events(args.max_events)
+    except ValueError as e:
+        return _fail(f"--max-events {args.max_events}: {e} Leave it out for the default task.")
+    make_data(args.seed, args.n, args.out, max_events=args.max_events)
     print(f"Wrote {args.n} tinygsm problems (seed {args.seed}) to {args.out}")
     if args.drafts_out:
         import json
@@ -224,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="gold: the reference answers; reworded: each answer drawn again in another "
                            "wording, with one wrong result in a --drafts-wrong fraction (an aux-like draft)")
     data.add_argument("--drafts-wrong", type=float, default=0.5)
+    data.add_argument("--max-events", type=int, default=None,
+                      help="most events per problem (default: the task's, 4; 5 draws the longer "
+                           "variant the README also measures)")
     add_verbose_flag(data)
     data.set_defaults(func=_cmd_make_data)
 

@@ -101,6 +101,8 @@ def main(argv=None) -> None:
     ap.add_argument("--decode-seed", type=int, default=778, help="problems for the decoding table")
     ap.add_argument("--decode-n", type=int, default=1000, help="0 skips the decoding table")
     ap.add_argument("--temps", default="1,1.25,1.5,2")
+    ap.add_argument("--max-events", type=int, default=None,
+                    help="draw the problems with up to this many events (default: the task's)")
     ap.add_argument("--d-model", type=int, default=96)
     ap.add_argument("--layers", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
@@ -113,12 +115,17 @@ def main(argv=None) -> None:
         ap.error(f"--temps {args.temps!r}: every temperature must be positive")
     if args.n < 1 or args.decode_n < 0:
         ap.error("--n must be at least 1 and --decode-n at least 0")
+    try:
+        tinygsm.check_max_events(args.max_events)
+    except ValueError as e:
+        ap.error(f"--max-events: {e}")
     torch.set_num_threads(args.threads)
     tok = build_dllm_tokenizer()
     model = load_or_exit(args.model, tok, args.d_model, args.layers).eval()
     test = {p["question"] for p in tinygsm.load_jsonl(tinygsm.default_split_path("test"))}
 
-    states = collect_states(model, tok, tinygsm.generate_problems(args.seed, args.n, exclude=test))
+    states = collect_states(model, tok, tinygsm.generate_problems(args.seed, args.n, exclude=test,
+                                                                   max_events=args.max_events))
     calib = {name: {str(t): calibration(lg, y, t) for t in temps} for name, (lg, y) in states.items()}
     for name, rows in calib.items():
         print(f"{name} ({len(states[name][1])} masked tokens, seed {args.seed}, {args.n} problems)")
@@ -128,10 +135,14 @@ def main(argv=None) -> None:
 
     decode = {}
     if args.decode_n:
-        problems = tinygsm.generate_problems(args.decode_seed, args.decode_n, exclude=test)
+        problems = tinygsm.generate_problems(args.decode_seed, args.decode_n, exclude=test,
+                                             max_events=args.max_events)
         questions = [p["question"] for p in problems]
         groups = {name: [i for i, p in enumerate(problems) if tinygsm.has_group(p) == want]
                   for name, want in (("group", True), ("no_group", False))}  # with a group sub-result or not
+        n_events = [len(tinygsm.solve_question(q)[1]) for q in questions]
+        for k in sorted(set(n_events)):  # by problem length
+            groups[f"events_{k}"] = [i for i, n in enumerate(n_events) if n == k]
         head = model.get_output_embeddings()
         w0 = head.weight.data.clone()
         try:
@@ -143,13 +154,16 @@ def main(argv=None) -> None:
                     if idx:
                         r[f"acc_{name}"] = round(score([problems[i] for i in idx], [texts[i] for i in idx]), 4)
                         r[f"n_{name}"] = len(idx)
+                by_len = ", ".join(f"{name[7:]} events {r[f'acc_{name}']}" for name in groups
+                                   if name.startswith("events_") and f"acc_{name}" in r)
                 print(f"decode T={t:<5} accuracy {r['acc']:.3f} (with a group {r.get('acc_group')}, without "
-                      f"{r.get('acc_no_group')})  NFE {r['nfe']:.2f} (dual cache, threshold 0.9, seed "
-                      f"{args.decode_seed}, {args.decode_n} problems)")
+                      f"{r.get('acc_no_group')}; {by_len})  NFE {r['nfe']:.2f} (dual cache, threshold 0.9, "
+                      f"seed {args.decode_seed}, {args.decode_n} problems)")
         finally:
             head.weight.data = w0
     print(json.dumps({"model": args.model, "seed": args.seed, "n": args.n, "decode_seed": args.decode_seed,
-                      "decode_n": args.decode_n, "calibration": calib, "decode": decode, "versions": versions()}))
+                      "decode_n": args.decode_n,
+                      "max_events": args.max_events or tinygsm.MAX_EVENTS, "calibration": calib, "decode": decode, "versions": versions()}))
 
 
 if __name__ == "__main__":

@@ -109,11 +109,17 @@ def main(argv=None) -> None:
     ap.add_argument("--d-model", type=int, default=96)
     ap.add_argument("--layers", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--max-events", type=int, default=None,
+                    help="draw the problems with up to this many events (default: the task's)")
     args = ap.parse_args(argv)
+    try:
+        tinygsm.check_max_events(args.max_events)
+    except ValueError as e:
+        ap.error(f"--max-events: {e}")
     torch.set_num_threads(args.threads)
     tok = build_dllm_tokenizer()
     model = load_or_exit(args.model, tok, args.d_model, args.layers).eval()
-    problems = tinygsm.generate_problems(args.seed, args.n)
+    problems = tinygsm.generate_problems(args.seed, args.n, max_events=args.max_events)
     questions = [p["question"] for p in problems]
     texts = {
         "left-to-right": left_to_right(model, tok, questions),
@@ -125,7 +131,8 @@ def main(argv=None) -> None:
     for name, acc in rows.items():
         per = ", ".join(f"{k} {v['wrong']:.2f} of {v['equations']}" for k, v in errors[name].items())
         print(f"{name:16s} {acc:.3f}   wrong arithmetic per wording: {per}")
-    print(json.dumps({"model": args.model, "seed": args.seed, "n": args.n, "accuracy": rows,
+    print(json.dumps({"model": args.model, "seed": args.seed, "n": args.n,
+                      "max_events": args.max_events or tinygsm.MAX_EVENTS, "accuracy": rows,
                       "wrong_per_wording": errors, "versions": versions()}))
 
 

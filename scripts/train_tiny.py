@@ -377,7 +377,10 @@ def main(argv=None) -> None:
 
     kind = args.kind
     if args.max_events is not None:  # curriculum: the training stream and the validation draw follow it
-        tinygsm.MAX_EVENTS = args.max_events
+        try:
+            tinygsm.MAX_EVENTS = tinygsm.check_max_events(args.max_events)
+        except ValueError as e:
+            ap.error(f"--max-events: {e}")
     if args.max_groups is not None:
         tinygsm.MAX_GROUP_EVENTS = args.max_groups
     defaults = {

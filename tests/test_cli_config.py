@@ -9,6 +9,7 @@ import pytest
 
 from fastdllm_warmstart import ConfigError, DecodeConfig, configs_from_flat
 from fastdllm_warmstart.cli import main
+from fastdllm_warmstart.tasks import tinygsm
 
 
 @pytest.mark.parametrize("settings, hint", [
@@ -109,6 +110,16 @@ def test_make_data_cli(tmp_path, capsys):
     assert main(["make-data", "--seed", "7", "--n", "25", "--out", str(out)]) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 25 and all("####" in r["answer"] for r in rows)
+    longer = tmp_path / "longer.jsonl"
+    assert main(["make-data", "--seed", "7", "--n", "200", "--out", str(longer), "--max-events", "5"]) == 0
+    events = [len(tinygsm.solve_question(json.loads(line)["question"])[1])
+              for line in longer.read_text().splitlines()]
+    assert max(events) == 5
+    capsys.readouterr()
+    assert main(["make-data", "--seed", "7", "--n", "5", "--out", str(tmp_path / "x.jsonl"),
+                 "--max-events", "9"]) == 2
+    err = capsys.readouterr().err
+    assert "--max-events 9" in err and "3..6" in err and "Traceback" not in err
 
 
 def test_bench_smoke_and_resume(random_model_dirs, tmp_path, capsys):

@@ -67,6 +67,23 @@ def test_steps_and_ranges(many):
     assert seen_kinds == {"+", "-", "*", "/", "group"}
 
 
+def test_max_events_bounds_the_problem_length():
+    """The default task stops at MAX_EVENTS; ``max_events`` draws the longer variant (the same
+    stream as a default of that length), and a length the canvas cannot hold is refused."""
+    def n_events(problems):
+        return [len(tinygsm.solve_question(p["question"])[1]) for p in problems]
+
+    default = n_events(tinygsm.generate_problems(11, 300))
+    assert set(default) == set(range(tinygsm.MIN_EVENTS, tinygsm.MAX_EVENTS + 1))
+    longer = tinygsm.generate_problems(11, 300, max_events=tinygsm.MAX_EVENTS + 1)
+    assert max(n_events(longer)) == tinygsm.MAX_EVENTS + 1
+    assert all(tinygsm.check_answer(p) for p in longer)
+    with pytest.raises(ValueError, match="max_events=9"):
+        tinygsm.generate_problems(11, 3, max_events=9)
+    with pytest.raises(ValueError, match="max_events=2"):
+        tinygsm.generate_problem(random.Random(0), max_events=2)
+
+
 def test_answers_are_genuinely_ambiguous(many):
     """Each wording, connective kind, layout and closing choice occurs, roughly uniformly, and the
     same problem structure is rendered in many different ways (the point of the task)."""

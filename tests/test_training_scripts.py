@@ -369,13 +369,13 @@ def test_probe_decode_order_runs_on_the_embedded_model():
     bad = probe.wording_errors(["3 + 4 = 8 . 9 = 2 * 4 . 2 times 5 is 10 . #### 10"])
     assert bad == {"symbol": {"equations": 1, "wrong": 1.0}, "result_first": {"equations": 1, "wrong": 1.0},
                    "words": {"equations": 1, "wrong": 0.0}}
-    out = _run("scripts/probe_decode_order.py", "--n", "3", "--threads", "1", cwd=REPO)
+    out = _run("scripts/probe_decode_order.py", "--n", "3", "--threads", "1", "--max-events", "5", cwd=REPO)
     rec = json.loads(out.strip().splitlines()[-1])
-    assert set(rec["accuracy"]) == {"left-to-right", "threshold", "threshold+dual"}
-    for bad in ("/nonexistent/model.pt", "/nonexistent-folder"):
-        proc = subprocess.run([sys.executable, "scripts/probe_decode_order.py", "--model", bad], cwd=REPO,
+    assert set(rec["accuracy"]) == {"left-to-right", "threshold", "threshold+dual"} and rec["max_events"] == 5
+    for bad in (["--model", "/nonexistent/model.pt"], ["--model", "/nonexistent-folder"], ["--max-events", "2"]):
+        proc = subprocess.run([sys.executable, "scripts/probe_decode_order.py", *bad], cwd=REPO,
                               capture_output=True, text=True, timeout=300)
-        assert proc.returncode != 0 and "--model" in proc.stderr and "Traceback" not in proc.stderr
+        assert proc.returncode != 0 and bad[0] in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_probe_calibration_measures_temperature_and_decoder_states():
@@ -407,13 +407,15 @@ def test_probe_calibration_measures_temperature_and_decoder_states():
     assert lg.shape[0] == y.shape[0] >= 96 * len(problems)  # each block's first state is all masked
     assert set(y.tolist()) <= {t for p in problems for t in tok.encode(" " + p["answer"], add_special_tokens=False)} | {
         tok.eos_token_id}
-    out = _run("scripts/probe_calibration.py", "--n", "2", "--decode-n", "3", "--temps", "1,2", "--threads", "1",
-               cwd=REPO)
+    out = _run("scripts/probe_calibration.py", "--n", "2", "--decode-n", "6", "--temps", "1,2", "--threads", "1",
+               "--max-events", "5", cwd=REPO)
     rec = json.loads(out.strip().splitlines()[-1])
     assert set(rec["calibration"]) == {"random-mask", "decoder states"} and set(rec["decode"]) == {"1.0", "2.0"}
     d = rec["decode"]["1.0"]
-    assert d.get("n_group", 0) + d.get("n_no_group", 0) == 3
-    for bad in (["--temps", "0,1"], ["--temps", "x"], ["--model", "/nonexistent-folder"]):
+    assert d.get("n_group", 0) + d.get("n_no_group", 0) == 6 and rec["max_events"] == 5
+    by_len = {k: v for k, v in d.items() if k.startswith("n_events_")}
+    assert sum(by_len.values()) == 6 and set(by_len) <= {"n_events_3", "n_events_4", "n_events_5"}
+    for bad in (["--temps", "0,1"], ["--temps", "x"], ["--model", "/nonexistent-folder"], ["--max-events", "8"]):
         proc = subprocess.run([sys.executable, "scripts/probe_calibration.py", *bad], cwd=REPO,
                               capture_output=True, text=True, timeout=300)
         assert proc.returncode != 0 and bad[0] in proc.stderr and "Traceback" not in proc.stderr

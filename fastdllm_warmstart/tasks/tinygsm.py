@@ -22,8 +22,8 @@ save forwards. Each choice below is drawn *uniformly* among valid forms:
   added): each right before its use, or all of them first, in any order;
 * an optional closing sentence ``Ava has 50 muffins now .``.
 
-Arithmetic stays learnable for ~1M-parameter models: the start is 2..20, 3-5 events (at most one
-of them a group), ``+``/``-`` operands 1..9, ``*`` by 2 or 3, ``/`` by 2, 3 or 4 only when exact,
+Arithmetic stays learnable for ~1M-parameter models: the start is 2..20, 3-4 events (at most one
+of them a group; ``max_events`` up to 6 draws longer problems), ``+``/``-`` operands 1..9, ``*`` by 2 or 3, ``/`` by 2, 3 or 4 only when exact,
 group products 2..4 times 2..9,
 every intermediate and final result in 1..99; a problem's longest rendering fits the 96-token
 canvas (``MAX_ANSWER_TOKENS``). Every drawn answer is verified by :func:`check_answer`, which
@@ -41,7 +41,11 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 PROMPT_TEMPLATE = "Question: {question}\nAnswer:"
 
-MIN_EVENTS, MAX_EVENTS = 3, 5
+# Events per problem (a group event writes two equations). The default stops at 4: the shipped
+# 0.69M dLLM is right on ~0.89 of 3-4 event problems but ~0.78 of 5-event ones (TRAINING.md);
+# ``make-data --max-events 5`` draws the longer variant. Up to LONGEST_EVENTS fit the canvas.
+MIN_EVENTS, MAX_EVENTS = 3, 4
+LONGEST_EVENTS = 6
 MAX_GROUP_EVENTS = 1
 MIN_START, MAX_START = 2, 20
 MAX_VALUE = 99
@@ -251,12 +255,24 @@ def max_answer_tokens(start: int, events: Sequence[Dict], name: str, pron: str, 
     return n
 
 
-def generate_problem(rng: random.Random) -> Problem:
-    """One problem drawn with ``rng`` (a ``random.Random``; global random state is never used)."""
+def check_max_events(max_events: Optional[int]) -> int:
+    """``max_events`` resolved (``None``: the module's ``MAX_EVENTS``) and checked."""
+    max_events = MAX_EVENTS if max_events is None else max_events
+    if not MIN_EVENTS <= max_events <= LONGEST_EVENTS:
+        raise ValueError(f"max_events={max_events}: give {MIN_EVENTS}..{LONGEST_EVENTS} events per problem "
+                         f"(every problem has at least {MIN_EVENTS}; more than {LONGEST_EVENTS} do not fit "
+                         f"the {MAX_ANSWER_TOKENS}-token answer limit).")
+    return max_events
+
+
+def generate_problem(rng: random.Random, max_events: Optional[int] = None) -> Problem:
+    """One problem drawn with ``rng`` (a ``random.Random``; global random state is never used),
+    with ``MIN_EVENTS``..``max_events`` events (default ``MAX_EVENTS``)."""
+    max_events = check_max_events(max_events)
     while True:
         name, pron, poss = rng.choice(NAMES)
         obj = rng.choice(OBJECTS)
-        n_events = rng.randint(MIN_EVENTS, MAX_EVENTS)
+        n_events = rng.randint(MIN_EVENTS, max_events)
         start = v = rng.randint(MIN_START, MAX_START)
         events: List[Dict] = []
         for _ in range(n_events):
@@ -289,8 +305,11 @@ def generate_problem(rng: random.Random) -> Problem:
     return problem
 
 
-def generate_problems(seed: int, n: int, exclude: Optional[Iterable[str]] = None) -> List[Problem]:
-    """``n`` problems with distinct questions, deterministic in ``seed``; skips questions in ``exclude``."""
+def generate_problems(seed: int, n: int, exclude: Optional[Iterable[str]] = None,
+                      max_events: Optional[int] = None) -> List[Problem]:
+    """``n`` problems with distinct questions, deterministic in ``seed``; skips questions in ``exclude``;
+    ``max_events`` as in ``generate_problem``."""
+    max_events = check_max_events(max_events)
     rng = random.Random(seed)
     seen = set(exclude or ())
     out: List[Problem] = []
@@ -299,7 +318,7 @@ def generate_problems(seed: int, n: int, exclude: Optional[Iterable[str]] = None
         tries += 1
         if tries > 50 * n + 1000:
             raise RuntimeError("could not draw enough distinct problems")
-        p = generate_problem(rng)
+        p = generate_problem(rng, max_events)
         if p["question"] in seen:
             continue
         seen.add(p["question"])
@@ -528,9 +547,10 @@ def default_split_path(split: str) -> Path:
     return Path(__file__).resolve().parent / "data" / f"tinygsm_{split}.jsonl"
 
 
-def make_data(seed: int, n: int, out: Union[str, Path], exclude: Optional[Iterable[str]] = None) -> Path:
+def make_data(seed: int, n: int, out: Union[str, Path], exclude: Optional[Iterable[str]] = None,
+              max_events: Optional[int] = None) -> Path:
     """Generate ``n`` problems with ``seed`` and write them to ``out`` (JSONL)."""
-    return write_jsonl(generate_problems(seed, n, exclude=exclude), out)
+    return write_jsonl(generate_problems(seed, n, exclude=exclude, max_events=max_events), out)
 
 
 def make_default_splits(n_train: int = 2000, n_test: int = DEFAULT_TEST_SIZE) -> None:
