@@ -39,7 +39,7 @@ for p in (REPO, REPO / "scripts"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-from probe_decode_order import load_or_exit  # noqa: E402
+from probe_decode_order import add_max_events_flag, load_or_exit  # noqa: E402
 
 from fastdllm_warmstart.tasks import tinygsm  # noqa: E402
 from fastdllm_warmstart.tokenization import build_dllm_tokenizer  # noqa: E402
@@ -101,8 +101,7 @@ def main(argv=None) -> None:
     ap.add_argument("--decode-seed", type=int, default=778, help="problems for the decoding table")
     ap.add_argument("--decode-n", type=int, default=1000, help="0 skips the decoding table")
     ap.add_argument("--temps", default="1,1.25,1.5,2")
-    ap.add_argument("--max-events", type=int, default=None,
-                    help="draw the problems with up to this many events (default: the task's)")
+    add_max_events_flag(ap)
     ap.add_argument("--d-model", type=int, default=96)
     ap.add_argument("--layers", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
@@ -115,10 +114,6 @@ def main(argv=None) -> None:
         ap.error(f"--temps {args.temps!r}: every temperature must be positive")
     if args.n < 1 or args.decode_n < 0:
         ap.error("--n must be at least 1 and --decode-n at least 0")
-    try:
-        tinygsm.check_max_events(args.max_events)
-    except ValueError as e:
-        ap.error(f"--max-events: {e}")
     torch.set_num_threads(args.threads)
     tok = build_dllm_tokenizer()
     model = load_or_exit(args.model, tok, args.d_model, args.layers).eval()

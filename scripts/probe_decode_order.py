@@ -101,6 +101,22 @@ def load_or_exit(spec: str, tok, d_model: int, layers: int):
         raise SystemExit(f"--model {spec}: {e}")
 
 
+def add_max_events_flag(ap: argparse.ArgumentParser) -> None:
+    """``--max-events``: the probes draw their problems with up to this many events; a bad value is
+    one argparse error line naming the range."""
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of events") from None
+        try:
+            return tinygsm.check_max_events(n)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    ap.add_argument("--max-events", type=parse, default=None,
+                    help="draw the problems with up to this many events (default: the task's)")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="embedded:tiny-dllm")
@@ -109,13 +125,10 @@ def main(argv=None) -> None:
     ap.add_argument("--d-model", type=int, default=96)
     ap.add_argument("--layers", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--max-events", type=int, default=None,
-                    help="draw the problems with up to this many events (default: the task's)")
+    add_max_events_flag(ap)
     args = ap.parse_args(argv)
-    try:
-        tinygsm.check_max_events(args.max_events)
-    except ValueError as e:
-        ap.error(f"--max-events: {e}")
+    if args.n < 1:
+        ap.error(f"--n {args.n}: decode at least 1 problem")
     torch.set_num_threads(args.threads)
     tok = build_dllm_tokenizer()
     model = load_or_exit(args.model, tok, args.d_model, args.layers).eval()
