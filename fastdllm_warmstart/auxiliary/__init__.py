@@ -9,4 +9,5 @@ from .model_files import model_fingerprint
 from .proposer import build_proposer
 
 __all__ = ["AuxProposer", "FileProposals", "Proposal", "ProposalCache", "ProposalError",
-           "ProposalFileError", "Proposer", "align_to_canvas", "build_proposer", "check_target_tokenizer", "model_fingerprint"]
+           "ProposalFileError", "Proposer", "align_to_canvas", "build_proposer",
+           "check_target_tokenizer", "model_fingerprint"]
