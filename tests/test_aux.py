@@ -324,6 +324,15 @@ def test_file_proposals_hit_miss_and_unalignable(tmp_path, dllm_tok):
     assert out[2].source == "file"
 
 
+def test_file_proposals_match_prompts_whatever_their_spacing(tmp_path, dllm_tok):
+    path = tmp_path / "proposals.jsonl"
+    write_jsonl(path, [json.dumps({"prompt": "Question: Tom has 3 apples.\nAnswer:", "proposal": "3"})])
+    decoded = "Question : Tom has 3 apples .\nAnswer :"  # a prompt decoded from token ids
+    out, other = FileProposals(path, dllm_tok).propose([decoded, "Question: Tom has 4 apples."], GEN_LENGTH)
+    assert out.ok and out.text == "3"
+    assert not other.ok
+
+
 def test_file_proposals_errors_name_file_line_and_field(tmp_path, dllm_tok):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         FileProposals(tmp_path / "missing.jsonl", dllm_tok)

@@ -23,8 +23,9 @@ class ProposalFileError(InputFileError, ProposalError):
 class FileProposals:
     """Proposals read from a JSONL file, checked when it is opened.
 
-    Prompts are matched after stripping surrounding whitespace. A prompt that is not in the file
-    gets ``Proposal(ok=False, error="no proposal for this prompt")``. A missing file raises
+    Prompts are matched by :func:`prompt_key` (all whitespace ignored: a prompt decoded from token
+    ids may space its punctuation differently from the text the task gave). A prompt that is not
+    in the file gets ``Proposal(ok=False, error="no proposal for this prompt")``. A missing file raises
     ``FileNotFoundError``; a malformed one :class:`ProposalFileError`, naming the file, the line and
     the field.
     """
@@ -42,15 +43,20 @@ class FileProposals:
         """One :class:`Proposal` per prompt, in order (``source="file"``, no aux cost)."""
         results = []
         for i, prompt in enumerate(prompts):
-            text = self._proposals.get(prompt.strip())
+            text = self._proposals.get(prompt_key(prompt))
             error = "no proposal for this prompt" if text is None else None
             results.append(aligned_proposal(i, prompt, text, self.target_tokenizer, gen_length,
                                             aux_seconds=0.0, aux_tokens=0, source="file", error=error))
         return results
 
 
+def prompt_key(prompt: str) -> str:
+    """How a proposal file's prompt and a decoded prompt are compared: whitespace removed."""
+    return "".join(prompt.split())
+
+
 def read_proposal_file(path: PathLike) -> Dict[str, str]:
-    """``{stripped prompt: proposal}`` of a proposals file; two different proposals for one prompt
+    """``{prompt_key(prompt): proposal}`` of a proposals file; two different proposals for one prompt
     are a :class:`ProposalFileError` too."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"Proposal file {str(path)!r} does not exist; pass a JSONL file "
@@ -62,7 +68,7 @@ def read_proposal_file(path: PathLike) -> Dict[str, str]:
     proposals: Dict[str, str] = {}
     first_line: Dict[str, int] = {}
     for lineno, record in lines:
-        key = record["prompt"].strip()
+        key = prompt_key(record["prompt"])
         if key in proposals and proposals[key] != record["proposal"]:
             raise ProposalFileError(path, f"field 'prompt' repeats the prompt of line "
                                           f"{first_line[key]} with a different 'proposal'; keep one "
@@ -72,4 +78,5 @@ def read_proposal_file(path: PathLike) -> Dict[str, str]:
     return proposals
 
 
-__all__ = ["FileProposals", "PROPOSAL_FIELDS", "ProposalFileError", "read_proposal_file"]
+__all__ = ["FileProposals", "PROPOSAL_FIELDS", "ProposalFileError", "prompt_key",
+           "read_proposal_file"]

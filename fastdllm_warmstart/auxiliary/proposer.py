@@ -16,7 +16,7 @@ from .alignment import align_to_canvas, check_target_tokenizer
 from .base import Proposal, ProposalError, Proposer
 from .cache import ProposalCache
 from .drafter import AuxProposer
-from .file_proposals import FileProposals, ProposalFileError
+from .file_proposals import FileProposals, ProposalFileError, prompt_key
 from .model_files import model_fingerprint
 from .model_files import resolve_model_path as _resolve_model_path  # noqa: F401  (older imports)
 
@@ -34,4 +34,4 @@ def build_proposer(config: AuxConfig, target_tokenizer: Any, *, device: Any = "c
 
 __all__ = ["Proposal", "ProposalError", "Proposer", "align_to_canvas", "check_target_tokenizer",
            "AuxProposer", "FileProposals", "ProposalCache", "ProposalFileError", "build_proposer",
-           "model_fingerprint"]
+           "model_fingerprint", "prompt_key"]
