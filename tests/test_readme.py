@@ -163,6 +163,18 @@ def test_every_result_file_names_inputs_that_exist():
             assert (ROOT / item).is_file(), f"{path.relative_to(ROOT)} names {item}, which is not there"
 
 
+def test_nothing_under_results_is_a_leftover():
+    """Every file under results/ is a result file the docs cite, an input one names, or a plot."""
+    cited = "\n".join(doc.read_text(encoding="utf-8") for doc in [README, *(ROOT / "docs").glob("*.md")])
+    named = set()
+    for _, head in result_files():
+        named.add(head["data"])
+        named.update(re.findall(r"--(?:data|proposals|json|plot|out) (\S+)", head.get("command") or ""))
+    for path in sorted(p for p in (ROOT / "results").rglob("*") if p.is_file()):
+        rel = path.relative_to(ROOT).as_posix()
+        assert rel in named or rel in cited, f"{rel}: no result file names it and no doc cites it"
+
+
 @pytest.mark.parametrize("name, seed, max_events", [
     ("fresh2026.jsonl", 2026, None), ("fresh2026_5events.jsonl", 2026, 5),
     ("seed8675309.jsonl", 8675309, None), ("seed31337.jsonl", 31337, None), ("seed5.jsonl", 5, None),
