@@ -430,3 +430,17 @@ def test_embedded_tiny_aux_loads():
     out, = proposer.propose([format_prompt(problem["question"])], 48)
     assert out.source == "aux" and out.ok, out
     assert len(out.token_ids) == 48 and out.aux_tokens > 0
+
+
+@pytest.mark.parametrize("flag, line", [
+    ("--proposals", json.dumps({"prompt": "Question: a\nAnswer:", "answer": "1"})),
+    ("--proposal-cache", json.dumps({"prompt": "a", "proposal": "1"})),
+])
+def test_a_malformed_proposals_file_or_cache_stops_the_cli_with_one_line(tmp_path, capsys, flag, line):
+    from fastdllm_warmstart.cli import main
+
+    path = tmp_path / "file.jsonl"
+    path.write_text(line + "\n", encoding="utf-8")
+    assert main(["generate", "--prompt", "Tom has 3 apples.", "--warm-init", "token", flag, str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "file.jsonl, line 1" in err and "field" in err, err
