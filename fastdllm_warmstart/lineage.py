@@ -2,8 +2,8 @@
 not stand under the base's name.
 
 A model trained on top of another (``scripts/train_rcd.py`` starts from the shipped dLLM) records
-that base's id, ``embedded:tiny-dllm@<fingerprint>``, in its ``train_log.json`` (``reference``)
-or its ``config.json`` (``trained_from``). When the shipped base has since been replaced, the
+that base's id, ``embedded:tiny-dllm@<fingerprint>``, in its ``config.json`` (``base_model``)
+or its ``train_log.json`` (``base_model``, or ``reference`` in older exports). When the shipped base has since been replaced, the
 model's figures compare it with a base it never saw: such a mode is dropped from the default
 bench table (with a one-line warning), and kept with the same warning when asked for by name.
 """
@@ -17,8 +17,9 @@ from typing import Any, Dict, List, Optional
 
 logger = logging.getLogger(__name__)
 
-# Where a model's files record its base: config.json first, then the training log.
-_BASE_KEYS = (("config.json", "trained_from"), ("train_log.json", "trained_from"),
+# Where a model's files record its base: config.json first (``base_model``, written by
+# scripts/train_rcd.py's exporter), then the training log (older exports: ``reference``).
+_BASE_KEYS = (("config.json", "base_model"), ("train_log.json", "base_model"),
               ("train_log.json", "reference"))
 
 

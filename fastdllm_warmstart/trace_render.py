@@ -1,7 +1,7 @@
 """A recorded decoding drawn and written: PNG (matplotlib), an interactive HTML page (the
 template ``templates/trace.html``), JSON.
 
-It reads traces (:class:`~fastdllm_warmstart.trace_record.Any`) through their fields
+It reads traces (:class:`~fastdllm_warmstart.trace_record.DecodeTrace`) through their fields
 only, and imports nothing of the recorder.
 """
 
@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any, Sequence, Union
 
+Trace = Any  # a trace_record.DecodeTrace, read through its fields
 TEMPLATE = Path(__file__).resolve().parent / "templates" / "trace.html"
 JSON_FORMAT = "fastdllm-warmstart-trace/1"
 # One colour and one legend text per cell state, in the recorder's STATES order.
@@ -25,7 +26,7 @@ STATE_LABELS = {
 }
 
 
-def write_json(traces: Sequence[Any], path: Union[str, Path]) -> Path:
+def write_json(traces: Sequence[Trace], path: Union[str, Path]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": JSON_FORMAT, "traces": [t.to_dict() for t in traces]}
@@ -42,7 +43,7 @@ def _blend(color: str, amount: float) -> tuple:
 EOS_MARK = "\u21b5"  # an EOS prior is drawn as a return arrow (the colour says prior or not)
 
 
-def _cell_text(t: Any, x: int, token: int, state: str) -> str:
+def _cell_text(t: Trace, x: int, token: int, state: str) -> str:
     """A cell's text: its token (EOS as an arrow); a revoked cell shows the prior it lost; masks
     and the model's own EOS cells (their colour says it) none."""
     if state == "revoked":
@@ -52,7 +53,7 @@ def _cell_text(t: Any, x: int, token: int, state: str) -> str:
     return EOS_MARK if token == t.meta["eos_id"] else t.text(token)
 
 
-def draw_png(traces: Sequence[Any], path: Union[str, Path], *, dpi: int = 150,
+def draw_png(traces: Sequence[Trace], path: Union[str, Path], *, dpi: int = 150,
              max_width_in: float = 18.0) -> Path:
     """Positions across, forwards down, one panel per trace (side by side)."""
     try:
@@ -111,7 +112,7 @@ def _fit_text(text: str, font: float, cell_pt: float, min_font: float = 4.5):
     return (text[:keep] + "\u2026", min_font) if keep >= 1 else None
 
 
-def _draw_panel(ax, t: Any, n_rows: int, cell_pt: float, Rectangle) -> None:
+def _draw_panel(ax, t: Trace, n_rows: int, cell_pt: float, Rectangle) -> None:
     G, B = t.meta["gen_length"], t.meta["block_length"]
     rows = [("init", None, t.initial["tokens"], t.initial["states"], [True] * G)]
     for r in t.rows:
@@ -153,7 +154,7 @@ def _draw_panel(ax, t: Any, n_rows: int, cell_pt: float, Rectangle) -> None:
     ax.set_title(f"{t.label}:  NFE {t.nfe}\nanswer: {answer}", fontsize=8.5, loc="left", pad=4)
 
 
-def write_html(traces: Sequence[Any], path: Union[str, Path]) -> Path:
+def write_html(traces: Sequence[Trace], path: Union[str, Path]) -> Path:
     """A self-contained interactive page (inline script, no external resources)."""
     payload = {"format": JSON_FORMAT, "traces": [t.to_dict() for t in traces]}
     data = json.dumps(payload, ensure_ascii=False).replace("</", "<\\/")

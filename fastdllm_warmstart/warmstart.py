@@ -296,13 +296,23 @@ def build_callbacks(config: RunConfig, proposals: Optional[torch.Tensor],
 _warned_soft_inputs: "weakref.WeakSet[Any]" = weakref.WeakSet()
 
 
+def reads_drafts(model: Any) -> bool:
+    """Whether the model's config declares it was trained to read interpolated drafts:
+    ``soft_inputs`` true, or a label naming the bridge (``"bridge"``, ``"rcd+bridge"``: what
+    scripts/train_rcd.py writes; ``"rcd"`` alone or ``"none"`` do not)."""
+    declared = getattr(getattr(model, "config", None), "soft_inputs", None)
+    if isinstance(declared, str):
+        return "bridge" in declared.split("+")
+    return declared is True
+
+
 def warn_unread_soft_inputs(model: Any, config: RunConfig) -> None:
     """Warn once per model: ``--warm-init embed`` without a verifier, on a model whose config does
-    not declare that it reads soft inputs (``soft_inputs``, set by the training scripts for models
-    trained on interpolated drafts), feeds it inputs it never saw: the paper's collapse."""
+    not declare that it reads soft inputs (:func:`reads_drafts`), feeds it inputs it never saw:
+    the paper's collapse."""
     if config.warm.warm_init != "embed" or config.remask.enabled:
         return
-    if getattr(getattr(model, "config", None), "soft_inputs", None) or model in _warned_soft_inputs:
+    if reads_drafts(model) or model in _warned_soft_inputs:
         return
     _warned_soft_inputs.add(model)
     logger.warning("--warm-init embed without --remask, on a model not trained to read soft inputs "

@@ -153,10 +153,12 @@ def test_a_model_trained_from_another_base_is_dropped_from_the_default_table(tmp
 
     old, new = "embedded:tiny-dllm@0000000000000000", "embedded:tiny-dllm@1111111111111111"
     stale, fresh = tmp_path / "stale", tmp_path / "fresh"
-    for folder, base in ((stale, old), (fresh, new)):
-        folder.mkdir()
-        (folder / "train_log.json").write_text(json.dumps({"reference": base}))
-    assert recorded_base(str(stale)) == old and recorded_base(str(tmp_path)) is None
+    stale.mkdir()
+    (stale / "train_log.json").write_text(json.dumps({"reference": old}))  # an older export
+    fresh.mkdir()
+    (fresh / "config.json").write_text(json.dumps({"base_model": new}))  # scripts/train_rcd.py's
+    assert recorded_base(str(stale)) == old and recorded_base(str(fresh)) == new
+    assert recorded_base(str(tmp_path)) is None
     modes = [{"mode": "baseline"}, {"mode": "rcd"}, {"mode": "rcd-new"}]
     models = {"baseline": None, "rcd": str(stale), "rcd-new": str(fresh)}
     with caplog.at_level(logging.WARNING, logger="fastdllm_warmstart.lineage"):
@@ -190,8 +192,10 @@ def test_embed_without_verifier_on_a_model_not_trained_for_it_warns_once(random_
     assert len(warnings) == 1 and "\n" not in warnings[0]
     assert "collapse" in warnings[0] and "--remask" in warnings[0] and "tiny-dllm-rcd" in warnings[0]
     caplog.clear()
-    trained = WarmStartRunner.from_pretrained(random_model_dirs["dllm"], configs_from_flat(flat), device="cpu")
-    trained.model.config.soft_inputs = True  # what the training scripts write for a bridge-trained model
-    with caplog.at_level(logging.WARNING, logger="fastdllm_warmstart.warmstart"):
-        trained.generate([PROMPT])
-    assert not caplog.records
+    for label, warns in (("rcd", True), ("none", True), ("rcd+bridge", False), ("bridge", False)):
+        model = WarmStartRunner.from_pretrained(random_model_dirs["dllm"], configs_from_flat(flat), device="cpu")
+        model.model.config.soft_inputs = label  # what scripts/train_rcd.py's exporter writes
+        with caplog.at_level(logging.WARNING, logger="fastdllm_warmstart.warmstart"):
+            model.generate([PROMPT])
+        assert bool(caplog.records) == warns, label
+        caplog.clear()
