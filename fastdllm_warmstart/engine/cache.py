@@ -16,6 +16,13 @@ their inputs, attention mask, cache rows and ``replace_position`` rows are taken
 keys/values a dual-cache forward wrote go back into the full cache. The full forward that opens a
 block always runs every row (``can_skip_rows``), so the cache always covers the whole batch.
 
+A continuous batch (:mod:`fastdllm_warmstart.engine.rows`) has rows in different blocks at once.
+``call_key`` says which of its groups one model call can serve, and ``forward_rows`` runs a call
+for some rows, each at its own block: the full forward for the rows that open a block (their
+keys/values go into a canvas-wide ``(B, H, L, Dh)`` cache, row by row), one cached call for every
+other row (dual: each row replaces its own block's columns, ``replace_position`` row by row;
+prefix: one call per block, since the window's width depends on it; none: one call for all).
+
 ``min_block_steps`` is the number of forwards a block costs even when step 0 fills it: 1 in
 today's upstream (its cached loops check for remaining masks before each cached forward), and 2
 for the cached strategies of the June-2025 snapshot, which always ran one cached step after step 0.
@@ -55,6 +62,25 @@ class CacheStrategy:
         strategy (it fills the cache for every row)."""
         return not self.cached or state.block_step > 0
 
+    def call_key(self, block: int, block_step: int):
+        """Groups of a continuous batch with equal keys share one model call."""
+        return "full" if (self.cached and block_step == 0) else ("cached", block)
+
+    def forward_rows(self, state: DecodeState, inputs: dict, rows: torch.Tensor, starts: torch.Tensor,
+                     full: bool) -> torch.Tensor:
+        """Continuous batch: logits ``(R, W, V)`` of ``rows`` (R,), whose inputs are rows of the
+        ``(B, W, ...)`` ``inputs``; ``starts`` (R,) each row's block start, ``full`` the block's first
+        forward (the window is the whole canvas)."""
+        raise NotImplementedError
+
+    def _store_rows(self, past, rows: torch.Tensor, batch: int) -> None:
+        """Write the rows' canvas-wide keys/values into the batch's cache (allocated on first use)."""
+        if self.past is None or self.past[0][0].shape[0] != batch:
+            self.past = [tuple(t.new_zeros((batch,) + tuple(t.shape[1:])) for t in layer) for layer in past]
+        for full, part in zip(self.past, past):
+            for f, p in zip(full, part):
+                f[rows] = p
+
     @staticmethod
     def _call(state: DecodeState, inputs: dict, rows: Optional[torch.Tensor] = None, **extra: Any):
         if state.attention_mask is not None:
@@ -76,6 +102,12 @@ class NoCache(CacheStrategy):
         # use_cache passed explicitly: upstream reads config.use_cache otherwise, which newer
         # transformers releases no longer define on every config.
         return self._call(state, inputs, rows, use_cache=False).logits  # (B, L, V)
+
+    def call_key(self, block: int, block_step: int):
+        return "all"  # every window is the whole canvas
+
+    def forward_rows(self, state, inputs, rows, starts, full):
+        return self._call(state, inputs, rows, use_cache=False).logits  # (R, L, V)
 
 
 class PrefixCache(CacheStrategy):
@@ -102,6 +134,15 @@ class PrefixCache(CacheStrategy):
         past = self.past if rows is None else [tuple(t[rows] for t in layer) for layer in self.past]
         out = self._call(state, inputs, rows, past_key_values=past, use_cache=True)
         return out.logits  # (B, L - block_start, V)
+
+    def forward_rows(self, state, inputs, rows, starts, full):
+        if full:
+            out = self._call(state, inputs, rows, use_cache=True)
+            self._store_rows(out.past_key_values, rows, state.x.shape[0])
+            return out.logits  # (R, L, V)
+        start = int(starts[0])  # call_key: one block per cached call
+        past = [tuple(t[rows, :, :start] for t in layer) for layer in self.past]
+        return self._call(state, inputs, rows, past_key_values=past, use_cache=True).logits  # (R, L - start, V)
 
 
 class DualCache(CacheStrategy):
@@ -154,6 +195,25 @@ class DualCache(CacheStrategy):
             for full, part in zip(full_layer, row_layer):
                 full[rows, :, cols] = part[:, :, cols]
         return out.logits  # (B_a, block_length, V)
+
+    def call_key(self, block: int, block_step: int):
+        return "full" if block_step == 0 else "cached"  # every cached window is one block wide
+
+    def forward_rows(self, state, inputs, rows, starts, full):
+        if full:
+            out = self._call(state, inputs, rows, use_cache=True)
+            self._store_rows(out.past_key_values, rows, state.x.shape[0])
+            return out.logits  # (R, L, V)
+        B, L = state.x.shape
+        cols = torch.arange(L, device=state.x.device)
+        start = torch.zeros(B, dtype=torch.long, device=state.x.device)
+        start[rows] = starts
+        replace = (cols >= start.view(-1, 1)) & (cols < start.view(-1, 1) + state.block_length)  # (B, L)
+        past = [tuple(t[rows] for t in layer) for layer in self.past]
+        out = self._call(state, inputs, rows, past_key_values=past, use_cache=True,
+                         replace_position=replace)
+        self._store_rows(out.past_key_values, rows, B)
+        return out.logits  # (R, block_length, V)
 
 
 def take_rows(value: Any, rows: torch.Tensor, batch: int) -> Any:

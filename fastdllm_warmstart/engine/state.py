@@ -28,6 +28,13 @@ class DecodeState:
 
     Canvas-wide tensors are ``(B, L)`` with ``L = prompt_width + gen_length``; per-forward tensors
     are ``(B, W)`` over the forward's window ``[window[0], window[1])``.
+
+    In a continuous batch (``batching="refill"``, :mod:`fastdllm_warmstart.engine.rows`) the rows
+    sit in different blocks and steps, and a finished row takes the next problem. Hooks still see
+    one block at a time: every event is fired once per group of rows that share a block and a
+    block step, with ``block``/``block_start``/``block_end``/``block_step``/``window`` those of the
+    group and ``active`` marking its rows; ``problem`` says which problem each row holds, and
+    ``on_refill`` announces the rows (``refilled``) that just received a new one.
     """
 
     model: Any
@@ -74,6 +81,10 @@ class DecodeState:
     # leave such a row unchanged, so that it decodes as it would alone.
     active: Optional[torch.Tensor] = None
     total_nfe: int = 0                    # forward calls made (upstream's counter)
+    # (B,) long: the problem (index into the prompts) each row decodes, -1 for an empty row; in a
+    # static batch arange(B). Per-problem tensors of a hook (its proposals) are indexed by it.
+    problem: Optional[torch.Tensor] = None
+    refilled: Optional[torch.Tensor] = None  # (R,) long: the rows ``on_refill`` announces
     finished: Optional[torch.Tensor] = None  # (B,) bool: rows stopped early
     extras: dict = field(default_factory=dict)  # free space for third-party hooks
 

@@ -12,8 +12,9 @@ KV-cache semantics (the ones the prefix and dual cache strategies rely on):
   keys are stored *after* the rotary embedding, at their absolute positions.
 * Without ``replace_position`` the new tokens are appended after the ``Lp`` cached ones (prefix
   cache): queries sit at positions ``Lp .. Lp+T-1``.
-* With ``replace_position`` (bool, ``(B, L)`` or ``(1, L)``, the same columns in every row, ``T``
-  of them set) the new keys/values *replace* the cached ones at those columns (dual cache) and the
+* With ``replace_position`` (bool, ``(B, L)`` or ``(1, L)``, ``T`` columns set in every row; the
+  rows may select different columns, as when the rows of a continuous batch sit in different
+  blocks) the new keys/values *replace* the cached ones at each row's columns (dual cache) and the
   queries sit at those columns. The returned cache holds the replaced tensors; the input cache is
   not modified.
 
@@ -150,10 +151,10 @@ class Block(nn.Module):
         elif replace_cols is None:  # prefix cache: new canvas columns follow the cached ones
             cached_k = torch.cat((layer_past[0], k[:, :, :n]), dim=2)
             cached_v = torch.cat((layer_past[1], v[:, :, :n]), dim=2)
-        else:  # dual cache: the inputs replace their columns
-            cached_k, cached_v = layer_past[0].clone(), layer_past[1].clone()
-            cached_k[:, :, replace_cols] = k[:, :, :n]
-            cached_v[:, :, replace_cols] = v[:, :, :n]
+        else:  # dual cache: the inputs replace their row's columns, replace_cols (B, n)
+            index = replace_cols[:, None, :, None].expand(B, self.n_heads, n, self.head_dim)
+            cached_k = layer_past[0].scatter(2, index, k[:, :, :n])
+            cached_v = layer_past[1].scatter(2, index, v[:, :, :n])
         if n_transient:  # transient keys join this forward only, after the canvas keys
             k = torch.cat((cached_k, k[:, :, n:]), dim=2)
             v = torch.cat((cached_v, v[:, :, n:]), dim=2)
@@ -182,6 +183,8 @@ class TinyLLaDAModelLM(PreTrainedModel):
     # Honours attention_mask (left padding is invisible); upstream LLaDAModelLM ignores it.
     supports_padding = True
     supports_transient_queries = True
+    # replace_position may select different columns in each row (continuous batching's dual cache).
+    supports_row_windows = True
 
     def __init__(self, config: TinyLLaDAConfig):
         super().__init__(config)
@@ -242,12 +245,11 @@ class TinyLLaDAModelLM(PreTrainedModel):
         if replace_position is not None:
             if past_key_values is None:
                 raise ValueError("replace_position needs past_key_values (dual cache).")
-            rp = replace_position.bool()
-            if rp.shape[0] > 1 and not torch.equal(rp, rp[:1].expand_as(rp)):
-                raise ValueError("replace_position must select the same columns in every row.")
-            replace_cols = rp[0].nonzero(as_tuple=True)[0]  # (n,)
-            if replace_cols.numel() != n:
-                raise ValueError(f"replace_position selects {replace_cols.numel()} columns for {n} inputs.")
+            rp = replace_position.bool().expand(B, -1)  # (B, L)
+            counts = rp.sum(dim=1)
+            if bool((counts != n).any()):
+                raise ValueError(f"replace_position selects {counts.tolist()} columns per row for {n} inputs.")
+            replace_cols = rp.nonzero(as_tuple=True)[1].view(B, n)  # (B, n) each row's columns, ascending
             total = past_len
         else:
             total = past_len + n
@@ -261,7 +263,8 @@ class TinyLLaDAModelLM(PreTrainedModel):
             if bool(key_mask.all()):
                 key_mask = None
         all_pos = positions_from_mask(attention_mask, B, total, x.device)  # (B, total)
-        q_pos = all_pos[:, replace_cols] if replace_cols is not None else all_pos[:, past_len:past_len + n]
+        q_pos = (all_pos.gather(1, replace_cols) if replace_cols is not None
+                 else all_pos[:, past_len:past_len + n])  # (B, n)
         if n_transient:
             q_pos = torch.cat((q_pos, position_ids.to(q_pos).expand(B, n_transient)), dim=1)
         if attention_bias is not None:
