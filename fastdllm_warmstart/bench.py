@@ -298,21 +298,22 @@ def run_bench(args: argparse.Namespace, modes: Optional[List[Dict[str, Any]]] = 
     # 2. Proposals once, and the aux model on its own.
     records: List[Dict[str, Any]] = []
     by_prompt: Dict[str, Any] = {}
+    static_proposer = None
     aux_total = 0.0
     if any(c.warm.enabled for c in mode_configs.values()):
         warm_cfg = next(c for c in mode_configs.values() if c.warm.enabled)
-        runner.config = warm_cfg
-        if args.quiet and hasattr(runner.proposer, "show_progress"):
-            runner.proposer.show_progress = False
+        aux = runner.proposer_for(warm_cfg.aux)
+        if args.quiet and hasattr(aux, "show_progress"):
+            aux.show_progress = False
         t0 = time.perf_counter()
-        proposals = runner.proposer.propose(prompts, warm_cfg.decode.gen_length)
+        proposals = aux.propose(prompts, warm_cfg.decode.gen_length)
         aux_total = time.perf_counter() - t0
         by_prompt = dict(zip(prompts, proposals))
         aux_rows = [score(p.text or "", g) for p, g in zip(proposals, golds)]
         from .scoring import wilson_interval
 
         n = len(aux_rows)
-        records.append({"mode": "aux_only", "n": n, "model": getattr(runner.proposer, "model_id", None),
+        records.append({"mode": "aux_only", "n": n, "model": getattr(aux, "model_id", None),
                         "accuracy": sum(s for s, _ in aux_rows) / n,
                         "accuracy_ci95": wilson_interval(sum(s for s, _ in aux_rows), n),
                         "accuracy_flexible": sum(f for _, f in aux_rows) / n,
@@ -320,8 +321,7 @@ def run_bench(args: argparse.Namespace, modes: Optional[List[Dict[str, Any]]] = 
                         "proposal_failures": sum(1 for p in proposals if not p.ok)})
         if permutation is not None:  # each problem gets another problem's draft
             by_prompt = {prompts[i]: proposals[permutation[i]] for i in range(len(prompts))}
-        for r in runners.values():
-            r._proposer = StaticProposer(by_prompt)
+        static_proposer = StaticProposer(by_prompt)  # every mode decodes from the same drafts
 
     # 3. Every mode x seed, saved batch by batch.
     todo = [(m["mode"], s) for m in modes for s in (seeds if mode_configs[m["mode"]].warm.enabled else seeds[:1])]
@@ -332,11 +332,10 @@ def run_bench(args: argparse.Namespace, modes: Optional[List[Dict[str, Any]]] = 
         cfg = mode_configs[mode]
         cfg = dataclasses.replace(cfg, warm=dataclasses.replace(cfg.warm, seed=seed))
         runner = runner_for(mode_models[mode])
-        runner.config = cfg
         pending = [i for i in range(len(problems)) if (mode, seed, i) not in progress.done]
         for start in range(0, len(pending), args.batch_size):
             idx = pending[start:start + args.batch_size]
-            results = runner.generate_batch([prompts[i] for i in idx])
+            results = runner.generate_batch([prompts[i] for i in idx], cfg, proposer=static_proposer)
             rows = []
             for i, r in zip(idx, results):
                 strict, flexible = score(r.text, golds[i])

@@ -381,19 +381,21 @@ def describe(config) -> str:
     return f"{mode} | {config.decode.cache} cache"
 
 
-def trace_with_runner(runner, prompt: str, *, label: Optional[str] = None,
+def trace_with_runner(runner, prompt: str, *, config=None, label: Optional[str] = None,
                       apply_chat_template: Optional[bool] = None) -> DecodeTrace:
-    """Decode ``prompt`` (already formatted for the model) with ``runner`` and its config, recording it."""
+    """Decode ``prompt`` (already formatted for the model) with ``runner`` and ``config`` (None:
+    the runner's own), recording it."""
+    config = config if config is not None else runner.config
     recorder = TraceRecorder()
     saved = runner.extra_callbacks
     runner.extra_callbacks = list(saved) + [recorder]  # after the warm-start callbacks
     try:
-        result = runner.generate_batch([prompt], apply_chat_template=apply_chat_template)[0]
+        result = runner.generate_batch([prompt], config, apply_chat_template=apply_chat_template)[0]
     finally:
         runner.extra_callbacks = saved
-    t = recorder.trace(0, label=label if label is not None else describe(runner.config),
+    t = recorder.trace(0, label=label if label is not None else describe(config),
                        prompt=prompt, answer=result.text, nfe=result.nfe,
-                       config=runner.config.to_dict(), model=getattr(runner, "model_id", None))
+                       config=config.to_dict(), model=getattr(runner, "model_id", None))
     ids = set(t.final_tokens) | set(t.initial["tokens"]) | set(t.initial["prior"])
     for r in t.rows:
         ids |= set(r["tokens"]) | set(r["top"])
@@ -409,14 +411,12 @@ def trace(prompt: str, model: Optional[str] = None, *, config=None, device: str 
 
     ``settings`` are the flat config keys (``warm_init="token", remask=True, cache="prefix",
     gen_length=48, ...``) over ``config`` (a :class:`RunConfig`; default: the runner's config when
-    a ``runner`` is given, else the defaults). Pass a loaded ``runner`` to reuse its model (its
-    config is replaced by the traced one); else ``model`` (None = the embedded tiny dLLM) is
-    loaded. The prompt is given to the model as is (plus its chat template, if it has one).
+    a ``runner`` is given, else the defaults). Pass a loaded ``runner`` to reuse its model (it
+    decodes with the traced config, its own is left as it is); else ``model`` (None = the
+    embedded tiny dLLM) is loaded. The prompt is given to the model as is (plus its chat
+    template, if it has one).
     """
-    import dataclasses
-
     from .config import RunConfig, configs_from_flat
-    from .loading import check_cache_support
     from .runner import WarmStartRunner
 
     if config is None:
@@ -426,12 +426,8 @@ def trace(prompt: str, model: Optional[str] = None, *, config=None, device: str 
     if runner is None:
         runner = WarmStartRunner.from_pretrained(model, run_config, device=device, dtype=dtype,
                                                  fast_dllm_path=fast_dllm_path)
-    else:
-        if dataclasses.asdict(runner.config.aux) != dataclasses.asdict(run_config.aux):
-            runner._proposer = None  # another aux set-up: build it again on first use
-        check_cache_support(runner.model, run_config.decode.cache)
-        runner.config = run_config
-    return trace_with_runner(runner, prompt, label=label, apply_chat_template=apply_chat_template)
+    return trace_with_runner(runner, prompt, config=run_config, label=label,
+                             apply_chat_template=apply_chat_template)
 
 
 # --------------------------------------------------------------------------------------------
@@ -693,10 +689,7 @@ def _compare_configs(args, base_config) -> List[tuple]:
 
 
 def _cmd_trace(args) -> int:
-    import dataclasses
-
     from .cli import format_cli_prompts, run_config_from_args
-    from .loading import check_cache_support
     from .runner import WarmStartRunner
 
     config = run_config_from_args(args)
@@ -707,11 +700,7 @@ def _cmd_trace(args) -> int:
     prompt = format_cli_prompts(runner, [args.prompt], args.template)[0]
     traces = []
     for label, cfg in modes:
-        if dataclasses.asdict(cfg.aux) != dataclasses.asdict(runner.config.aux):
-            runner._proposer = None
-        check_cache_support(runner.model, cfg.decode.cache)
-        runner.config = cfg
-        traces.append(trace_with_runner(runner, prompt, label=label))
+        traces.append(trace_with_runner(runner, prompt, config=cfg, label=label))
     out = args.out
     if out is None and args.html is None and args.json is None:
         out = "trace.png"
