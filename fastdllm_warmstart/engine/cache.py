@@ -70,8 +70,19 @@ class CacheStrategy:
                      full: bool) -> torch.Tensor:
         """Continuous batch: logits ``(R, W, V)`` of ``rows`` (R,), whose inputs are rows of the
         ``(B, W, ...)`` ``inputs``; ``starts`` (R,) each row's block start, ``full`` the block's first
-        forward (the window is the whole canvas)."""
+        forward (the window is the whole canvas). :meth:`rows_call` and :meth:`rows_output` are its
+        halves, for a model that takes several forwards in one call (``forward_packed``)."""
+        call = self.rows_call(state, inputs, rows, starts, full)
+        return self.rows_output(state, state.model(**call), rows, full)
+
+    def rows_call(self, state: DecodeState, inputs: dict, rows: torch.Tensor, starts: torch.Tensor,
+                  full: bool) -> dict:
+        """The model's keyword arguments for :meth:`forward_rows`."""
         raise NotImplementedError
+
+    def rows_output(self, state: DecodeState, out, rows: torch.Tensor, full: bool) -> torch.Tensor:
+        """Keep what the call's output adds to the cache; return its logits."""
+        return out.logits
 
     def _store_rows(self, past, rows: torch.Tensor, batch: int) -> None:
         """Write the rows' canvas-wide keys/values into the batch's cache (allocated on first use)."""
@@ -83,13 +94,17 @@ class CacheStrategy:
 
     @staticmethod
     def _call(state: DecodeState, inputs: dict, rows: Optional[torch.Tensor] = None, **extra: Any):
+        return state.model(**CacheStrategy._kwargs(state, inputs, rows, **extra))
+
+    @staticmethod
+    def _kwargs(state: DecodeState, inputs: dict, rows: Optional[torch.Tensor] = None, **extra: Any) -> dict:
         if state.attention_mask is not None:
             extra["attention_mask"] = state.attention_mask
         if rows is not None:
             batch = state.x.shape[0]
             inputs = {k: take_rows(v, rows, batch) for k, v in inputs.items()}
             extra = {k: take_rows(v, rows, batch) for k, v in extra.items()}
-        return state.model(**inputs, **extra)
+        return {**inputs, **extra}
 
 
 class NoCache(CacheStrategy):
@@ -106,8 +121,8 @@ class NoCache(CacheStrategy):
     def call_key(self, block: int, block_step: int):
         return "all"  # every window is the whole canvas
 
-    def forward_rows(self, state, inputs, rows, starts, full):
-        return self._call(state, inputs, rows, use_cache=False).logits  # (R, L, V)
+    def rows_call(self, state, inputs, rows, starts, full):
+        return self._kwargs(state, inputs, rows, use_cache=False)  # logits (R, L, V)
 
 
 class PrefixCache(CacheStrategy):
@@ -135,14 +150,17 @@ class PrefixCache(CacheStrategy):
         out = self._call(state, inputs, rows, past_key_values=past, use_cache=True)
         return out.logits  # (B, L - block_start, V)
 
-    def forward_rows(self, state, inputs, rows, starts, full):
-        if full:
-            out = self._call(state, inputs, rows, use_cache=True)
-            self._store_rows(out.past_key_values, rows, state.x.shape[0])
-            return out.logits  # (R, L, V)
-        start = int(starts[0])  # call_key: one block per cached call
+    def rows_call(self, state, inputs, rows, starts, full):
+        if full:  # logits (R, L, V); rows_output keeps the keys/values
+            return self._kwargs(state, inputs, rows, use_cache=True)
+        start = int(starts[0])  # call_key: one block per cached call; logits (R, L - start, V)
         past = [tuple(t[rows, :, :start] for t in layer) for layer in self.past]
-        return self._call(state, inputs, rows, past_key_values=past, use_cache=True).logits  # (R, L - start, V)
+        return self._kwargs(state, inputs, rows, past_key_values=past, use_cache=False)
+
+    def rows_output(self, state, out, rows, full):
+        if full:
+            self._store_rows(out.past_key_values, rows, state.x.shape[0])
+        return out.logits
 
 
 class DualCache(CacheStrategy):
@@ -199,21 +217,21 @@ class DualCache(CacheStrategy):
     def call_key(self, block: int, block_step: int):
         return "full" if block_step == 0 else "cached"  # every cached window is one block wide
 
-    def forward_rows(self, state, inputs, rows, starts, full):
-        if full:
-            out = self._call(state, inputs, rows, use_cache=True)
-            self._store_rows(out.past_key_values, rows, state.x.shape[0])
-            return out.logits  # (R, L, V)
+    def rows_call(self, state, inputs, rows, starts, full):
+        if full:  # logits (R, L, V); rows_output keeps the keys/values
+            return self._kwargs(state, inputs, rows, use_cache=True)
         B, L = state.x.shape
         cols = torch.arange(L, device=state.x.device)
         start = torch.zeros(B, dtype=torch.long, device=state.x.device)
         start[rows] = starts
         replace = (cols >= start.view(-1, 1)) & (cols < start.view(-1, 1) + state.block_length)  # (B, L)
         past = [tuple(t[rows] for t in layer) for layer in self.past]
-        out = self._call(state, inputs, rows, past_key_values=past, use_cache=True,
-                         replace_position=replace)
-        self._store_rows(out.past_key_values, rows, B)
-        return out.logits  # (R, block_length, V)
+        return self._kwargs(state, inputs, rows, past_key_values=past, use_cache=True,
+                            replace_position=replace)  # logits (R, block_length, V)
+
+    def rows_output(self, state, out, rows, full):
+        self._store_rows(out.past_key_values, rows, state.x.shape[0])
+        return out.logits
 
 
 def take_rows(value: Any, rows: torch.Tensor, batch: int) -> Any:

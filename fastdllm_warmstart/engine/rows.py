@@ -38,6 +38,12 @@ from .state import DecodeState, TransientInputs
 from .transfer import num_transfer_schedule
 
 
+# A call runs once it would carry this share of the live rows (or is the tick's largest call, or
+# one of its rows has waited PATIENCE ticks): fewer, fuller calls for the rows opening a block.
+FILL = 0.5
+PATIENCE = 8
+
+
 def _row_block_masks(state: DecodeState, block: torch.Tensor) -> torch.Tensor:
     """(B,) [MASK]s left in each row's own block ``block`` (B,)."""
     cols = torch.arange(state.x.shape[1], device=state.x.device)
@@ -71,6 +77,10 @@ class RefillLoop:
         self.row_step = torch.zeros(B, dtype=torch.long, device=dev)
         self.entering = torch.ones(B, dtype=torch.bool, device=dev)  # on_block_start still due
         self.share = torch.zeros(B, dtype=torch.float64, device=dev)
+        self.waited = torch.zeros(B, dtype=torch.long, device=dev)  # ticks a row's call was put off
+        self.fill, self.patience = FILL, PATIENCE
+        # A model with forward_packed takes the tick's full and cached forwards in one call.
+        self.packed = bool(getattr(state.model, "supports_packed_calls", False))
         self.schedule: Optional[torch.Tensor] = None  # (B, steps_per_block) fixed schedule
         self.steps_per_block = config.resolved_steps // config.num_blocks
         self.max_block_steps = (self.steps_per_block + 2 * config.block_length
@@ -116,6 +126,29 @@ class RefillLoop:
         key = self.row_block * n_steps + self.row_step
         return [_Group(k // n_steps, k % n_steps, rows) for k, rows in self._split(key, live)]
 
+    def _pick(self, groups: List[_Group], live: torch.Tensor) -> List[_Group]:
+        """The groups whose call runs this tick: the largest call, and every call that carries at
+        least ``fill`` of the live rows or has a row that waited ``patience`` ticks. The others
+        wait (they compute nothing and their NFE does not change): the rows opening a block
+        gather into fewer full forwards instead of one small one per tick."""
+        if self.packed:  # every forward of the tick goes into one call anyway
+            return groups
+        calls: Dict[object, List[_Group]] = {}
+        for g in groups:
+            calls.setdefault(self.strategy.call_key(g.block, g.block_step), []).append(g)
+        sizes = {k: sum(g.rows.numel() for g in members) for k, members in calls.items()}
+        largest = max(sizes, key=lambda k: sizes[k])
+        need = self.fill * int(live.sum())
+        picked = []
+        for key, members in calls.items():
+            rows = torch.cat([g.rows for g in members])
+            if key == largest or sizes[key] >= need or int(self.waited[rows].max()) >= self.patience:
+                picked.extend(members)
+                self.waited[rows] = 0
+            else:
+                self.waited[rows] += 1
+        return picked
+
     # -- 2c. calls --------------------------------------------------------------------------
     def _inputs(self, groups: List[_Group]) -> dict:
         """The model inputs of one call, ``(B, W, ...)`` with each group's rows filled in."""
@@ -157,21 +190,42 @@ class RefillLoop:
         return {"inputs_embeds": torch.cat((embeds, t_emb), dim=1), "position_ids": t_pos,
                 "attention_bias": att.unsqueeze(1), "n_transient": T}
 
-    def _call(self, groups: List[_Group]) -> tuple:
-        """One model call for ``groups``: (logits (B, W, V), transient logits (B, T, V) or None)."""
+    def _run_calls(self, calls: List[List[_Group]]) -> List[tuple]:
+        """Run the calls (each a list of groups sharing a call key): one model call each, or one
+        call for all where the model takes several forwards at once (``forward_packed``). Returns
+        (logits (B, W, V), transient logits (B, T, V) or None) per call."""
         s = self.state
-        rows = torch.cat([g.rows for g in groups])
-        starts = torch.cat([s.prompt_width + self.row_block[g.rows] * self.config.block_length
-                            for g in groups])
-        inputs = self._inputs(groups)
-        full = groups[0].window == (0, s.x.shape[1]) and self.strategy.cached
-        logits = self.strategy.forward_rows(s, inputs, rows, starts, full)  # (R, W (+T), V)
-        out = logits.new_zeros((s.batch_size,) + tuple(logits.shape[1:]))
-        out[rows] = logits
-        s.total_nfe += 1
-        self.share[rows] += 1.0 / rows.numel()
-        n = inputs.get("n_transient", 0)
-        return (out[:, :-n], out[:, -n:]) if n else (out, None)
+        L = s.x.shape[1]
+        prepared = []
+        for groups in calls:
+            rows = torch.cat([g.rows for g in groups])
+            starts = torch.cat([s.prompt_width + self.row_block[g.rows] * self.config.block_length
+                                for g in groups])
+            inputs = self._inputs(groups)
+            full = groups[0].window == (0, L) and self.strategy.cached
+            prepared.append((rows, starts, inputs, full))
+        if self.packed and len(prepared) > 1:
+            kwargs = [self.strategy.rows_call(s, inputs, rows, starts, full)
+                      for rows, starts, inputs, full in prepared]
+            outs = s.model.forward_packed(kwargs)
+            logits = [self.strategy.rows_output(s, out, rows, full)
+                      for out, (rows, _, _, full) in zip(outs, prepared)]
+            s.total_nfe += 1
+            every = torch.cat([p[0] for p in prepared])
+            self.share[every] += 1.0 / every.numel()
+        else:
+            logits = []
+            for rows, starts, inputs, full in prepared:
+                logits.append(self.strategy.forward_rows(s, inputs, rows, starts, full))  # (R, W (+T), V)
+                s.total_nfe += 1
+                self.share[rows] += 1.0 / rows.numel()
+        results = []
+        for part, (rows, _, inputs, _) in zip(logits, prepared):
+            out = part.new_zeros((s.batch_size,) + tuple(part.shape[1:]))
+            out[rows] = part
+            n = inputs.get("n_transient", 0)
+            results.append((out[:, :-n], out[:, -n:]) if n else (out, None))
+        return results
 
     # -- 2e-2f. block ends, answers, refills ------------------------------------------------
     def _end_blocks(self, stepped: torch.Tensor) -> None:
@@ -257,8 +311,8 @@ class RefillLoop:
                 break
             # 2a. Rows entering a block.
             self._start_blocks(live)
-            # 2b. Each group's before_forward, with its own window.
-            groups = self._groups(live)
+            # 2b. The calls worth making this tick, then each of their groups' before_forward.
+            groups = self._pick(self._groups(live), live)
             for g in groups:
                 self._enter(g.block, g.block_step, g.rows)
                 g.window = s.window = self.strategy.window(s)
@@ -270,8 +324,8 @@ class RefillLoop:
             calls: Dict[object, List[_Group]] = {}
             for g in groups:
                 calls.setdefault(self.strategy.call_key(g.block, g.block_step), []).append(g)
-            for members in calls.values():
-                logits, transient_logits = self._call(members)
+            for members, (logits, transient_logits) in zip(calls.values(),
+                                                           self._run_calls(list(calls.values()))):
                 for g in members:
                     self._enter(g.block, g.block_step, g.rows)
                     s.window = g.window
@@ -284,6 +338,9 @@ class RefillLoop:
                     self.row_step[g.rows] += 1
                     s.step += 1
             # 2e-2f. Blocks done, answers handed in, rows refilled.
-            self._end_blocks(live)
+            stepped = torch.zeros_like(live)
+            for g in groups:
+                stepped[g.rows] = True
+            self._end_blocks(stepped)
         s.logits, s.transient_logits = None, None
         self.hooks.fire("on_finish", s)

@@ -138,8 +138,34 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, q_pos: torch.Tensor, key_mask: Optional[torch.Tensor],
                 layer_past: Optional[KV], replace_cols: Optional[torch.Tensor],
                 n_transient: int = 0) -> Tuple[torch.Tensor, KV]:
-        B, T, C = x.shape
-        q, k, v = self.qkv(self.attn_norm(x)).split(C, dim=-1)
+        (x,), (kv,) = self.forward_parts([x], [(q_pos, key_mask, layer_past, replace_cols, n_transient)])
+        return x, kv
+
+    def forward_parts(self, xs: Sequence[torch.Tensor], metas: Sequence[tuple]) -> Tuple[list, list]:
+        """Several forwards' inputs ``xs`` ((B_i, T_i, C) each, with ``metas`` (q_pos, key_mask,
+        layer_past, replace_cols, n_transient) each) through the layer at once: the projections and
+        the MLP run on all their tokens together, attention per part."""
+        C = xs[0].shape[-1]
+        sizes = [x.shape[0] * x.shape[1] for x in xs]
+        flat = torch.cat([x.reshape(-1, C) for x in xs]) if len(xs) > 1 else xs[0].reshape(-1, C)  # (N, C)
+        qkv = self.qkv(self.attn_norm(flat))  # (N, 3C)
+        outs, kvs = [], []
+        for part, x, meta in zip(qkv.split(sizes), xs, metas):
+            att, kv = self._attend(part.view(x.shape[0], x.shape[1], 3 * C), *meta)
+            outs.append(att)
+            kvs.append(kv)
+        flat = flat + self.attn_out(torch.cat(outs) if len(outs) > 1 else outs[0])
+        gate, up = self.gate_up(self.mlp_norm(flat)).chunk(2, dim=-1)
+        flat = flat + self.down(F.silu(gate) * up)
+        return [p.view(x.shape) for p, x in zip(flat.split(sizes), xs)], kvs
+
+    def _attend(self, qkv: torch.Tensor, q_pos: torch.Tensor, key_mask: Optional[torch.Tensor],
+                layer_past: Optional[KV], replace_cols: Optional[torch.Tensor],
+                n_transient: int = 0) -> Tuple[torch.Tensor, KV]:
+        """Attention of one part: ``qkv`` (B, T, 3C) -> ((B * T, C), the part's keys/values)."""
+        B, T, C3 = qkv.shape
+        C = C3 // 3
+        q, k, v = qkv.split(C, dim=-1)
         q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, Dh)
         k = k.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         v = v.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
@@ -167,10 +193,7 @@ class Block(nn.Module):
         else:
             attn_mask = key_mask  # (B, 1, T, S)
         att = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, H, T, Dh)
-        x = x + self.attn_out(att.transpose(1, 2).reshape(B, T, C))
-        gate, up = self.gate_up(self.mlp_norm(x)).chunk(2, dim=-1)
-        x = x + self.down(F.silu(gate) * up)
-        return x, (cached_k, cached_v)
+        return att.transpose(1, 2).reshape(B * T, C), (cached_k, cached_v)
 
 
 class TinyLLaDAModelLM(PreTrainedModel):
@@ -185,6 +208,8 @@ class TinyLLaDAModelLM(PreTrainedModel):
     supports_transient_queries = True
     # replace_position may select different columns in each row (continuous batching's dual cache).
     supports_row_windows = True
+    # forward_packed: several forwards in one pass over the weights (continuous batching).
+    supports_packed_calls = True
 
     def __init__(self, config: TinyLLaDAConfig):
         super().__init__(config)
@@ -228,6 +253,38 @@ class TinyLLaDAModelLM(PreTrainedModel):
         return_dict: Optional[bool] = None,
         **unused,
     ) -> CausalLMOutputWithPast:
+        return self.forward_packed([dict(
+            input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+            past_key_values=past_key_values, use_cache=use_cache, replace_position=replace_position,
+            position_ids=position_ids, attention_bias=attention_bias, n_transient=n_transient, **unused)])[0]
+
+    def forward_packed(self, calls: Sequence[dict]) -> List[CausalLMOutputWithPast]:
+        """Several forwards (each the keyword arguments of :meth:`forward`: another window, cache
+        or row set) in one pass over the weights: the layers' projections and MLPs run on all
+        their tokens together, attention per forward. Each output is the forward's own, as a
+        separate call would give it (a continuous batch's full and cached forwards in one call)."""
+        parts = [self._prepare(**kw) for kw in calls]
+        xs = [p[0] for p in parts]
+        presents: List[List[KV]] = [[] for _ in parts]
+        for i, block in enumerate(self.blocks):
+            metas = [(q_pos, key_mask, past[i] if past else None, replace_cols, n_tr)
+                     for _, q_pos, key_mask, past, replace_cols, n_tr, _ in parts]
+            xs, kvs = block.forward_parts(xs, metas)
+            for store, kv in zip(presents, kvs):
+                store.append(kv)
+        C = xs[0].shape[-1]
+        flat = torch.cat([x.reshape(-1, C) for x in xs]) if len(xs) > 1 else xs[0].reshape(-1, C)
+        logits = self.lm_head(self.norm(flat))  # (N, V)
+        sizes = [x.shape[0] * x.shape[1] for x in xs]
+        return [CausalLMOutputWithPast(logits=lg.view(x.shape[0], x.shape[1], -1),
+                                       past_key_values=kv if p[6] else None)
+                for lg, x, kv, p in zip(logits.split(sizes), xs, presents, parts)]
+
+    def _prepare(self, input_ids=None, inputs_embeds=None, attention_mask=None, past_key_values=None,
+                 use_cache=None, replace_position=None, position_ids=None, attention_bias=None,
+                 n_transient=0, return_dict=None, **unused) -> tuple:
+        """One forward's inputs, positions and attention mask:
+        (x, q_pos, key_mask, past_key_values, replace_cols, n_transient, use_cache)."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
         if unused:
@@ -280,14 +337,7 @@ class TinyLLaDAModelLM(PreTrainedModel):
         elif n_transient:
             raise ValueError("transient inputs need an attention_bias saying what each query sees.")
 
-        presents: List[KV] = []
-        for i, block in enumerate(self.blocks):
-            layer_past = past_key_values[i] if past_key_values else None
-            x, kv = block(x, q_pos, key_mask, layer_past, replace_cols, n_transient)
-            if use_cache:
-                presents.append(kv)
-        logits = self.lm_head(self.norm(x))  # (B, T, V)
-        return CausalLMOutputWithPast(logits=logits, past_key_values=presents if use_cache else None)
+        return x, q_pos, key_mask, past_key_values, replace_cols, n_transient, bool(use_cache)
 
 
 def register_auto_classes() -> None:
