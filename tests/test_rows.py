@@ -282,3 +282,31 @@ def test_separate_calls_give_the_same_answers(model32, cache):
                       batch_size=4, **kw)
     same_answers(static, refill)
     assert refill.stats["model_calls"].sum().item() == pytest.approx(refill.model_calls)
+
+
+def test_runner_refills_and_reports_each_answers_calls():
+    """The runner decodes all prompts in one continuous batch (batch_size rows at once): the
+    embedded dLLM gives every answer the text and NFE of static batches, the answers' call shares
+    sum to the calls made, and the progress bar counts every answer."""
+    from fastdllm_warmstart.runner import WarmStartRunner
+    from fastdllm_warmstart.tasks.tinygsm import default_split_path, format_prompt, load_jsonl
+
+    prompts = [format_prompt(p["question"]) for p in load_jsonl(default_split_path("test"))[:10]]
+    runner = WarmStartRunner.from_pretrained(None, configs_from_flat(dict(gen_length=64)), device="cpu",
+                                             threads=1)
+    assert runner.batching() == "refill"
+
+    class Bar:
+        n = 0
+
+        def update(self, k):
+            self.n += k
+
+    bar = Bar()
+    static = runner.generate(prompts, configs_from_flat(dict(gen_length=64, batching="static")), batch_size=4)
+    refill = runner.generate(prompts, batch_size=4, progress=bar)
+    assert [r.text for r in refill] == [r.text for r in static]
+    assert [r.nfe for r in refill] == [r.nfe for r in static]
+    assert bar.n == len(prompts)
+    assert sum(r.model_calls for r in refill) < sum(r.model_calls for r in static)
+    assert all(0 < r.model_calls < r.nfe for r in refill)
