@@ -14,7 +14,8 @@ import torch
 
 from .config import RunConfig
 from .engine import CallbackList, DecodeCallback, generate
-from .engine.loop import resolve_batching, resolve_special_ids
+from .engine.loop import resolve_special_ids
+from .engine.rows import resolve_batching
 from .loading import check_cache_support, load_dllm, model_max_length, tune_cpu_threads
 from .warmstart import build_callbacks, proposals_to_tensor
 

@@ -10,6 +10,7 @@ The loop calls, per generation::
             after_forward        # state.logits holds the window's logits
             after_commit         # state.transfer holds what was committed; may remask
         on_block_end
+        [on_refill]              # continuous batch: a finished row took the next problem
     on_finish
 
 Stateful callbacks reset their state in ``reset()``; the loop calls it before ``on_init``.

@@ -41,6 +41,7 @@ import torch
 from ..config import DecodeConfig
 from .cache import make_cache_strategy
 from .callbacks import CallbackList, DecodeCallback, as_callback_list
+from .rows import RefillLoop, resolve_batching
 from .state import DecodeState
 from .transfer import (BUILTIN_RULES, num_transfer_schedule, resolve_transfer_fn,
                        suppress_ids)
@@ -336,8 +337,6 @@ def generate(model, prompt: Union[torch.Tensor, Sequence[Sequence[int]]], steps:
     banned = sorted({mask} | ({pad} if pad is not None and pad != eos else set()))
     hooks.fire("on_init", state)
     if mode == "refill":
-        from .rows import RefillLoop
-
         loop = RefillLoop(state, hooks, strategy, config,
                           commit=lambda st, schedule, rows: _commit(st, transfer_fn, config, schedule,
                                                                     banned, rows),
@@ -375,39 +374,6 @@ def row_stats(state: DecodeState) -> Dict[str, torch.Tensor]:
         if isinstance(value, torch.Tensor) and value.shape[:1] == (B,):
             stats[key] = value.clone()
     return stats
-
-
-def resolve_batching(config: DecodeConfig, model, hooks: CallbackList, upstream=None) -> str:
-    """``static`` or ``refill`` for ``config.batching``.
-
-    ``auto`` picks refill where each answer stays the static batch's: the model ignores padding
-    (``supports_padding``; upstream's LLaDA without a mask does not, so a row's answer would depend
-    on the prompts it is padded with), greedy commits (sampled draws follow the batch's order),
-    every callback ``supports_refill``, and for the dual cache a model that replaces different
-    columns in each row (``supports_row_windows``). ``refill`` asks for it anyway: a callback
-    without refill support, or a dual cache without per-row windows, is an error; a model that
-    ignores padding only gets a warning."""
-    if config.batching == "static":
-        return "static"
-    pads = bool(getattr(model, "supports_padding", False))
-    if upstream is not None and upstream.model_class is not None and isinstance(model, upstream.model_class):
-        pads = False
-    row_windows = config.cache != "dual" or bool(getattr(model, "supports_row_windows", False))
-    unsupported = [type(cb).__name__ for cb in hooks if not getattr(cb, "supports_refill", False)]
-    greedy = config.temperature == 0 and config.remasking == "low_confidence"
-    if config.batching == "auto":
-        return "refill" if (pads and row_windows and greedy and not unsupported) else "static"
-    if unsupported:
-        raise ValueError(f"batching='refill' needs callbacks that support it; {', '.join(unsupported)} "
-                         "does not (supports_refill). Use batching='static' or 'auto'.")
-    if not row_windows:
-        raise ValueError(f"batching='refill' with the dual cache needs a model whose replace_position "
-                         f"may select different columns per row; {type(model).__name__} does not "
-                         "(supports_row_windows). Use batching='static', or cache 'prefix' / 'none'.")
-    if not pads:
-        logger.warning("batching='refill' with %s, which may ignore the attention mask: a row's "
-                       "answer can depend on the prompts it is padded with.", type(model).__name__)
-    return "refill"
 
 
 def _run_static(state: DecodeState, hooks: CallbackList, strategy, config: DecodeConfig, transfer_fn,

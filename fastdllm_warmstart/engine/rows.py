@@ -30,12 +30,50 @@ of the static batch. A call's cost is shared equally among the rows it computed
 
 from __future__ import annotations
 
+import logging
 from typing import Dict, List, Optional
 
 import torch
 
+from ..config import DecodeConfig
+from .callbacks import CallbackList
 from .state import DecodeState, TransientInputs
 from .transfer import num_transfer_schedule
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_batching(config: DecodeConfig, model, hooks: CallbackList, upstream=None) -> str:
+    """``static`` or ``refill`` for ``config.batching``.
+
+    ``auto`` picks refill where each answer stays the static batch's: the model ignores padding
+    (``supports_padding``; upstream's LLaDA without a mask does not, so a row's answer would depend
+    on the prompts it is padded with), greedy commits (sampled draws follow the batch's order),
+    every callback ``supports_refill``, and for the dual cache a model that replaces different
+    columns in each row (``supports_row_windows``). ``refill`` asks for it anyway: a callback
+    without refill support, or a dual cache without per-row windows, is an error; a model that
+    ignores padding only gets a warning."""
+    if config.batching == "static":
+        return "static"
+    pads = bool(getattr(model, "supports_padding", False))
+    if upstream is not None and upstream.model_class is not None and isinstance(model, upstream.model_class):
+        pads = False
+    row_windows = config.cache != "dual" or bool(getattr(model, "supports_row_windows", False))
+    unsupported = [type(cb).__name__ for cb in hooks if not getattr(cb, "supports_refill", False)]
+    greedy = config.temperature == 0 and config.remasking == "low_confidence"
+    if config.batching == "auto":
+        return "refill" if (pads and row_windows and greedy and not unsupported) else "static"
+    if unsupported:
+        raise ValueError(f"batching='refill' needs callbacks that support it; {', '.join(unsupported)} "
+                         "does not (supports_refill). Use batching='static' or 'auto'.")
+    if not row_windows:
+        raise ValueError(f"batching='refill' with the dual cache needs a model whose replace_position "
+                         f"may select different columns per row; {type(model).__name__} does not "
+                         "(supports_row_windows). Use batching='static', or cache 'prefix' / 'none'.")
+    if not pads:
+        logger.warning("batching='refill' with %s, which may ignore the attention mask: a row's "
+                       "answer can depend on the prompts it is padded with.", type(model).__name__)
+    return "refill"
 
 
 # A call runs once it would carry this share of the live rows (or is the tick's largest call, or
