@@ -187,6 +187,15 @@ class RefillLoop:
                 self.waited[rows] += 1
         return picked
 
+    def _commit_sets(self, groups: List[_Group]) -> List[List[_Group]]:
+        """Groups one commit can serve: the same block and window (and, for the fixed schedule,
+        whose counts depend on the step, the same block step)."""
+        sets: Dict[tuple, List[_Group]] = {}
+        for g in groups:
+            step = g.block_step if self.config.commit_rule == "schedule" else None
+            sets.setdefault((g.block, g.window, step), []).append(g)
+        return list(sets.values())
+
     # -- 2c. calls --------------------------------------------------------------------------
     def _inputs(self, groups: List[_Group]) -> dict:
         """The model inputs of one call, ``(B, W, ...)`` with each group's rows filled in."""
@@ -259,8 +268,11 @@ class RefillLoop:
                 self.share[rows] += 1.0 / rows.numel()
         results = []
         for part, (rows, _, inputs, _) in zip(logits, prepared):
-            out = part.new_zeros((s.batch_size,) + tuple(part.shape[1:]))
+            out = part.new_empty((s.batch_size,) + tuple(part.shape[1:]))
             out[rows] = part
+            left_out = torch.ones(s.batch_size, dtype=torch.bool, device=part.device)
+            left_out[rows] = False
+            out[left_out] = 0  # rows the call did not compute (nothing reads them)
             n = inputs.get("n_transient", 0)
             results.append((out[:, :-n], out[:, -n:]) if n else (out, None))
         return results
@@ -364,17 +376,24 @@ class RefillLoop:
                 calls.setdefault(self.strategy.call_key(g.block, g.block_step), []).append(g)
             for members, (logits, transient_logits) in zip(calls.values(),
                                                            self._run_calls(list(calls.values()))):
-                for g in members:
-                    self._enter(g.block, g.block_step, g.rows)
-                    s.window = g.window
-                    s.logits, s.transient_logits = logits, transient_logits
-                    s.nfe[g.rows] += 1
-                    self.hooks.fire("after_forward", s)
-                    self._commit(s, self.schedule, g.rows)
-                    s.revoked = None
-                    self.hooks.fire("after_commit", s)
-                    self.row_step[g.rows] += 1
-                    s.step += 1
+                for same in self._commit_sets(members):
+                    for g in same:
+                        self._enter(g.block, g.block_step, g.rows)
+                        s.window = g.window
+                        s.logits, s.transient_logits = logits, transient_logits
+                        s.nfe[g.rows] += 1
+                        self.hooks.fire("after_forward", s)
+                    # One commit for groups of one block and window: the rule is row by row.
+                    self._commit(s, self.schedule, torch.cat([g.rows for g in same]))
+                    x0, transfer = s.x0, s.transfer
+                    for g in same:
+                        self._enter(g.block, g.block_step, g.rows)
+                        s.window = g.window
+                        s.logits, s.transient_logits = logits, transient_logits
+                        s.x0, s.transfer, s.revoked = x0, transfer, None
+                        self.hooks.fire("after_commit", s)
+                        self.row_step[g.rows] += 1
+                        s.step += 1
             # 2e-2f. Blocks done, answers handed in, rows refilled.
             stepped = torch.zeros_like(live)
             for g in groups:
