@@ -12,12 +12,13 @@ from typing import Any, List, Optional, Sequence
 
 import torch
 
+from .chat_template import as_user_turn, use_chat_template
 from .config import RunConfig
 from .engine import CallbackList, DecodeCallback, generate
 from .engine.loop import resolve_special_ids
 from .engine.rows import resolve_batching
 from .loading import check_cache_support, load_dllm, model_max_length, tune_cpu_threads
-from .warmstart import build_callbacks, proposals_to_tensor
+from .warmstart import build_callbacks, proposals_to_tensor, warn_unread_soft_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -119,15 +120,9 @@ class WarmStartRunner:
     # -- prompts ---------------------------------------------------------------------------
     def format_prompt(self, prompt: str, apply_chat_template: Optional[bool] = None) -> str:
         """The dLLM's input text: its chat template when it has one (Instruct models)."""
-        has_template = bool(getattr(self.tokenizer, "chat_template", None))
-        if apply_chat_template is None:
-            apply_chat_template = has_template
-        if apply_chat_template and not has_template:
-            raise ValueError("apply_chat_template=True but the dLLM tokenizer has no chat template.")
-        if not apply_chat_template:
+        if not use_chat_template(self.tokenizer, apply_chat_template, setting="apply_chat_template"):
             return prompt
-        return self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
-                                                  add_generation_prompt=True, tokenize=False)
+        return as_user_turn(self.tokenizer, prompt)
 
     def encode(self, texts: Sequence[str]) -> List[List[int]]:
         ids = [list(self.tokenizer(t)["input_ids"]) for t in texts]
@@ -218,6 +213,7 @@ class WarmStartRunner:
         input_ids = self.fit_to_length(self.encode([self.format_prompt(p, apply_chat_template)
                                                     for p in prompts]), d.gen_length)
         proposals, records = self._proposals(prompts, config, proposer)
+        warn_unread_soft_inputs(self.model, config)
         callbacks = build_callbacks(config, proposals, self.reference_model(config)) + self.extra_callbacks
         if progress is not None:
             callbacks.append(_Progress(progress))

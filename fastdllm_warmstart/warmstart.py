@@ -17,15 +17,18 @@ along with their batch) exactly as they are, so a row decodes the same in any ba
 
 from __future__ import annotations
 
+import logging
+import weakref
 import zlib
-from typing import List, Optional, Sequence
+from typing import Any, List, Optional, Sequence
 
 import torch
 
 from .config import RemaskConfig, RunConfig, WarmStartConfig
 from .engine.callbacks import DecodeCallback
-from .engine.state import DecodeState
+from .engine.state import DecodeState, lay_proposals
 
+logger = logging.getLogger(__name__)
 
 
 def _s64(value: int) -> int:
@@ -84,21 +87,6 @@ def proposals_to_tensor(proposals: Sequence[Optional[Sequence[int]]], gen_length
                              f"({gen_length}) first (see fastdllm_warmstart.auxiliary.align_to_canvas).")
         out[i] = torch.as_tensor(list(ids), dtype=torch.long, device=device)
     return out
-
-
-def lay_proposals(state: DecodeState, proposals: torch.Tensor, rows: torch.Tensor) -> None:
-    """Lay the proposals of the rows' problems (``proposals`` (N, G), indexed by
-    ``state.problem``) onto ``state.prior_ids`` (created when None); a [MASK] proposal is none."""
-    N, G = proposals.shape
-    problems = rows if state.problem is None else state.problem[rows]  # None: a static batch
-    if G != state.gen_length or (problems.numel() and int(problems.max()) >= N):
-        raise ValueError(f"proposals have shape {(N, G)}; the prompts need "
-                         f"({int(problems.max()) + 1}, {state.gen_length}) (one row per prompt).")
-    if state.prior_ids is None:
-        state.prior_ids = torch.full_like(state.x, -1)
-    prior = proposals.to(state.x.device)[problems]  # (R, G)
-    prior = prior.masked_fill(prior == state.mask_id, -1)
-    state.prior_ids[rows, state.gen_slice] = prior
 
 
 class _PriorCallback(DecodeCallback):
@@ -315,3 +303,31 @@ def build_callbacks(config: RunConfig, proposals: Optional[torch.Tensor],
         rc = config.residual
         callbacks.append(ResidualContext(t_res=rc.t_res, start=rc.start, reference=reference))
     return callbacks
+
+
+_warned_soft_inputs: "weakref.WeakSet[Any]" = weakref.WeakSet()
+
+
+def reads_drafts(model: Any) -> bool:
+    """Whether the model's config declares it was trained to read interpolated drafts:
+    ``soft_inputs`` true, or a label naming the bridge (``"bridge"``, ``"rcd+bridge"``: what
+    scripts/train_rcd.py writes; ``"rcd"`` alone or ``"none"`` do not)."""
+    declared = getattr(getattr(model, "config", None), "soft_inputs", None)
+    if isinstance(declared, str):
+        return "bridge" in declared.split("+")
+    return declared is True
+
+
+def warn_unread_soft_inputs(model: Any, config: RunConfig) -> None:
+    """Warn once per model: ``--warm-init embed`` without a verifier, on a model whose config does
+    not declare that it reads soft inputs (:func:`reads_drafts`), feeds it inputs it never saw:
+    the paper's collapse."""
+    if config.warm.warm_init != "embed" or config.remask.enabled:
+        return
+    if reads_drafts(model) or model in _warned_soft_inputs:
+        return
+    _warned_soft_inputs.add(model)
+    logger.warning("--warm-init embed without --remask, on a model not trained to read soft inputs "
+                   "(its config declares no soft_inputs), reproduces the paper's collapse; add "
+                   "--remask, or decode with the bridge-trained model (scripts/train_rcd.py "
+                   "--draft-frac, e.g. --model embedded:tiny-dllm-rcd).")

@@ -33,6 +33,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 import torch
 from tqdm.auto import tqdm
 
+from ..chat_template import as_user_turn, use_chat_template
 from ..config import AuxConfig, ConfigError
 from .cache import ProposalCache
 
@@ -285,20 +286,12 @@ class AuxProposer:
         return [_Draft(text, int(n), seconds) for text, n in zip(decoded, lengths.tolist())]
 
     def _render(self, prompt: str) -> str:
-        if not self.use_chat_template:
-            return prompt
-        return self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
-                                                  add_generation_prompt=True, tokenize=False)
+        return as_user_turn(self.tokenizer, prompt) if self.use_chat_template else prompt
 
 
 def _resolve_chat_template(tokenizer: Any, chat_template: Optional[bool]) -> bool:
-    has_template = bool(getattr(tokenizer, "chat_template", None))
-    if chat_template is None:
-        return has_template
-    if chat_template and not has_template:
-        raise ConfigError("aux_chat_template=true but the aux tokenizer has no chat template; "
-                          "use an Instruct aux model or set aux_chat_template=false.")
-    return bool(chat_template)
+    return use_chat_template(tokenizer, chat_template, setting="aux_chat_template", which="aux",
+                             fix="use an Instruct aux model or set aux_chat_template=false")
 
 
 def _place_model(model: Any, device: Any) -> torch.device:

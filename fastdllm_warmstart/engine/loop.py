@@ -42,7 +42,7 @@ from ..config import DecodeConfig
 from .cache import make_cache_strategy
 from .callbacks import CallbackList, DecodeCallback, as_callback_list
 from .rows import RefillLoop, resolve_batching
-from .state import DecodeState
+from .state import DecodeState, row_stats
 from .transfer import (BUILTIN_RULES, num_transfer_schedule, resolve_transfer_fn,
                        suppress_ids)
 
@@ -357,23 +357,6 @@ def generate(model, prompt: Union[torch.Tensor, Sequence[Sequence[int]]], steps:
     return GenerateOutput(sequences=state.x, nfe=state.nfe, total_nfe=state.total_nfe,
                           prompt_width=P, attention_mask=full_mask, stats=stats, loop_variant=variant,
                           batching=mode)
-
-
-def row_stats(state: DecodeState) -> Dict[str, torch.Tensor]:
-    """(B,) per-row counters: early stop, priors left / revoked / confirmed, the hooks' extras,
-    and each row's share of the model calls (a call's cost split equally among its rows)."""
-    P, B = state.prompt_width, state.batch_size
-    stats = {"finished_early": state.finished.clone()}
-    if state.injected is not None:
-        stats["injected_left"] = state.injected[:, P:].sum(1)
-    if state.revisions is not None:
-        stats["revoked"] = state.revisions[:, P:].sum(1)
-    if state.confirmed is not None:
-        stats["confirmed"] = state.confirmed[:, P:].sum(1)
-    for key, value in state.extras.items():
-        if isinstance(value, torch.Tensor) and value.shape[:1] == (B,):
-            stats[key] = value.clone()
-    return stats
 
 
 def _run_static(state: DecodeState, hooks: CallbackList, strategy, config: DecodeConfig, transfer_fn,

@@ -37,7 +37,7 @@ import torch
 
 from ..config import DecodeConfig
 from .callbacks import CallbackList
-from .state import DecodeState, TransientInputs
+from .state import DecodeState, TransientInputs, row_stats
 from .transfer import num_transfer_schedule
 
 logger = logging.getLogger(__name__)
@@ -301,8 +301,6 @@ class RefillLoop:
 
     def _hand_in(self, rows: torch.Tensor) -> None:
         """Store the rows' answers by problem, then refill them from the queue (or empty them)."""
-        from .loop import row_stats
-
         s = self.state
         problems = s.problem[rows]
         self.sequences[problems] = s.x[rows]

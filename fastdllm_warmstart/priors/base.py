@@ -39,7 +39,7 @@ from typing import Optional
 import torch
 
 from ..engine.callbacks import DecodeCallback
-from ..engine.state import DecodeState
+from ..engine.state import DecodeState, lay_proposals
 
 CONTEXTS = ("hidden", "visible")
 
@@ -95,8 +95,6 @@ class DraftVerifier(DecodeCallback):
         """Set up the rows' new problems: lay the draft (when no warm start did), and take
         injected priors back out of the canvas."""
         if self.lays:
-            from ..warmstart import lay_proposals
-
             lay_proposals(state, self.proposals, rows)
         self.visible[rows] = False
         if state.injected is not None:  # token injection: take the priors back out of the canvas
