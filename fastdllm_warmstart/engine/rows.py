@@ -10,10 +10,13 @@ the batch's cost follows its slowest row. Here each row has its own block and bl
    a. Rows entering a block: ``on_block_start`` (per block); the fixed schedule's counts.
    b. Group the rows by (block, block step). Each group is one step of the static loop for its
       rows: its ``before_forward`` hooks run with the group's window and ``active`` = its rows.
-   c. One model call per strategy ``call_key``: the rows that open a block share a full forward,
-      all other rows one cached call (dual: each row replaces its own block's columns; prefix:
-      one call per block; no cache: every row in one call).
-   d. Per group: ``after_forward``, the commit rule on its rows, ``after_commit``.
+   c. The forwards: the rows that open a block share a full forward, all other rows one cached
+      forward (dual: each row replaces its own block's columns; prefix: one per block, its width
+      depends on it; no cache: every row in one). A model with ``forward_packed`` (the embedded
+      one) takes them all in one call, one pass over its weights; otherwise each is a call of its
+      own, and a small one may wait a few ticks for more rows (``FILL``, ``PATIENCE``).
+   d. Per group: ``after_forward``; the commit rule (one commit for the groups of a block and
+      window: the rule is row by row); ``after_commit``.
    e. A row whose block is done (no mask left, and the strategy's minimum forwards ran):
       ``on_block_end`` (per block); early stop closes rows that ended with EOS.
    f. A row with no block left (or closed) hands in its answer (canvas row, NFE, per-row stats,
