@@ -184,13 +184,23 @@ class WarmStartRunner:
         n = sum(1 for t in answer if t not in (self.pad_id, self.mask_id))
         return text, n
 
+    def _config(self, config: Optional[RunConfig]) -> RunConfig:
+        """``config``, or the runner's own for None; anything else is refused in one line."""
+        if config is None:
+            return self.config
+        if not isinstance(config, RunConfig):
+            raise TypeError(f"config must be a RunConfig (or None for the runner's own), got "
+                            f"{type(config).__name__}; pass batch_size= by keyword.")
+        check_cache_support(self.model, config.decode.cache)
+        return config
+
     def batching(self, config: Optional[RunConfig] = None) -> str:
         """``static`` or ``refill``: how :meth:`generate` decodes with ``config`` (its
         ``decode.batching`` resolved for this model and the runner's extra callbacks; the
         built-in callbacks all support refill)."""
         from .upstream import find_upstream
 
-        config = self.config if config is None else config
+        config = self._config(config)
         upstream = find_upstream(self.fast_dllm_path) if config.decode.batching != "static" else None
         return resolve_batching(config.decode, self.model, CallbackList(self.extra_callbacks), upstream)
 
@@ -201,13 +211,7 @@ class WarmStartRunner:
         ``proposer`` (anything with ``propose(prompts, gen_length)``) replaces the one built from
         ``config.aux``. ``batch_size`` caps the rows decoded at once with continuous batching
         (``config.decode.batching``; None = all); a static batch takes every prompt at once."""
-        if config is None:
-            config = self.config
-        elif not isinstance(config, RunConfig):
-            raise TypeError(f"config must be a RunConfig (or None for the runner's own), got "
-                            f"{type(config).__name__}; pass batch_size= by keyword.")
-        else:
-            check_cache_support(self.model, config.decode.cache)
+        config = self._config(config)
         d = config.decode
         # Length first: an over-long prompt fails before the aux model drafts anything for it.
         input_ids = self.fit_to_length(self.encode([self.format_prompt(p, apply_chat_template)
@@ -267,6 +271,7 @@ class WarmStartRunner:
             raise TypeError("generate() takes a list of prompts; wrap a single prompt in a list.")
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size} must be >= 1.")
+        config = self._config(config)
         if not prompts:
             return []
         if self.batching(config) == "refill":
