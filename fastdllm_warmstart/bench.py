@@ -275,9 +275,12 @@ def run_bench(settings: BenchSettings, modes: Optional[List[Dict[str, Any]]] = N
         cfg = dataclasses.replace(cfg, warm=dataclasses.replace(cfg.warm, seed=seed))
         runner = runner_for(mode_models[mode])
         pending = [i for i in range(len(problems)) if (mode, seed, i) not in progress.done]
-        for start in range(0, len(pending), settings.batch_size):
-            idx = pending[start:start + settings.batch_size]
-            results = runner.generate_batch([prompts[i] for i in idx], cfg, proposer=static_proposer)
+        # A continuous batch takes every pending problem in one call (batch_size rows at once).
+        step = len(pending) if runner.batching(cfg) == "refill" else settings.batch_size
+        for start in range(0, len(pending), max(step, 1)):
+            idx = pending[start:start + step]
+            results = runner.generate_batch([prompts[i] for i in idx], cfg, proposer=static_proposer,
+                                            batch_size=settings.batch_size)
             rows = []
             for i, r in zip(idx, results):
                 strict, flexible = score(r.text, golds[i])
@@ -285,7 +288,8 @@ def run_bench(settings: BenchSettings, modes: Optional[List[Dict[str, Any]]] = N
                              "flexible": flexible, "nfe": r.nfe, "gen_tokens": r.gen_tokens,
                              "dllm_s": r.dllm_seconds, "aux_s": by_prompt[prompts[i]].aux_seconds
                              if prompts[i] in by_prompt else 0.0, "fallback": r.fallback,
-                             "injected": r.injected, "revoked": r.revoked, "accepted": r.accepted})
+                             "injected": r.injected, "revoked": r.revoked, "accepted": r.accepted,
+                             "model_calls": r.model_calls})
             progress.add(rows)
             bar.update(len(idx))
     bar.close()

@@ -26,6 +26,10 @@ def summarize(mode: str, rows: List[Dict[str, Any]], baseline_nfe: Optional[floa
         "accuracy": strict / max(n, 1), "accuracy_ci95": wilson_interval(strict, n),
         "accuracy_flexible": flexible / max(n, 1), "accuracy_flexible_ci95": wilson_interval(flexible, n),
         "mean_nfe": nfe,
+        # batch forward calls per answer: what the time follows where a call costs about the
+        # same whatever its row count (a GPU's small batches)
+        "calls_per_answer": (sum(r["model_calls"] for r in rows) / n) if n and all(
+            "model_calls" in r for r in rows) else None,
         "nfe_reduction": (None if not baseline_nfe else 1.0 - nfe / baseline_nfe),
         "dllm_s": dllm_s, "aux_s": aux_s, "wall_s": dllm_s + aux_s,
         "tokens_per_s": tokens / max(dllm_s + aux_s, 1e-9),
@@ -48,23 +52,25 @@ def summarize(mode: str, rows: List[Dict[str, Any]], baseline_nfe: Optional[floa
 
 def format_table(records: List[Dict[str, Any]]) -> str:
     header = (f"{'mode':<18} {'n':>5} {'strict acc [95% CI]':>24} {'flex acc':>9} {'mean NFE':>9} "
-              f"{'floor':>6} {'x floor':>8} {'tok/fwd':>8} {'NFE cut':>8} {'dLLM s':>8} {'aux s':>7} "
-              f"{'wall s':>8} {'speed-up':>8}")
+              f"{'calls':>6} {'floor':>6} {'x floor':>8} {'tok/fwd':>8} {'NFE cut':>8} {'dLLM s':>8} "
+              f"{'aux s':>7} {'wall s':>8} {'tok/s':>7} {'speed-up':>8}")
     lines = [header, "-" * len(header)]
     for r in records:
         acc = (f"{r['accuracy']:>7.3f} [{r['accuracy_ci95'][0]:.3f},{r['accuracy_ci95'][1]:.3f}] "
                f"{r['accuracy_flexible']:>9.3f}")
         if r["mode"] == "aux_only":
-            lines.append(f"{'aux_only':<18} {r['n']:>5} {acc} {'-':>9} {'-':>6} {'-':>8} {'-':>8} {'-':>8} "
-                         f"{'-':>8} {r['aux_s']:>7.1f} {r['aux_s']:>8.1f} {'-':>8}")
+            lines.append(f"{'aux_only':<18} {r['n']:>5} {acc} {'-':>9} {'-':>6} {'-':>6} {'-':>8} {'-':>8} "
+                         f"{'-':>8} {'-':>8} {r['aux_s']:>7.1f} {r['aux_s']:>8.1f} {'-':>7} {'-':>8}")
             continue
         cut = "-" if r["nfe_reduction"] is None else f"{100 * r['nfe_reduction']:.1f}%"
         floor = "-" if r.get("nfe_floor") is None else f"{r['nfe_floor']}"
         over = "-" if r.get("nfe_over_floor") is None else f"{r['nfe_over_floor']:.2f}x"
         tpf = "-" if r.get("tokens_per_forward") is None else f"{r['tokens_per_forward']:.2f}"
         speed = "-" if r.get("wall_speedup") is None else f"{r['wall_speedup']:.2f}x"
-        lines.append(f"{r['mode']:<18} {r['n']:>5} {acc} {r['mean_nfe']:>9.2f} {floor:>6} {over:>8} {tpf:>8} "
-                     f"{cut:>8} {r['dllm_s']:>8.1f} {r['aux_s']:>7.1f} {r['wall_s']:>8.1f} {speed:>8}")
+        calls = "-" if r.get("calls_per_answer") is None else f"{r['calls_per_answer']:.2f}"
+        lines.append(f"{r['mode']:<18} {r['n']:>5} {acc} {r['mean_nfe']:>9.2f} {calls:>6} {floor:>6} {over:>8} "
+                     f"{tpf:>8} {cut:>8} {r['dllm_s']:>8.1f} {r['aux_s']:>7.1f} {r['wall_s']:>8.1f} "
+                     f"{r['tokens_per_s']:>7.1f} {speed:>8}")
     return "\n".join(lines)
 
 

@@ -39,6 +39,10 @@ RESIDUAL_STARTS = ("zeros", "reference")
 # forward) and "snapshot-2025-06" (the June-2025 release: one cached forward always follows the
 # full one). "auto" follows the Fast-dLLM checkout that is found, else "current".
 LOOP_VARIANTS = ("auto", "current", "snapshot-2025-06")
+# How a batch of prompts is decoded (fastdllm_warmstart.engine.rows): "static" moves the batch
+# through each block together (upstream); "refill" lets every row go at its own pace and gives a
+# finished row the next prompt; "auto" refills where the answers stay the static batch's.
+BATCHING_MODES = ("auto", "static", "refill")
 
 
 def _check_choice(name: str, value: Any, choices: Tuple[str, ...]) -> None:
@@ -117,6 +121,15 @@ class DecodeConfig:
     # own NFE instead of the slowest row's. The full forward opening a block runs every row.
     skip_done_rows: bool = setting(
         True, "forwards compute only rows whose block still has masks (off: every row, as upstream)")
+    # auto: continuous batching (a row moves on to its next block as soon as its block is done, and
+    # a finished row takes the next prompt, so a call carries a full batch of useful rows) wherever
+    # each answer's tokens and NFE stay the static batch's: a model that ignores padding (the
+    # embedded one; not upstream's LLaDA), greedy commits, callbacks that support it. static:
+    # upstream's batch. refill: continuous batching even where answers may change.
+    batching: str = setting(
+        "auto", "how a batch decodes: refill (each row at its own pace, a finished row takes the next "
+                "prompt), static (the batch moves block by block, upstream) or auto (refill where the "
+                "answers stay the static batch's)", choices=BATCHING_MODES)
 
     def __post_init__(self) -> None:
         _check_int("gen_length", self.gen_length, 1)
@@ -138,6 +151,7 @@ class DecodeConfig:
             _check_range("factor", self.factor, 0.0, float("inf"), lo_open=True, hi_open=True)
         _check_choice("cache", self.cache, CACHE_MODES)
         _check_choice("loop_variant", self.loop_variant, LOOP_VARIANTS)
+        _check_choice("batching", self.batching, BATCHING_MODES)
         for name in ("early_stop", "skip_done_rows"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}.")

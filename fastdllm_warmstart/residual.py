@@ -58,6 +58,8 @@ def mix_residual(embeds: torch.Tensor, weight: torch.Tensor, residual: torch.Ten
 class ResidualContext(DecodeCallback):
     """Feeds entropy-weighted soft residuals of the previous prediction at masked positions."""
 
+    supports_refill = True  # a refilled row's stream starts afresh (on_refill)
+
     def __init__(self, t_res: float = 1.0, start: str = "zeros", reference: Optional[Any] = None):
         if not 0.0 < t_res <= 10.0:
             raise ValueError(f"t_res={t_res} must lie in (0, 10].")
@@ -97,15 +99,31 @@ class ResidualContext(DecodeCallback):
         self.has[:, w0:w1] |= update
 
     def on_init(self, state: DecodeState) -> None:
+        self._start(state, torch.arange(state.batch_size, device=state.x.device))
+
+    def on_refill(self, state: DecodeState) -> None:
+        if self.residual is not None:  # the previous problem's stream ends here
+            self.weight[state.refilled] = 0
+            self.has[state.refilled] = False
+        self._start(state, state.refilled)
+
+    def _start(self, state: DecodeState, rows: torch.Tensor) -> None:
         if self.start != "reference":
             return
-        # One forward of the reference model over the initial canvas starts the stream.
-        kwargs = {} if state.attention_mask is None else {"attention_mask": state.attention_mask}
-        logits = self.reference(input_ids=state.x, **kwargs).logits  # (B, L, V)
+        # One forward of the reference model over the rows' initial canvas starts their stream.
+        kwargs = {} if state.attention_mask is None else {"attention_mask": state.attention_mask[rows]}
+        logits = self.reference(input_ids=state.x[rows], **kwargs).logits  # (R, L, V)
+        if rows.numel() != state.batch_size:
+            full = logits.new_zeros((state.batch_size,) + tuple(logits.shape[1:]))
+            full[rows] = logits
+            logits = full
         self.extra_forwards += 1
-        state.extras["reference_forwards"] = torch.full((state.batch_size,), self.extra_forwards,
-                                                       dtype=torch.long, device=state.x.device)
-        self._store(state, logits, 0, state.x.shape[1])
+        counts = state.extras.setdefault("reference_forwards", torch.zeros(
+            state.batch_size, dtype=torch.long, device=state.x.device))
+        counts[rows] = 1  # one reference forward started each row's stream
+        selected = torch.zeros(state.batch_size, dtype=torch.bool, device=state.x.device)
+        selected[rows] = True
+        self._store(state, logits, 0, state.x.shape[1], rows=selected)
 
     def after_commit(self, state: DecodeState) -> None:
         # After the commit (and any verifier / remask): only positions that stay masked need a

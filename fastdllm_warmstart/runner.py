@@ -14,8 +14,9 @@ import torch
 
 from .chat_template import as_user_turn, use_chat_template
 from .config import RunConfig
-from .engine import DecodeCallback, generate
+from .engine import CallbackList, DecodeCallback, generate
 from .engine.loop import resolve_special_ids
+from .engine.rows import resolve_batching
 from .loading import check_cache_support, load_dllm, model_max_length, tune_cpu_threads
 from .warmstart import build_callbacks, proposals_to_tensor, warn_unread_soft_inputs
 
@@ -30,6 +31,9 @@ class GenerationResult:
     nfe: int                        # forwards this row needed
     gen_tokens: int                 # answer tokens before the first EOS (no padding, no prompt)
     dllm_seconds: float             # this row's share of its batch's decoding time
+    # This answer's share of the batch forward calls (each call split equally among the rows it
+    # computed): summed over answers, the model calls made. At batch 1 it equals nfe.
+    model_calls: float = 0.0
     aux_seconds: float = 0.0        # this row's share of the aux proposer's time
     warm: bool = False              # a proposal was used for this row
     fallback: Optional[str] = None  # why the warm start fell back to a cold start
@@ -180,18 +184,34 @@ class WarmStartRunner:
         n = sum(1 for t in answer if t not in (self.pad_id, self.mask_id))
         return text, n
 
-    def generate_batch(self, prompts: Sequence[str], config: Optional[RunConfig] = None, *,
-                       apply_chat_template: Optional[bool] = None,
-                       proposer: Any = None) -> List[GenerationResult]:
-        """Decode one batch with ``config`` (None: the runner's default). ``proposer`` (anything
-        with ``propose(prompts, gen_length)``) replaces the one built from ``config.aux``."""
+    def _config(self, config: Optional[RunConfig]) -> RunConfig:
+        """``config``, or the runner's own for None; anything else is refused in one line."""
         if config is None:
-            config = self.config
-        elif not isinstance(config, RunConfig):
+            return self.config
+        if not isinstance(config, RunConfig):
             raise TypeError(f"config must be a RunConfig (or None for the runner's own), got "
                             f"{type(config).__name__}; pass batch_size= by keyword.")
-        else:
-            check_cache_support(self.model, config.decode.cache)
+        check_cache_support(self.model, config.decode.cache)
+        return config
+
+    def batching(self, config: Optional[RunConfig] = None) -> str:
+        """``static`` or ``refill``: how :meth:`generate` decodes with ``config`` (its
+        ``decode.batching`` resolved for this model and the runner's extra callbacks; the
+        built-in callbacks all support refill)."""
+        from .upstream import find_upstream
+
+        config = self._config(config)
+        upstream = find_upstream(self.fast_dllm_path) if config.decode.batching != "static" else None
+        return resolve_batching(config.decode, self.model, CallbackList(self.extra_callbacks), upstream)
+
+    def generate_batch(self, prompts: Sequence[str], config: Optional[RunConfig] = None, *,
+                       apply_chat_template: Optional[bool] = None, proposer: Any = None,
+                       batch_size: Optional[int] = None, progress: Any = None) -> List[GenerationResult]:
+        """Decode ``prompts`` in one engine call with ``config`` (None: the runner's default).
+        ``proposer`` (anything with ``propose(prompts, gen_length)``) replaces the one built from
+        ``config.aux``. ``batch_size`` caps the rows decoded at once with continuous batching
+        (``config.decode.batching``; None = all); a static batch takes every prompt at once."""
+        config = self._config(config)
         d = config.decode
         # Length first: an over-long prompt fails before the aux model drafts anything for it.
         input_ids = self.fit_to_length(self.encode([self.format_prompt(p, apply_chat_template)
@@ -199,6 +219,8 @@ class WarmStartRunner:
         proposals, records = self._proposals(prompts, config, proposer)
         warn_unread_soft_inputs(self.model, config)
         callbacks = build_callbacks(config, proposals, self.reference_model(config)) + self.extra_callbacks
+        if progress is not None:
+            callbacks.append(_Progress(progress))
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         start = time.perf_counter()
@@ -206,15 +228,19 @@ class WarmStartRunner:
                        block_length=d.block_length, temperature=d.temperature, remasking=d.remasking,
                        mask_id=self.mask_id, threshold=d.threshold, factor=d.factor, cache=d.cache,
                        callbacks=callbacks, loop_variant=d.loop_variant, eos_id=self.eos_id,
-                       pad_id=self.pad_id, early_stop=d.early_stop, skip_done_rows=d.skip_done_rows, seed=config.warm.seed,
-                       fast_dllm_path=self.fast_dllm_path)
+                       pad_id=self.pad_id, early_stop=d.early_stop, skip_done_rows=d.skip_done_rows,
+                       seed=config.warm.seed, fast_dllm_path=self.fast_dllm_path,
+                       batching=d.batching, batch_size=batch_size)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         elapsed = time.perf_counter() - start
+        if progress is not None:
+            progress.update(len(prompts) - callbacks[-1].reported)
         generated = out.generated.tolist()
         injected = out.stats.get("injected")
         revoked = out.stats.get("revoked")
         accepted = out.stats.get("accepted")
+        calls = out.stats["model_calls"].tolist()
         results = []
         for i, prompt in enumerate(prompts):
             text, n_tokens = self._decode_row(generated[i])
@@ -225,7 +251,7 @@ class WarmStartRunner:
                 fallback = getattr(rec, "error", None) or "no proposal"
             results.append(GenerationResult(
                 prompt=prompt, text=text, token_ids=generated[i], nfe=int(out.nfe[i]),
-                gen_tokens=n_tokens, dllm_seconds=elapsed / len(prompts),
+                gen_tokens=n_tokens, dllm_seconds=elapsed / len(prompts), model_calls=calls[i],
                 aux_seconds=float(getattr(rec, "aux_seconds", 0.0) or 0.0), warm=warm,
                 fallback=fallback, proposal_text=getattr(rec, "text", None),
                 injected=int(injected[i]) if injected is not None else 0,
@@ -237,12 +263,20 @@ class WarmStartRunner:
     def generate(self, prompts: Sequence[str], config: Optional[RunConfig] = None, *,
                  batch_size: int = 8, apply_chat_template: Optional[bool] = None, progress: Any = None,
                  proposer: Any = None) -> List[GenerationResult]:
-        """Decode ``prompts`` with ``config`` (None: the runner's default) in batches of
-        ``batch_size``; ``progress`` is an optional tqdm bar; ``proposer`` see :meth:`generate_batch`."""
+        """Decode ``prompts`` with ``config`` (None: the runner's default), ``batch_size`` rows at a
+        time: one continuous batch over every prompt where :meth:`batching` says ``refill``, else
+        static batches of ``batch_size``. ``progress`` is an optional tqdm bar; ``proposer`` see
+        :meth:`generate_batch`."""
         if isinstance(prompts, str):
             raise TypeError("generate() takes a list of prompts; wrap a single prompt in a list.")
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size} must be >= 1.")
+        config = self._config(config)
+        if not prompts:
+            return []
+        if self.batching(config) == "refill":
+            return self.generate_batch(list(prompts), config, apply_chat_template=apply_chat_template,
+                                       proposer=proposer, batch_size=batch_size, progress=progress)
         results: List[GenerationResult] = []
         for start in range(0, len(prompts), batch_size):
             chunk = list(prompts[start:start + batch_size])
@@ -251,3 +285,16 @@ class WarmStartRunner:
             if progress is not None:
                 progress.update(len(chunk))
         return results
+
+
+class _Progress(DecodeCallback):
+    """Advances a progress bar as a continuous batch hands in answers (at each refill)."""
+
+    supports_refill = True
+
+    def __init__(self, bar: Any):
+        self.bar, self.reported = bar, 0
+
+    def on_refill(self, state) -> None:
+        self.bar.update(int(state.refilled.numel()))
+        self.reported += int(state.refilled.numel())

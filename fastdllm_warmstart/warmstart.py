@@ -26,7 +26,7 @@ import torch
 
 from .config import RemaskConfig, RunConfig, WarmStartConfig
 from .engine.callbacks import DecodeCallback
-from .engine.state import DecodeState
+from .engine.state import DecodeState, lay_proposals
 
 logger = logging.getLogger(__name__)
 
@@ -63,10 +63,13 @@ def hashed_uniform(row_keys: torch.Tensor, columns: torch.Tensor, stream) -> tor
     return (z & ((1 << 53) - 1)).to(torch.float64) / float(1 << 53)
 
 
-def prompt_keys(state: DecodeState, seed: int) -> torch.Tensor:
-    """(B,) int64 key per row from the seed and the row's real (unpadded) prompt ids."""
+def prompt_keys(state: DecodeState, seed: int, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(B,) int64 key per row (or (R,) for ``rows``) from the seed and the row's real (unpadded)
+    prompt ids."""
+    prompts = state.x[:, :state.prompt_width] if rows is None else state.x[rows, :state.prompt_width]
+    lengths = state.prompt_lengths if rows is None else state.prompt_lengths[rows]
     keys = []
-    for row, length in zip(state.x[:, :state.prompt_width].tolist(), state.prompt_lengths.tolist()):
+    for row, length in zip(prompts.tolist(), lengths.tolist()):
         crc = zlib.crc32(repr(row[len(row) - int(length):]).encode())
         keys.append((seed * 1_000_003 + crc) & ((1 << 62) - 1))
     return torch.tensor(keys, dtype=torch.long, device=state.x.device)
@@ -87,9 +90,12 @@ def proposals_to_tensor(proposals: Sequence[Optional[Sequence[int]]], gen_length
 
 
 class _PriorCallback(DecodeCallback):
-    """Shared set-up: lay the proposals onto canvas coordinates in ``state.prior_ids``."""
+    """Shared set-up: lay the proposals onto canvas coordinates in ``state.prior_ids``, for every
+    row at ``on_init`` and for refilled rows at ``on_refill`` (``proposals`` has one row per
+    problem, indexed by ``state.problem``)."""
 
     stream = 0
+    supports_refill = True
 
     def __init__(self, proposals: torch.Tensor, seed: int = 0):
         if proposals.dim() != 2:
@@ -101,23 +107,26 @@ class _PriorCallback(DecodeCallback):
     def reset(self) -> None:
         self.row_keys = None
 
-    def _lay_priors(self, state: DecodeState) -> torch.Tensor:
-        B, G = self.proposals.shape
-        if B != state.batch_size or G != state.gen_length:
-            raise ValueError(f"proposals have shape {(B, G)}; the batch needs "
-                             f"{(state.batch_size, state.gen_length)}.")
-        prior = torch.full_like(state.x, -1)
-        prior[:, state.gen_slice] = self.proposals.to(state.x.device)
-        prior[prior == state.mask_id] = -1  # a [MASK] proposal is no proposal
-        state.prior_ids = prior
-        L = state.x.shape[1]
+    def _lay_priors(self, state: DecodeState, rows: torch.Tensor) -> None:
+        lay_proposals(state, self.proposals, rows)
+        B, L = state.x.shape
         if state.revisions is None:
-            state.revisions = torch.zeros((state.batch_size, L), dtype=torch.long, device=state.x.device)
+            state.revisions = torch.zeros((B, L), dtype=torch.long, device=state.x.device)
         if state.confirmed is None:
-            state.confirmed = torch.zeros((state.batch_size, L), dtype=torch.bool, device=state.x.device)
-        self.row_keys = prompt_keys(state, self.seed)
+            state.confirmed = torch.zeros((B, L), dtype=torch.bool, device=state.x.device)
+        if self.row_keys is None:
+            self.row_keys = torch.zeros(B, dtype=torch.long, device=state.x.device)
+        self.row_keys[rows] = prompt_keys(state, self.seed, rows)
         state.extras["prior_row_keys"] = self.row_keys
-        return prior
+
+    def _start(self, state: DecodeState, rows: torch.Tensor) -> None:
+        self._lay_priors(state, rows)
+
+    def on_init(self, state: DecodeState) -> None:
+        self._start(state, torch.arange(state.batch_size, device=state.x.device))
+
+    def on_refill(self, state: DecodeState) -> None:
+        self._start(state, state.refilled)
 
 
 class TokenInjection(_PriorCallback):
@@ -129,15 +138,20 @@ class TokenInjection(_PriorCallback):
             raise ValueError(f"rho={rho} must lie in [0, 1].")
         self.rho = rho
 
-    def on_init(self, state: DecodeState) -> None:
-        prior = self._lay_priors(state)
+    def _start(self, state: DecodeState, rows: torch.Tensor) -> None:
+        self._lay_priors(state, rows)
         # Columns relative to the generation start, so padding width does not change the draw.
         cols = torch.arange(state.x.shape[1], device=state.x.device) - state.prompt_width
-        draw = hashed_uniform(self.row_keys, cols, stream=0) < self.rho  # (B, L)
-        inject = draw & (prior >= 0) & (state.x == state.mask_id)
-        state.x[inject] = prior[inject]
-        state.injected = inject
-        state.extras["injected"] = inject[:, state.gen_slice].sum(1)
+        draw = hashed_uniform(self.row_keys[rows], cols, stream=0) < self.rho  # (R, L)
+        prior = state.prior_ids[rows]
+        inject = draw & (prior >= 0) & (state.x[rows] == state.mask_id)  # (R, L)
+        state.x[rows] = torch.where(inject, prior, state.x[rows])
+        if state.injected is None:
+            state.injected = torch.zeros_like(state.x, dtype=torch.bool)
+        state.injected[rows] = inject
+        if "injected" not in state.extras:
+            state.extras["injected"] = torch.zeros(state.batch_size, dtype=torch.long, device=state.x.device)
+        state.extras["injected"][rows] = inject[:, state.gen_slice].sum(1)
 
 
 class EmbeddingInterpolation(_PriorCallback):
@@ -150,9 +164,6 @@ class EmbeddingInterpolation(_PriorCallback):
             raise ValueError(f"schedule={schedule!r}: use 'every_forward' or 'block_first'.")
         self.alpha = alpha
         self.schedule = schedule
-
-    def on_init(self, state: DecodeState) -> None:
-        self._lay_priors(state)
 
     def before_forward(self, state: DecodeState) -> None:
         if self.schedule == "block_first" and state.block_step > 0:
@@ -180,6 +191,7 @@ class ConfidenceRemask(DecodeCallback):
     """
 
     stream = 1
+    supports_refill = True  # per-row state lives on the DecodeState, which the loop clears
 
     def __init__(self, config: RemaskConfig):
         self.config = config

@@ -14,6 +14,16 @@ loop computes every row of the batch (the engine with ``skip_done_rows=False``) 
 block's columns only: this measures what the machinery costs per step, not what batching saves.
 
     python scripts/bench_overhead.py [--cache dual] [--batch 8] [--repeats 7] [--model PATH]
+
+``--llada-shaped`` instead times each hook on a random-weight model of LLaDA-8B's width (vocabulary
+126464, hidden 4096, 32 heads, MLP 12288; bf16 where the CPU has it) with two layers, and with one
+(the same embeddings, LM head and first layer): a step's cost is ``head + layers x layer``, so each
+mode's step at LLaDA-8B's 32 layers is extrapolated from the two, and every hook's per-step cost is reported in
+layers' worth and as a share of the full-depth step. The drafts are never accepted, so warm modes
+run the cold steps and the difference is the hooks' own work (spec: its shadow queries too).
+
+    python scripts/bench_overhead.py --llada-shaped [--batch 8] [--repeats 3]
+    python scripts/bench_overhead.py --llada-shaped --hidden 64 --heads 2 --vocab 2000  # smoke test
 """
 
 from __future__ import annotations
@@ -85,6 +95,88 @@ def time_interleaved(fns, repeats):
     return {name: statistics.median(v) * 1e3 for name, v in samples.items()}
 
 
+def llada_modes(batch: int, gen_length: int, mask_id: int, threshold: float):
+    """name -> callbacks factory: cold and each hook, with drafts the model never accepts."""
+    from fastdllm_warmstart.priors import ChainAccept, SpeculativeAccept
+    from fastdllm_warmstart.residual import ResidualContext
+    from fastdllm_warmstart.warmstart import ConfidenceRemask, EmbeddingInterpolation, TokenInjection
+    from fastdllm_warmstart.config import RemaskConfig
+
+    draft = torch.full((batch, gen_length), mask_id + 1)  # one odd token: never accepted
+    return {
+        "cold": lambda: [],
+        "token (rho 0.25)": lambda: [TokenInjection(draft, rho=0.25)],
+        "token+revoke": lambda: [TokenInjection(draft, rho=0.25), ConfidenceRemask(RemaskConfig(enabled=True, rule="revoke"))],
+        "embed (alpha 0.6)": lambda: [EmbeddingInterpolation(draft, alpha=0.6)],
+        "token+chain": lambda: [TokenInjection(draft, rho=0.25), ChainAccept(draft, threshold=threshold)],
+        "token+spec": lambda: [TokenInjection(draft, rho=0.25), SpeculativeAccept(draft, tau_accept=0.1, threshold=threshold)],
+        "rcd (residual)": lambda: [ResidualContext(t_res=0.95)],
+    }
+
+
+def hook_rows(args) -> None:
+    """--llada-shaped: per-step cost of each hook at LLaDA-8B's width, extrapolated in depth."""
+    from fastdllm_warmstart.models import TinyLLaDAConfig, TinyLLaDAModelLM
+
+    dtype = torch.float32
+    if args.dtype == "bfloat16" or (args.dtype == "auto" and _cpu_has_bf16()):
+        dtype = torch.bfloat16
+    mask_id = 126336 if args.vocab > 126336 else args.vocab - 2  # LLaDA's [MASK] id
+    models = {}
+    for layers in (1, 2):
+        torch.manual_seed(0)
+        cfg = TinyLLaDAConfig(vocab_size=args.vocab, d_model=args.hidden, n_layers=layers, n_heads=args.heads,
+                              mlp_ratio=3.0, mask_token_id=mask_id, eos_token_id=mask_id - 255,
+                              pad_token_id=mask_id - 255)  # LLaDA's MLP is 3x; its EOS is its pad
+        model = TinyLLaDAModelLM(cfg).eval().to(dtype)
+        if layers == 2:
+            model.load_state_dict(models[1].state_dict(), strict=False)  # the same head, first layer
+        models[layers] = model
+    g = torch.Generator().manual_seed(0)
+    prompt = torch.randint(10, mask_id - 300, (args.batch, args.prompt_len), generator=g)
+    common = dict(gen_length=args.gen_length, block_length=args.block_length, threshold=args.threshold,
+                  steps=args.gen_length, cache=args.cache, mask_id=mask_id, use_upstream=False,
+                  skip_done_rows=False)
+    modes = llada_modes(args.batch, args.gen_length, mask_id, args.threshold)
+
+    def run(model, make):
+        def fn():
+            return generate(model, prompt, callbacks=make(), **common).total_nfe
+        return fn
+
+    fns = {(name, layers): run(models[layers], make) for name, make in modes.items() for layers in (1, 2)}
+    ms = time_interleaved(fns, args.repeats)
+    layer = ms[("cold", 2)] - ms[("cold", 1)]  # one layer's share of a cold step
+    full = {name: ms[(name, 1)] + (args.depth - 1) * (ms[(name, 2)] - ms[(name, 1)]) for name in modes}
+    print(f"LLaDA-shaped random model: vocab {args.vocab}, hidden {args.hidden}, heads {args.heads}, "
+          f"MLP {3 * args.hidden}, {dtype}; cache={args.cache}; batch={args.batch}; prompt={args.prompt_len}; "
+          f"gen={args.gen_length}/{args.block_length}; threads={args.threads}; repeats={args.repeats} (median)")
+    print(f"one layer: {layer:.2f} ms/step; head, embeddings, loop: {ms[('cold', 1)] - layer:.2f} ms/step; "
+          f"cold step at {args.depth} layers: {full['cold']:.1f} ms (extrapolated)")
+    print(f"{'mode':<20} {'ms/step 2 layers':>17} {'hook ms/step':>13} {'in layers':>10} "
+          f"{f'step at {args.depth} layers':>20} {'vs cold':>8}")
+    for name in modes:
+        hook = ms[(name, 2)] - ms[("cold", 2)]
+        print(f"{name:<20} {ms[(name, 2)]:>17.2f} {hook:>13.2f} {hook / layer:>10.2f} {full[name]:>20.1f} "
+              f"{100 * (full[name] / full['cold'] - 1):>7.1f}%")
+    print(json.dumps({"versions": {"torch": torch.__version__, "python": platform.python_version()},
+                      "args": vars(args), "dtype": str(dtype), "layer_ms": layer,
+                      "ms_per_step": {f"{k[0]}@{k[1]}": v for k, v in ms.items()},
+                      "ms_per_step_full_depth": full}))
+
+
+def _cpu_has_bf16() -> bool:
+    """Native bf16 matmuls on this CPU (AVX512-BF16 or AMX); else bf16 is emulated and slow."""
+    for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        fn = getattr(torch.cpu, probe, None) or getattr(getattr(torch, "_C", None), probe, None)
+        try:
+            if fn is not None and fn():
+                return True
+        except Exception:  # noqa: BLE001 - a probe missing from this build means no
+            pass
+    return False
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="dLLM folder (default: embedded tiny dLLM, else a random tiny model)")
@@ -96,8 +188,18 @@ def main():
     ap.add_argument("--threshold", type=float, default=0.9)
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--llada-shaped", action="store_true",
+                    help="time each hook on a random LLaDA-8B-wide model (two layers, extrapolated to 32)")
+    ap.add_argument("--vocab", type=int, default=126464, help="--llada-shaped: vocabulary (LLaDA-8B's)")
+    ap.add_argument("--hidden", type=int, default=4096, help="--llada-shaped: hidden size (LLaDA-8B's)")
+    ap.add_argument("--heads", type=int, default=32, help="--llada-shaped: attention heads (LLaDA-8B's)")
+    ap.add_argument("--depth", type=int, default=32, help="--llada-shaped: layers to extrapolate to")
+    ap.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"],
+                    help="--llada-shaped: auto = bf16 where the CPU computes it natively")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.llada_shaped:
+        return hook_rows(args)
     from fastdllm_warmstart.loading import load_dllm
     from fastdllm_warmstart.models import TinyLLaDAConfig, TinyLLaDAModelLM
 

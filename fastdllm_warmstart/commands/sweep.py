@@ -15,7 +15,9 @@ def run(args: argparse.Namespace) -> int:
     records = run_sweep(SweepSettings(preset=args.preset, bench=bench, out=args.out))
     for r in records:
         print(f"{r['mode']:<44} acc {r['accuracy']:.3f} [{r['accuracy_ci95'][0]:.3f},"
-              f"{r['accuracy_ci95'][1]:.3f}]  NFE {r['mean_nfe']:6.2f}  wall/problem {r['wall_per_problem_s']:.4f}s")
+              f"{r['accuracy_ci95'][1]:.3f}]  NFE {r['mean_nfe']:6.2f}  calls/answer "
+              f"{r.get('calls_per_answer') or float('nan'):5.2f}  tok/s {r['tokens_per_s']:7.1f}  "
+              f"wall/problem {r['wall_per_problem_s']:.4f}s")
     print(f"\nOne record per point (with resolved config, seeds, versions): {args.out}")
     if args.plot:
         plot_sweep(records, args.plot)

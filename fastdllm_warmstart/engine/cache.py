@@ -16,6 +16,13 @@ their inputs, attention mask, cache rows and ``replace_position`` rows are taken
 keys/values a dual-cache forward wrote go back into the full cache. The full forward that opens a
 block always runs every row (``can_skip_rows``), so the cache always covers the whole batch.
 
+A continuous batch (:mod:`fastdllm_warmstart.engine.rows`) has rows in different blocks at once.
+``call_key`` says which of its groups one model call can serve, and ``forward_rows`` runs a call
+for some rows, each at its own block: the full forward for the rows that open a block (their
+keys/values go into a canvas-wide ``(B, H, L, Dh)`` cache, row by row), one cached call for every
+other row (dual: each row replaces its own block's columns, ``replace_position`` row by row;
+prefix: one call per block, since the window's width depends on it; none: one call for all).
+
 ``min_block_steps`` is the number of forwards a block costs even when step 0 fills it: 1 in
 today's upstream (its cached loops check for remaining masks before each cached forward), and 2
 for the cached strategies of the June-2025 snapshot, which always ran one cached step after step 0.
@@ -55,15 +62,49 @@ class CacheStrategy:
         strategy (it fills the cache for every row)."""
         return not self.cached or state.block_step > 0
 
+    def call_key(self, block: int, block_step: int):
+        """Groups of a continuous batch with equal keys share one model call."""
+        return "full" if (self.cached and block_step == 0) else ("cached", block)
+
+    def forward_rows(self, state: DecodeState, inputs: dict, rows: torch.Tensor, starts: torch.Tensor,
+                     full: bool) -> torch.Tensor:
+        """Continuous batch: logits ``(R, W, V)`` of ``rows`` (R,), whose inputs are rows of the
+        ``(B, W, ...)`` ``inputs``; ``starts`` (R,) each row's block start, ``full`` the block's first
+        forward (the window is the whole canvas). :meth:`rows_call` and :meth:`rows_output` are its
+        halves, for a model that takes several forwards in one call (``forward_packed``)."""
+        call = self.rows_call(state, inputs, rows, starts, full)
+        return self.rows_output(state, state.model(**call), rows, full)
+
+    def rows_call(self, state: DecodeState, inputs: dict, rows: torch.Tensor, starts: torch.Tensor,
+                  full: bool) -> dict:
+        """The model's keyword arguments for :meth:`forward_rows`."""
+        raise NotImplementedError
+
+    def rows_output(self, state: DecodeState, out, rows: torch.Tensor, full: bool) -> torch.Tensor:
+        """Keep what the call's output adds to the cache; return its logits."""
+        return out.logits
+
+    def _store_rows(self, past, rows: torch.Tensor, batch: int) -> None:
+        """Write the rows' canvas-wide keys/values into the batch's cache (allocated on first use)."""
+        if self.past is None or self.past[0][0].shape[0] != batch:
+            self.past = [tuple(t.new_zeros((batch,) + tuple(t.shape[1:])) for t in layer) for layer in past]
+        for full, part in zip(self.past, past):
+            for f, p in zip(full, part):
+                f[rows] = p
+
     @staticmethod
     def _call(state: DecodeState, inputs: dict, rows: Optional[torch.Tensor] = None, **extra: Any):
+        return state.model(**CacheStrategy._kwargs(state, inputs, rows, **extra))
+
+    @staticmethod
+    def _kwargs(state: DecodeState, inputs: dict, rows: Optional[torch.Tensor] = None, **extra: Any) -> dict:
         if state.attention_mask is not None:
             extra["attention_mask"] = state.attention_mask
         if rows is not None:
             batch = state.x.shape[0]
             inputs = {k: take_rows(v, rows, batch) for k, v in inputs.items()}
             extra = {k: take_rows(v, rows, batch) for k, v in extra.items()}
-        return state.model(**inputs, **extra)
+        return {**inputs, **extra}
 
 
 class NoCache(CacheStrategy):
@@ -76,6 +117,12 @@ class NoCache(CacheStrategy):
         # use_cache passed explicitly: upstream reads config.use_cache otherwise, which newer
         # transformers releases no longer define on every config.
         return self._call(state, inputs, rows, use_cache=False).logits  # (B, L, V)
+
+    def call_key(self, block: int, block_step: int):
+        return "all"  # every window is the whole canvas
+
+    def rows_call(self, state, inputs, rows, starts, full):
+        return self._kwargs(state, inputs, rows, use_cache=False)  # logits (R, L, V)
 
 
 class PrefixCache(CacheStrategy):
@@ -102,6 +149,18 @@ class PrefixCache(CacheStrategy):
         past = self.past if rows is None else [tuple(t[rows] for t in layer) for layer in self.past]
         out = self._call(state, inputs, rows, past_key_values=past, use_cache=True)
         return out.logits  # (B, L - block_start, V)
+
+    def rows_call(self, state, inputs, rows, starts, full):
+        if full:  # logits (R, L, V); rows_output keeps the keys/values
+            return self._kwargs(state, inputs, rows, use_cache=True)
+        start = int(starts[0])  # call_key: one block per cached call; logits (R, L - start, V)
+        past = [tuple(t[rows, :, :start] for t in layer) for layer in self.past]
+        return self._kwargs(state, inputs, rows, past_key_values=past, use_cache=False)
+
+    def rows_output(self, state, out, rows, full):
+        if full:
+            self._store_rows(out.past_key_values, rows, state.x.shape[0])
+        return out.logits
 
 
 class DualCache(CacheStrategy):
@@ -154,6 +213,25 @@ class DualCache(CacheStrategy):
             for full, part in zip(full_layer, row_layer):
                 full[rows, :, cols] = part[:, :, cols]
         return out.logits  # (B_a, block_length, V)
+
+    def call_key(self, block: int, block_step: int):
+        return "full" if block_step == 0 else "cached"  # every cached window is one block wide
+
+    def rows_call(self, state, inputs, rows, starts, full):
+        if full:  # logits (R, L, V); rows_output keeps the keys/values
+            return self._kwargs(state, inputs, rows, use_cache=True)
+        B, L = state.x.shape
+        cols = torch.arange(L, device=state.x.device)
+        start = torch.zeros(B, dtype=torch.long, device=state.x.device)
+        start[rows] = starts
+        replace = (cols >= start.view(-1, 1)) & (cols < start.view(-1, 1) + state.block_length)  # (B, L)
+        past = [tuple(t[rows] for t in layer) for layer in self.past]
+        return self._kwargs(state, inputs, rows, past_key_values=past, use_cache=True,
+                            replace_position=replace)  # logits (R, block_length, V)
+
+    def rows_output(self, state, out, rows, full):
+        self._store_rows(out.past_key_values, rows, state.x.shape[0])
+        return out.logits
 
 
 def take_rows(value: Any, rows: torch.Tensor, batch: int) -> Any:

@@ -10,9 +10,20 @@ The loop calls, per generation::
             after_forward        # state.logits holds the window's logits
             after_commit         # state.transfer holds what was committed; may remask
         on_block_end
+        [on_refill]              # continuous batch: a finished row took the next problem
     on_finish
 
 Stateful callbacks reset their state in ``reset()``; the loop calls it before ``on_init``.
+
+In a continuous batch (``batching="refill"``) rows advance at their own pace: each event fires
+once per group of rows in the same block and block step (``state.active`` marks the group), and a
+row whose answer is done receives the next problem: the loop lays its prompt and [MASK]s into the
+canvas, clears the row in the prior bookkeeping (``prior_ids`` -1, ``injected`` / ``confirmed``
+False, ``revisions`` 0, every ``(B, ...)`` tensor in ``extras`` zero), then fires ``on_refill``
+with ``state.refilled`` the rows' indices and ``state.problem`` their problems; the row's
+``on_block_start`` follows. A callback that keeps per-row state does for those rows what
+``on_init`` does for all, and says so with ``supports_refill = True``; the loop keeps the static
+batch with any callback that does not.
 """
 
 from __future__ import annotations
@@ -22,11 +33,15 @@ from typing import Iterable, List, Optional, Sequence
 from .state import DecodeState
 
 EVENTS = ("on_init", "on_block_start", "before_forward", "after_forward", "after_commit",
-          "on_block_end", "on_finish")
+          "on_block_end", "on_refill", "on_finish")
 
 
 class DecodeCallback:
     """Base class: override the events you need; every method is a no-op here."""
+
+    # True once the callback handles a continuous batch: per-row state only, set up again for the
+    # rows ``on_refill`` announces, and nothing of a row left out of ``state.active`` changed.
+    supports_refill = False
 
     def reset(self) -> None:
         pass
@@ -47,6 +62,9 @@ class DecodeCallback:
         pass
 
     def on_block_end(self, state: DecodeState) -> None:
+        pass
+
+    def on_refill(self, state: DecodeState) -> None:
         pass
 
     def on_finish(self, state: DecodeState) -> None:
@@ -95,6 +113,8 @@ class CallbackList:
 
 class EventRecorder(DecodeCallback):
     """Records ``(event, block, block_step)`` for every event (for tests and debugging)."""
+
+    supports_refill = True
 
     def __init__(self) -> None:
         self.events: List[tuple] = []

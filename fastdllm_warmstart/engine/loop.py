@@ -25,6 +25,9 @@ A row's NFE counts the forwards it needed: those while its block still had masks
 strategy's minimum per block; ``total_nfe`` counts forward calls for the whole batch, which is
 upstream's counter (for a batch of one the two are equal). Rows carried along by a batch after
 their block is done are marked inactive (``state.active``) and nothing of theirs changes.
+
+This is the static batch. With ``batching="refill"`` steps 2-3 run as a continuous batch instead
+(:mod:`.rows`): each row at its own block and step, a finished row refilled with the next prompt.
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ import torch
 from ..config import DecodeConfig
 from .cache import make_cache_strategy
 from .callbacks import CallbackList, DecodeCallback, as_callback_list
-from .state import DecodeState
+from .rows import RefillLoop, resolve_batching
+from .state import DecodeState, row_stats
 from .transfer import (BUILTIN_RULES, num_transfer_schedule, resolve_transfer_fn,
                        suppress_ids)
 
@@ -47,13 +51,21 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class GenerateOutput:
-    sequences: torch.Tensor        # (B, P + gen_length) canvas incl. the (left-padded) prompt
+    sequences: torch.Tensor        # (B, P + gen_length) canvas incl. the (left-padded) prompt; with
+                                   # refill one row per prompt, in the prompts' order
     nfe: torch.Tensor              # (B,) forwards each row needed
-    total_nfe: int                 # forward calls made for the batch
+    total_nfe: int                 # forward (model) calls made for the batch
     prompt_width: int              # P: generated tokens are sequences[:, P:]
     attention_mask: Optional[torch.Tensor]  # (B, P + gen_length) or None
-    stats: Dict[str, torch.Tensor]  # per-row counters (injected, revoked, ...)
+    stats: Dict[str, torch.Tensor]  # per-row counters (injected, revoked, model_calls, ...)
     loop_variant: str = "current"  # the upstream loop reproduced ("auto" resolved)
+    batching: str = "static"       # "static" or "refill" ("auto" resolved)
+
+    @property
+    def model_calls(self) -> int:
+        """Batch forward calls made (``total_nfe``); ``stats["model_calls"]`` splits each call
+        equally among the rows it computed, so per-answer shares sum to this."""
+        return self.total_nfe
 
     @property
     def generated(self) -> torch.Tensor:
@@ -158,14 +170,17 @@ def _with_transient(state: DecodeState) -> dict:
             "n_transient": tr.embeds.shape[1]}
 
 
-def _close_finished_rows(state: DecodeState) -> None:
-    """Early stop: a row whose answer so far ends in EOS followed only by EOS is done."""
+def _close_finished_rows(state: DecodeState, rows: Optional[torch.Tensor] = None) -> None:
+    """Early stop: a row whose answer so far ends in EOS followed only by EOS is done (among
+    ``rows``, the rows whose block ``state.block`` just ended; None = every row)."""
     if state.eos_id is None:
         return
     gen = state.x[:, state.prompt_width:state.block_end]  # (B, G_done)
     is_eos = gen == state.eos_id
     seen_eos = is_eos.cumsum(dim=1) > 0
     ended = is_eos.any(dim=1) & ~(seen_eos & ~is_eos).any(dim=1)  # (B,)
+    if rows is not None:
+        ended &= torch.zeros_like(ended).index_fill_(0, rows, True)
     newly = ended & ~state.finished
     if bool(newly.any()):
         state.x[newly, state.block_end:] = state.eos_id
@@ -226,7 +241,8 @@ def generate(model, prompt: Union[torch.Tensor, Sequence[Sequence[int]]], steps:
              attention_mask: Optional[torch.Tensor] = None, tokenizer=None,
              eos_id: Optional[int] = None, pad_id: Optional[int] = None, early_stop: bool = False,
              skip_done_rows: bool = True, seed: int = 0, use_upstream: bool = True,
-             fast_dllm_path: Optional[str] = None, transfer_fn=None) -> GenerateOutput:
+             fast_dllm_path: Optional[str] = None, transfer_fn=None, batching: str = "static",
+             batch_size: Optional[int] = None) -> GenerateOutput:
     """Fast-dLLM decoding with callbacks; upstream's argument names, order and defaults.
 
     Args:
@@ -255,13 +271,18 @@ def generate(model, prompt: Union[torch.Tensor, Sequence[Sequence[int]]], steps:
         use_upstream / fast_dllm_path: use a Fast-dLLM checkout's commit functions and loop
             variant when one is found (``FAST_DLLM_PATH`` or ``sys.path``).
         transfer_fn: override the commit rule in force (upstream's signature for that rule).
+        batching: ``'static'`` (every prompt in one batch that moves block by block, upstream's
+            way), ``'refill'`` (continuous batching, :mod:`.rows`: each row at its own pace, at
+            most ``batch_size`` rows at once, a finished row refilled with the next prompt) or
+            ``'auto'`` (refill where it gives the static batch's answers: :func:`resolve_batching`).
+        batch_size: rows decoded at once with refill; None = every prompt.
 
     Returns a :class:`GenerateOutput`; ``x, nfe = generate(...)`` also works, as upstream.
     """
     config = DecodeConfig(gen_length=gen_length, block_length=block_length, steps=steps,
                           temperature=temperature, remasking=remasking, threshold=threshold,
                           factor=factor, cache=cache, loop_variant=loop_variant,
-                          early_stop=early_stop, skip_done_rows=skip_done_rows)
+                          early_stop=early_stop, skip_done_rows=skip_done_rows, batching=batching)
     mask, eos, pad = resolve_special_ids(model, tokenizer, mask_id, eos_id, pad_id)
     upstream = None
     if use_upstream:
@@ -276,8 +297,14 @@ def generate(model, prompt: Union[torch.Tensor, Sequence[Sequence[int]]], steps:
     device = next(model.parameters()).device
     fill = pad if pad is not None else (eos if eos is not None else mask)
     ids, prompt_mask = _prepare_prompt(prompt, attention_mask, fill, device)
-    B, P = ids.shape
-    L = P + config.gen_length
+    N, P = ids.shape
+    hooks = as_callback_list(callbacks)
+    if step_callback is not None:  # upstream's hook runs after every other after_commit
+        hooks = CallbackList(list(hooks) + [StepCallback(step_callback)])
+    mode = resolve_batching(config, model, hooks, upstream)
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be >= 1.")
+    B = N if (mode == "static" or batch_size is None) else min(batch_size, N)
     if prompt_mask is not None and not getattr(model, "supports_padding", False):
         logger.warning("Prompts of different lengths were left-padded, but %s may ignore the "
                        "attention mask (upstream LLaDAModelLM does): padded rows can differ from "
@@ -285,36 +312,63 @@ def generate(model, prompt: Union[torch.Tensor, Sequence[Sequence[int]]], steps:
                        type(model).__name__)
 
     # 1. Canvas: prompt, then gen_length masks.
+    L = P + config.gen_length
     x = torch.full((B, L), mask, dtype=torch.long, device=device)
-    x[:, :P] = ids
+    x[:, :P] = ids[:B]
     full_mask = None
     if prompt_mask is not None:
         full_mask = torch.ones((B, L), dtype=torch.long, device=device)
-        full_mask[:, :P] = prompt_mask
+        full_mask[:, :P] = prompt_mask[:B]
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)
     state = DecodeState(
         model=model, x=x, attention_mask=full_mask, prompt_width=P,
-        prompt_lengths=(prompt_mask.sum(1) if prompt_mask is not None
+        prompt_lengths=(prompt_mask[:B].sum(1) if prompt_mask is not None
                         else torch.full((B,), P, device=device)),
         gen_length=config.gen_length, block_length=config.block_length, mask_id=mask,
         eos_id=eos, pad_id=pad, generator=generator,
         nfe=torch.zeros(B, dtype=torch.long, device=device),
         finished=torch.zeros(B, dtype=torch.bool, device=device),
+        problem=torch.arange(B, device=device),
     )
-    hooks = as_callback_list(callbacks)
-    if step_callback is not None:  # upstream's hook runs after every other after_commit
-        hooks = CallbackList(list(hooks) + [StepCallback(step_callback)])
     hooks.reset()
     strategy = make_cache_strategy(config.cache, variant, _replace_position_rows(model, upstream))
     # Never commit [MASK]; nor a dedicated [PAD] (LLaDA's pad *is* its EOS, which must stay).
     banned = sorted({mask} | ({pad} if pad is not None and pad != eos else set()))
+    hooks.fire("on_init", state)
+    if mode == "refill":
+        loop = RefillLoop(state, hooks, strategy, config,
+                          commit=lambda st, schedule, rows: _commit(st, transfer_fn, config, schedule,
+                                                                    banned, rows),
+                          close_finished=_close_finished_rows, ids=ids, prompt_mask=prompt_mask)
+        loop.run()
+        stats = dict(loop.stats)
+        stats["model_calls"] = loop.calls
+        out_mask = None
+        if prompt_mask is not None:
+            out_mask = torch.ones((N, L), dtype=torch.long, device=device)
+            out_mask[:, :P] = prompt_mask
+        return GenerateOutput(sequences=loop.sequences, nfe=loop.nfe, total_nfe=state.total_nfe,
+                              prompt_width=P, attention_mask=out_mask, stats=stats,
+                              loop_variant=variant, batching=mode)
+    share = _run_static(state, hooks, strategy, config, transfer_fn, banned)
+    stats = row_stats(state)
+    stats["model_calls"] = share
+    return GenerateOutput(sequences=state.x, nfe=state.nfe, total_nfe=state.total_nfe,
+                          prompt_width=P, attention_mask=full_mask, stats=stats, loop_variant=variant,
+                          batching=mode)
+
+
+def _run_static(state: DecodeState, hooks: CallbackList, strategy, config: DecodeConfig, transfer_fn,
+                banned) -> torch.Tensor:
+    """Steps 2-3 for a static batch: every row moves through the blocks together. Returns each
+    row's share of the model calls (B,)."""
+    B, P, mask = state.batch_size, state.prompt_width, state.mask_id
     steps_per_block = config.resolved_steps // config.num_blocks
     # Hooks may revoke tokens, so a block can need more steps than it has masks; this bound is
     # never reached by the rule itself (it commits >= 1 token per step) and guards termination.
     max_block_steps = steps_per_block + 2 * config.block_length + strategy.min_block_steps + 1
-
-    hooks.fire("on_init", state)
+    share = torch.zeros(B, dtype=torch.float64, device=state.x.device)  # each row's share of the calls
     for block in range(config.num_blocks):
         # 2a. Block bounds and schedule.
         state.block, state.block_step = block, 0
@@ -344,6 +398,8 @@ def generate(model, prompt: Union[torch.Tensor, Sequence[Sequence[int]]], steps:
                     and strategy.can_skip_rows(state)):
                 rows = state.active.nonzero().squeeze(1)  # (B_a,)
             logits = strategy.forward(state, inputs, rows)  # (B or B_a, W, V), or (., W + T, V)
+            share += (1.0 / B) if rows is None else torch.zeros_like(share).index_fill_(
+                0, rows, 1.0 / rows.numel())
             if rows is not None:  # the rows left out get zero logits; nothing reads them
                 full = logits.new_zeros((B,) + tuple(logits.shape[1:]))
                 full[rows] = logits
@@ -379,15 +435,4 @@ def generate(model, prompt: Union[torch.Tensor, Sequence[Sequence[int]]], steps:
     # 3. Finish.
     state.logits = None
     hooks.fire("on_finish", state)
-    stats = {"finished_early": state.finished.clone()}
-    if state.injected is not None:
-        stats["injected_left"] = state.injected[:, P:].sum(1)
-    if state.revisions is not None:
-        stats["revoked"] = state.revisions[:, P:].sum(1)
-    if state.confirmed is not None:
-        stats["confirmed"] = state.confirmed[:, P:].sum(1)
-    for key, value in state.extras.items():
-        if isinstance(value, torch.Tensor) and value.shape[:1] == (B,):
-            stats[key] = value
-    return GenerateOutput(sequences=state.x, nfe=state.nfe, total_nfe=state.total_nfe,
-                          prompt_width=P, attention_mask=full_mask, stats=stats, loop_variant=variant)
+    return share

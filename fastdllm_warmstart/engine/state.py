@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
@@ -28,6 +28,13 @@ class DecodeState:
 
     Canvas-wide tensors are ``(B, L)`` with ``L = prompt_width + gen_length``; per-forward tensors
     are ``(B, W)`` over the forward's window ``[window[0], window[1])``.
+
+    In a continuous batch (``batching="refill"``, :mod:`fastdllm_warmstart.engine.rows`) the rows
+    sit in different blocks and steps, and a finished row takes the next problem. Hooks still see
+    one block at a time: every event is fired once per group of rows that share a block and a
+    block step, with ``block``/``block_start``/``block_end``/``block_step``/``window`` those of the
+    group and ``active`` marking its rows; ``problem`` says which problem each row holds, and
+    ``on_refill`` announces the rows (``refilled``) that just received a new one.
     """
 
     model: Any
@@ -74,6 +81,10 @@ class DecodeState:
     # leave such a row unchanged, so that it decodes as it would alone.
     active: Optional[torch.Tensor] = None
     total_nfe: int = 0                    # forward calls made (upstream's counter)
+    # (B,) long: the problem (index into the prompts) each row decodes, -1 for an empty row; in a
+    # static batch arange(B). Per-problem tensors of a hook (its proposals) are indexed by it.
+    problem: Optional[torch.Tensor] = None
+    refilled: Optional[torch.Tensor] = None  # (R,) long: the rows ``on_refill`` announces
     finished: Optional[torch.Tensor] = None  # (B,) bool: rows stopped early
     extras: dict = field(default_factory=dict)  # free space for third-party hooks
 
@@ -96,3 +107,35 @@ class DecodeState:
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """Input embeddings of ``ids`` via the model's own embedding table."""
         return self.model.get_input_embeddings()(ids)
+
+
+def lay_proposals(state: DecodeState, proposals: torch.Tensor, rows: torch.Tensor) -> None:
+    """Lay the proposals of the rows' problems (``proposals`` (N, G), indexed by
+    ``state.problem``) onto ``state.prior_ids`` (created when None); a [MASK] proposal is none."""
+    N, G = proposals.shape
+    problems = rows if state.problem is None else state.problem[rows]  # None: a static batch
+    if G != state.gen_length or (problems.numel() and int(problems.max()) >= N):
+        raise ValueError(f"proposals have shape {(N, G)}; the prompts need "
+                         f"({int(problems.max()) + 1}, {state.gen_length}) (one row per prompt).")
+    if state.prior_ids is None:
+        state.prior_ids = torch.full_like(state.x, -1)
+    prior = proposals.to(state.x.device)[problems]  # (R, G)
+    prior = prior.masked_fill(prior == state.mask_id, -1)
+    state.prior_ids[rows, state.gen_slice] = prior
+
+
+def row_stats(state: DecodeState) -> Dict[str, torch.Tensor]:
+    """(B,) per-row counters: early stop, priors left / revoked / confirmed, the hooks' extras,
+    and each row's share of the model calls (a call's cost split equally among its rows)."""
+    P, B = state.prompt_width, state.batch_size
+    stats = {"finished_early": state.finished.clone()}
+    if state.injected is not None:
+        stats["injected_left"] = state.injected[:, P:].sum(1)
+    if state.revisions is not None:
+        stats["revoked"] = state.revisions[:, P:].sum(1)
+    if state.confirmed is not None:
+        stats["confirmed"] = state.confirmed[:, P:].sum(1)
+    for key, value in state.extras.items():
+        if isinstance(value, torch.Tensor) and value.shape[:1] == (B,):
+            stats[key] = value.clone()
+    return stats

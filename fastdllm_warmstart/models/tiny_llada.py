@@ -12,8 +12,9 @@ KV-cache semantics (the ones the prefix and dual cache strategies rely on):
   keys are stored *after* the rotary embedding, at their absolute positions.
 * Without ``replace_position`` the new tokens are appended after the ``Lp`` cached ones (prefix
   cache): queries sit at positions ``Lp .. Lp+T-1``.
-* With ``replace_position`` (bool, ``(B, L)`` or ``(1, L)``, the same columns in every row, ``T``
-  of them set) the new keys/values *replace* the cached ones at those columns (dual cache) and the
+* With ``replace_position`` (bool, ``(B, L)`` or ``(1, L)``, ``T`` columns set in every row; the
+  rows may select different columns, as when the rows of a continuous batch sit in different
+  blocks) the new keys/values *replace* the cached ones at each row's columns (dual cache) and the
   queries sit at those columns. The returned cache holds the replaced tensors; the input cache is
   not modified.
 
@@ -137,8 +138,34 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, q_pos: torch.Tensor, key_mask: Optional[torch.Tensor],
                 layer_past: Optional[KV], replace_cols: Optional[torch.Tensor],
                 n_transient: int = 0) -> Tuple[torch.Tensor, KV]:
-        B, T, C = x.shape
-        q, k, v = self.qkv(self.attn_norm(x)).split(C, dim=-1)
+        (x,), (kv,) = self.forward_parts([x], [(q_pos, key_mask, layer_past, replace_cols, n_transient)])
+        return x, kv
+
+    def forward_parts(self, xs: Sequence[torch.Tensor], metas: Sequence[tuple]) -> Tuple[list, list]:
+        """Several forwards' inputs ``xs`` ((B_i, T_i, C) each, with ``metas`` (q_pos, key_mask,
+        layer_past, replace_cols, n_transient) each) through the layer at once: the projections and
+        the MLP run on all their tokens together, attention per part."""
+        C = xs[0].shape[-1]
+        sizes = [x.shape[0] * x.shape[1] for x in xs]
+        flat = torch.cat([x.reshape(-1, C) for x in xs]) if len(xs) > 1 else xs[0].reshape(-1, C)  # (N, C)
+        qkv = self.qkv(self.attn_norm(flat))  # (N, 3C)
+        outs, kvs = [], []
+        for part, x, meta in zip(qkv.split(sizes), xs, metas):
+            att, kv = self._attend(part.view(x.shape[0], x.shape[1], 3 * C), *meta)
+            outs.append(att)
+            kvs.append(kv)
+        flat = flat + self.attn_out(torch.cat(outs) if len(outs) > 1 else outs[0])
+        gate, up = self.gate_up(self.mlp_norm(flat)).chunk(2, dim=-1)
+        flat = flat + self.down(F.silu(gate) * up)
+        return [p.view(x.shape) for p, x in zip(flat.split(sizes), xs)], kvs
+
+    def _attend(self, qkv: torch.Tensor, q_pos: torch.Tensor, key_mask: Optional[torch.Tensor],
+                layer_past: Optional[KV], replace_cols: Optional[torch.Tensor],
+                n_transient: int = 0) -> Tuple[torch.Tensor, KV]:
+        """Attention of one part: ``qkv`` (B, T, 3C) -> ((B * T, C), the part's keys/values)."""
+        B, T, C3 = qkv.shape
+        C = C3 // 3
+        q, k, v = qkv.split(C, dim=-1)
         q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, Dh)
         k = k.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         v = v.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
@@ -150,10 +177,10 @@ class Block(nn.Module):
         elif replace_cols is None:  # prefix cache: new canvas columns follow the cached ones
             cached_k = torch.cat((layer_past[0], k[:, :, :n]), dim=2)
             cached_v = torch.cat((layer_past[1], v[:, :, :n]), dim=2)
-        else:  # dual cache: the inputs replace their columns
-            cached_k, cached_v = layer_past[0].clone(), layer_past[1].clone()
-            cached_k[:, :, replace_cols] = k[:, :, :n]
-            cached_v[:, :, replace_cols] = v[:, :, :n]
+        else:  # dual cache: the inputs replace their row's columns, replace_cols (B, n)
+            index = replace_cols[:, None, :, None].expand(B, self.n_heads, n, self.head_dim)
+            cached_k = layer_past[0].scatter(2, index, k[:, :, :n])
+            cached_v = layer_past[1].scatter(2, index, v[:, :, :n])
         if n_transient:  # transient keys join this forward only, after the canvas keys
             k = torch.cat((cached_k, k[:, :, n:]), dim=2)
             v = torch.cat((cached_v, v[:, :, n:]), dim=2)
@@ -166,10 +193,7 @@ class Block(nn.Module):
         else:
             attn_mask = key_mask  # (B, 1, T, S)
         att = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, H, T, Dh)
-        x = x + self.attn_out(att.transpose(1, 2).reshape(B, T, C))
-        gate, up = self.gate_up(self.mlp_norm(x)).chunk(2, dim=-1)
-        x = x + self.down(F.silu(gate) * up)
-        return x, (cached_k, cached_v)
+        return att.transpose(1, 2).reshape(B * T, C), (cached_k, cached_v)
 
 
 class TinyLLaDAModelLM(PreTrainedModel):
@@ -182,6 +206,10 @@ class TinyLLaDAModelLM(PreTrainedModel):
     # Honours attention_mask (left padding is invisible); upstream LLaDAModelLM ignores it.
     supports_padding = True
     supports_transient_queries = True
+    # replace_position may select different columns in each row (continuous batching's dual cache).
+    supports_row_windows = True
+    # forward_packed: several forwards in one pass over the weights (continuous batching).
+    supports_packed_calls = True
 
     def __init__(self, config: TinyLLaDAConfig):
         super().__init__(config)
@@ -225,6 +253,38 @@ class TinyLLaDAModelLM(PreTrainedModel):
         return_dict: Optional[bool] = None,
         **unused,
     ) -> CausalLMOutputWithPast:
+        return self.forward_packed([dict(
+            input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+            past_key_values=past_key_values, use_cache=use_cache, replace_position=replace_position,
+            position_ids=position_ids, attention_bias=attention_bias, n_transient=n_transient, **unused)])[0]
+
+    def forward_packed(self, calls: Sequence[dict]) -> List[CausalLMOutputWithPast]:
+        """Several forwards (each the keyword arguments of :meth:`forward`: another window, cache
+        or row set) in one pass over the weights: the layers' projections and MLPs run on all
+        their tokens together, attention per forward. Each output is the forward's own, as a
+        separate call would give it (a continuous batch's full and cached forwards in one call)."""
+        parts = [self._prepare(**kw) for kw in calls]
+        xs = [p[0] for p in parts]
+        presents: List[List[KV]] = [[] for _ in parts]
+        for i, block in enumerate(self.blocks):
+            metas = [(q_pos, key_mask, past[i] if past else None, replace_cols, n_tr)
+                     for _, q_pos, key_mask, past, replace_cols, n_tr, _ in parts]
+            xs, kvs = block.forward_parts(xs, metas)
+            for store, kv in zip(presents, kvs):
+                store.append(kv)
+        C = xs[0].shape[-1]
+        flat = torch.cat([x.reshape(-1, C) for x in xs]) if len(xs) > 1 else xs[0].reshape(-1, C)
+        logits = self.lm_head(self.norm(flat))  # (N, V)
+        sizes = [x.shape[0] * x.shape[1] for x in xs]
+        return [CausalLMOutputWithPast(logits=lg.view(x.shape[0], x.shape[1], -1),
+                                       past_key_values=kv if p[6] else None)
+                for lg, x, kv, p in zip(logits.split(sizes), xs, presents, parts)]
+
+    def _prepare(self, input_ids=None, inputs_embeds=None, attention_mask=None, past_key_values=None,
+                 use_cache=None, replace_position=None, position_ids=None, attention_bias=None,
+                 n_transient=0, return_dict=None, **unused) -> tuple:
+        """One forward's inputs, positions and attention mask:
+        (x, q_pos, key_mask, past_key_values, replace_cols, n_transient, use_cache)."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
         if unused:
@@ -242,12 +302,11 @@ class TinyLLaDAModelLM(PreTrainedModel):
         if replace_position is not None:
             if past_key_values is None:
                 raise ValueError("replace_position needs past_key_values (dual cache).")
-            rp = replace_position.bool()
-            if rp.shape[0] > 1 and not torch.equal(rp, rp[:1].expand_as(rp)):
-                raise ValueError("replace_position must select the same columns in every row.")
-            replace_cols = rp[0].nonzero(as_tuple=True)[0]  # (n,)
-            if replace_cols.numel() != n:
-                raise ValueError(f"replace_position selects {replace_cols.numel()} columns for {n} inputs.")
+            rp = replace_position.bool().expand(B, -1)  # (B, L)
+            counts = rp.sum(dim=1)
+            if bool((counts != n).any()):
+                raise ValueError(f"replace_position selects {counts.tolist()} columns per row for {n} inputs.")
+            replace_cols = rp.nonzero(as_tuple=True)[1].view(B, n)  # (B, n) each row's columns, ascending
             total = past_len
         else:
             total = past_len + n
@@ -261,7 +320,8 @@ class TinyLLaDAModelLM(PreTrainedModel):
             if bool(key_mask.all()):
                 key_mask = None
         all_pos = positions_from_mask(attention_mask, B, total, x.device)  # (B, total)
-        q_pos = all_pos[:, replace_cols] if replace_cols is not None else all_pos[:, past_len:past_len + n]
+        q_pos = (all_pos.gather(1, replace_cols) if replace_cols is not None
+                 else all_pos[:, past_len:past_len + n])  # (B, n)
         if n_transient:
             q_pos = torch.cat((q_pos, position_ids.to(q_pos).expand(B, n_transient)), dim=1)
         if attention_bias is not None:
@@ -277,14 +337,7 @@ class TinyLLaDAModelLM(PreTrainedModel):
         elif n_transient:
             raise ValueError("transient inputs need an attention_bias saying what each query sees.")
 
-        presents: List[KV] = []
-        for i, block in enumerate(self.blocks):
-            layer_past = past_key_values[i] if past_key_values else None
-            x, kv = block(x, q_pos, key_mask, layer_past, replace_cols, n_transient)
-            if use_cache:
-                presents.append(kv)
-        logits = self.lm_head(self.norm(x))  # (B, T, V)
-        return CausalLMOutputWithPast(logits=logits, past_key_values=presents if use_cache else None)
+        return x, q_pos, key_mask, past_key_values, replace_cols, n_transient, bool(use_cache)
 
 
 def register_auto_classes() -> None:

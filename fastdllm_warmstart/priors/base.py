@@ -39,7 +39,7 @@ from typing import Optional
 import torch
 
 from ..engine.callbacks import DecodeCallback
-from ..engine.state import DecodeState
+from ..engine.state import DecodeState, lay_proposals
 
 CONTEXTS = ("hidden", "visible")
 
@@ -48,6 +48,7 @@ class DraftVerifier(DecodeCallback):
     """Base class of the acceptance rules (see the module docstring)."""
 
     name = "base"
+    supports_refill = True
     # The run-config settings (``remask_*``) the rule's constructor takes besides ``proposals`` and
     # ``threshold``; ``build_verifier`` passes exactly these.
     settings = ("context", "frontier_guess")
@@ -62,6 +63,7 @@ class DraftVerifier(DecodeCallback):
         self.threshold = threshold
         self.context = context
         self.visible: Optional[torch.Tensor] = None  # (B, L) bool: priors shown as later-block context
+        self.lays = False  # the verifier lays the draft itself (no warm-start callback did)
         self.frontier_guess = frontier_guess  # see _guess_at_frontier
 
     def reset(self) -> None:
@@ -79,22 +81,29 @@ class DraftVerifier(DecodeCallback):
 
     # -- 1. judge masked ------------------------------------------------------------------------
     def on_init(self, state: DecodeState) -> None:
-        if state.prior_ids is None:  # no warm-start callback laid the draft: lay it here
-            prior = torch.full_like(state.x, -1)
-            prior[:, state.gen_slice] = self.proposals.to(state.x.device)
-            prior[prior == state.mask_id] = -1
-            state.prior_ids = prior
-        L = state.x.shape[1]
+        self.lays = state.prior_ids is None  # no warm-start callback laid the draft: lay it here
         self.visible = torch.zeros_like(state.x, dtype=torch.bool)
+        B, L = state.x.shape
+        state.extras["accepted_mask"] = torch.zeros((B, L), dtype=torch.bool, device=state.x.device)
+        state.extras["accepted"] = torch.zeros(B, dtype=torch.long, device=state.x.device)
+        self._start(state, torch.arange(B, device=state.x.device))
+
+    def on_refill(self, state: DecodeState) -> None:
+        self._start(state, state.refilled)  # the loop cleared the rows' accepted_mask / accepted
+
+    def _start(self, state: DecodeState, rows: torch.Tensor) -> None:
+        """Set up the rows' new problems: lay the draft (when no warm start did), and take
+        injected priors back out of the canvas."""
+        if self.lays:
+            lay_proposals(state, self.proposals, rows)
+        self.visible[rows] = False
         if state.injected is not None:  # token injection: take the priors back out of the canvas
-            self.visible = state.injected.clone()
-            state.x[state.injected] = state.mask_id
+            injected = state.injected[rows]  # (R, L)
+            self.visible[rows] = injected
+            state.x[rows] = state.x[rows].masked_fill(injected, state.mask_id)
             # From here on a draft is pending at every masked position with a prior (as with an
             # embedding warm start): nothing sits on the canvas until the model supports it.
             state.injected = None
-        state.extras["accepted_mask"] = torch.zeros((state.batch_size, L), dtype=torch.bool,
-                                                    device=state.x.device)
-        state.extras["accepted"] = torch.zeros(state.batch_size, dtype=torch.long, device=state.x.device)
 
     def before_forward(self, state: DecodeState) -> None:
         w0, w1 = state.window

@@ -56,7 +56,9 @@ class SpeculativeAccept(DraftVerifier):
         if lookahead < 1:
             raise ValueError(f"lookahead={lookahead} must be >= 1.")
         self.tau_accept, self.lookahead = tau_accept, lookahead
-        self.cols: Optional[torch.Tensor] = None  # (B, K) canvas column of each shadow, -1 = unused
+        # (B, K) canvas column of each shadow, -1 = unused; rows are set by the forward that counts
+        # for them (a continuous batch runs several groups' before_forward before their commits).
+        self.cols: Optional[torch.Tensor] = None
 
     def reset(self) -> None:
         super().reset()
@@ -77,11 +79,12 @@ class SpeculativeAccept(DraftVerifier):
 
     def before_forward(self, state: DecodeState) -> None:
         super().before_forward(state)  # later-block context, plain [MASK] in the block
-        cols = self._columns(state)  # (B, K)
-        self.cols = cols
+        cols = self._columns(state)  # (B, K), -1 outside state.active
+        if self.cols is None or self.cols.shape != cols.shape:
+            self.cols = torch.full_like(cols, -1)
+        self.cols[state.active] = cols[state.active]
         used = cols >= 0  # (B, K)
         if not bool(used.any()):
-            self.cols = None
             return
         B, L = state.x.shape
         K = cols.shape[1]
@@ -123,9 +126,11 @@ class SpeculativeAccept(DraftVerifier):
     def after_commit(self, state: DecodeState) -> None:
         if self.cols is None or state.transient_logits is None:
             return
-        cols = self.cols
+        cols = torch.where(state.active.view(-1, 1), self.cols, torch.full_like(self.cols, -1))  # (B, K)
         K = cols.shape[1]
         used = cols >= 0
+        if not bool(used.any()):
+            return
         safe = cols.clamp(min=0)
         shadow = self._banned(state.transient_logits[:, K:].float(), state)  # (B, K, V)
         probs = torch.softmax(shadow, dim=-1)
