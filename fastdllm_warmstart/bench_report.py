@@ -84,8 +84,8 @@ def format_timing(records: List[Dict[str, Any]]) -> str:
     n = timed[0]["timing"]["repeats"]
     header = (f"{'mode':<18} {'dLLM s median [min-max]':>26} {'CPU s median':>13} "
               f"{'speed-up median [min-max]':>26}")
-    lines = [f"Timed passes: {n} per mode, interleaved across modes (dLLM time; the aux model "
-             "drafted once, its time above)", header, "-" * len(header)]
+    lines = [f"Timed passes: {n} per mode, interleaved across modes (dLLM time only; the aux "
+             "drafting and the table above are one run)", header, "-" * len(header)]
     for r in timed:
         t = r["timing"]
         span = f"{t['dllm_s_median']:.2f} [{t['dllm_s_min']:.2f}-{t['dllm_s_max']:.2f}]"
