@@ -6,9 +6,13 @@
 3. Decode every problem in every mode of the preset (baseline, token, token+remask, embed,
    embed+remask by default) for every seed, saving each batch's rows to a JSONL store as it goes;
    ``resume`` continues an interrupted run from that store.
-4. Aggregate accuracy (strict-match and flexible-extract, 95% Wilson interval), mean NFE and its
-   reduction vs the baseline, dLLM/aux/wall time and tokens/s (:mod:`.bench_report`); return
-   them with the resolved config, seeds and versions.
+4. With ``repeats`` N > 1, time N more passes of every mode (its first seed), interleaved: pass 1
+   of every mode, then pass 2 of every mode, and so on, so that a slow spell of a shared machine
+   falls on every mode alike; each pass's answers must match the saved rows (a warning if not).
+5. Aggregate accuracy (strict-match and flexible-extract, 95% Wilson interval), mean NFE and its
+   reduction vs the baseline, dLLM/aux/wall time and tokens/s, and the timed passes' medians
+   with their spread and the paired speed-ups (:mod:`.bench_report`); return them with the
+   resolved config, seeds and versions.
 """
 
 from __future__ import annotations
@@ -58,6 +62,9 @@ class BenchSettings:
     dtype: str = "auto"
     batch_size: int = 16
     threads: Any = "auto"
+    # Timed passes per mode after the rows are decoded, interleaved across modes; 1: the rows'
+    # own decode is the only timing (one run's ratio is noise on a shared machine: take 5 or more).
+    repeats: int = 1
     command_line: Optional[Tuple[str, ...]] = None  # as typed, for the result's "command"
     flags: Mapping[str, Any] = field(default_factory=dict)  # the flags given, recorded as they were
 
@@ -68,6 +75,9 @@ class BenchSettings:
             raise ValueError(f"--batch-size {self.batch_size} must be >= 1.")
         if not self.seeds:
             raise ValueError("--seeds needs at least one seed, e.g. --seeds 0,1,2.")
+        if isinstance(self.repeats, bool) or not isinstance(self.repeats, int) or self.repeats < 1:
+            raise ValueError(f"--repeats {self.repeats} must be a whole number >= 1 (timed passes per "
+                             "mode; e.g. --repeats 5).")
 
 
 def load_preset(path: Path) -> List[Dict[str, Any]]:
@@ -184,6 +194,31 @@ def _problems(settings: BenchSettings) -> Tuple[List[Dict[str, Any]], str]:
     return problems, data_id
 
 
+def _batches(runner: Any, cfg: RunConfig, indices: Sequence[int], batch_size: int) -> List[List[int]]:
+    """The engine calls that decode ``indices``: ``batch_size`` problems a call in a static batch,
+    all of them in one call with continuous batching (which keeps ``batch_size`` rows in flight)."""
+    indices = list(indices)
+    step = max(len(indices), 1) if runner.batching(cfg) == "refill" else batch_size
+    return [indices[start:start + step] for start in range(0, len(indices), step)]
+
+
+def _timed_pass(runner: Any, cfg: RunConfig, prompts: List[str], proposer: Any,
+                batch_size: int) -> Tuple[float, float, List[Tuple[List[int], int, str]]]:
+    """Decode every prompt once as the rows were decoded: (dLLM seconds, process CPU seconds,
+    each answer's (token ids, NFE, text)). CPU time counts every thread of the process, so it
+    exceeds the dLLM time when torch computes on several cores."""
+    dllm_s = cpu_s = 0.0
+    answers: List[Tuple[List[int], int, str]] = []
+    for idx in _batches(runner, cfg, range(len(prompts)), batch_size):
+        cpu0 = time.process_time()
+        results = runner.generate_batch([prompts[i] for i in idx], cfg, proposer=proposer,
+                                        batch_size=batch_size)
+        cpu_s += time.process_time() - cpu0
+        dllm_s += sum(r.dllm_seconds for r in results)
+        answers.extend((list(r.token_ids), r.nfe, r.text) for r in results)
+    return dllm_s, cpu_s, answers
+
+
 def _aux_record(proposals: List[Any], golds: List[str], seconds: float, model_id: Optional[str]) -> Dict[str, Any]:
     """The aux model on its own: its drafts scored as answers."""
     from .scoring import score, wilson_interval
@@ -202,7 +237,7 @@ def run_bench(settings: BenchSettings, modes: Optional[List[Dict[str, Any]]] = N
     """Run the bench; ``modes`` (a preset's list) replaces ``settings.preset`` (the sweep passes its grid)."""
     from tqdm.auto import tqdm
 
-    from .bench_report import summarize
+    from .bench_report import summarize, summarize_timing
     from .lineage import drop_stale_modes
     from .runner import WarmStartRunner
     from .scoring import score
@@ -275,10 +310,7 @@ def run_bench(settings: BenchSettings, modes: Optional[List[Dict[str, Any]]] = N
         cfg = dataclasses.replace(cfg, warm=dataclasses.replace(cfg.warm, seed=seed))
         runner = runner_for(mode_models[mode])
         pending = [i for i in range(len(problems)) if (mode, seed, i) not in progress.done]
-        # A continuous batch takes every pending problem in one call (batch_size rows at once).
-        step = len(pending) if runner.batching(cfg) == "refill" else settings.batch_size
-        for start in range(0, len(pending), max(step, 1)):
-            idx = pending[start:start + step]
+        for idx in _batches(runner, cfg, pending, settings.batch_size):
             results = runner.generate_batch([prompts[i] for i in idx], cfg, proposer=static_proposer,
                                             batch_size=settings.batch_size)
             rows = []
@@ -294,8 +326,12 @@ def run_bench(settings: BenchSettings, modes: Optional[List[Dict[str, Any]]] = N
             bar.update(len(idx))
     bar.close()
 
-    # 4. Aggregate.
-    baseline_nfe = baseline_wall = None
+    # 4. Timed passes, interleaved across modes.
+    timed_passes = _time_modes(settings, modes, mode_configs, seeds[0], prompts, progress,
+                               lambda mode: runner_for(mode_models[mode]), static_proposer)
+
+    # 5. Aggregate.
+    baseline_nfe = baseline_wall = baseline_passes = None
     for m in modes:
         rows = [r for k, r in progress.done.items() if k[0] == m["mode"]]
         cfg = mode_configs[m["mode"]]
@@ -303,6 +339,10 @@ def run_bench(settings: BenchSettings, modes: Optional[List[Dict[str, Any]]] = N
         rec = summarize(m["mode"], rows, baseline_nfe, m.get("settings", {}), floor, cfg.decode.gen_length)
         if m["mode"] == modes[0]["mode"] and not mode_configs[m["mode"]].warm.enabled:
             baseline_nfe, baseline_wall = rec["mean_nfe"], rec["wall_s"]
+            baseline_passes = [p for p in timed_passes if p["mode"] == m["mode"]]
+        if timed_passes:
+            rec["timing"] = summarize_timing([p for p in timed_passes if p["mode"] == m["mode"]],
+                                             baseline_passes)
         records.append(rec)
     if baseline_nfe:
         for rec in records:
@@ -323,8 +363,44 @@ def run_bench(settings: BenchSettings, modes: Optional[List[Dict[str, Any]]] = N
         "shuffle_proposals": (None if permutation is None
                               else {"seed": shuffle_seed, "permutation": permutation}),
         "versions": versions(), "records": records, "fingerprint": fingerprint,
+        # every timed pass in the order it ran (mode, pass, dLLM and CPU seconds)
+        "repeats": settings.repeats, "timed_passes": timed_passes,
         "flags": dict(settings.flags),
     }
+
+
+def _time_modes(settings: BenchSettings, modes: List[Dict[str, Any]], mode_configs: Dict[str, RunConfig],
+                seed: int, prompts: List[str], progress: _Progress, runner_for: Any,
+                proposer: Any) -> List[Dict[str, Any]]:
+    """``settings.repeats`` timed passes of every mode with ``seed`` (none when it is 1), pass 1
+    of every mode before pass 2 of any; every pass's answers are checked against the saved rows
+    and the mode's first timed pass (a warning names the mode and pass that differ)."""
+    if settings.repeats < 2:
+        return []
+    from tqdm.auto import tqdm
+
+    timed: List[Dict[str, Any]] = []
+    first: Dict[str, List[Tuple[List[int], int, str]]] = {}
+    bar = tqdm(total=settings.repeats * len(modes) * len(prompts), desc="timed passes", unit="answer",
+               disable=settings.quiet)
+    for k in range(settings.repeats):
+        for m in modes:
+            mode = m["mode"]
+            cfg = mode_configs[mode]
+            cfg = dataclasses.replace(cfg, warm=dataclasses.replace(cfg.warm, seed=seed))
+            dllm_s, cpu_s, answers = _timed_pass(runner_for(mode), cfg, prompts, proposer, settings.batch_size)
+            saved = [(progress.done[(mode, seed, i)]["nfe"], progress.done[(mode, seed, i)]["answer"])
+                     for i in range(len(prompts))]
+            same = ([(nfe, text) for _, nfe, text in answers] == saved
+                    and answers == first.setdefault(mode, answers))
+            if not same:
+                logger.warning("timed pass %d of mode %r decoded other tokens than its first decode; "
+                               "its time is not comparable (a nondeterministic kernel or model?)", k + 1, mode)
+            timed.append({"mode": mode, "pass": k + 1, "dllm_s": dllm_s, "cpu_s": cpu_s,
+                          "same_tokens": same})
+            bar.update(len(prompts))
+    bar.close()
+    return timed
 
 
 def _threads() -> int:

@@ -1,7 +1,9 @@
-"""The bench's figures: one mode's rows aggregated, the table printed, the accuracy-vs-NFE plot."""
+"""The bench's figures: one mode's rows aggregated, its timed passes summarized, the tables
+printed, the accuracy-vs-NFE plot."""
 
 from __future__ import annotations
 
+import statistics
 from typing import Any, Dict, List, Optional
 
 
@@ -48,6 +50,50 @@ def summarize(mode: str, rows: List[Dict[str, Any]], baseline_nfe: Optional[floa
         for sub in record["per_seed"].values():
             sub.pop("per_seed", None)
     return record
+
+
+def summarize_timing(passes: List[Dict[str, Any]],
+                     baseline_passes: Optional[List[Dict[str, Any]]] = None) -> Dict[str, Any]:
+    """One mode's timed passes (``{"pass", "dllm_s", "cpu_s"}`` each): the median dLLM and CPU
+    seconds with their min and max, and, given the baseline's passes, the speed-up of each pass
+    over the baseline's pass of the same number (paired: both ran side by side, so a slow spell
+    of the machine slows both) with the median and min-max of those ratios."""
+    dllm = [p["dllm_s"] for p in passes]
+    cpu = [p["cpu_s"] for p in passes]
+    timing: Dict[str, Any] = {
+        "repeats": len(passes), "dllm_s": dllm, "cpu_s": cpu,
+        "dllm_s_median": statistics.median(dllm), "dllm_s_min": min(dllm), "dllm_s_max": max(dllm),
+        "cpu_s_median": statistics.median(cpu), "cpu_s_min": min(cpu), "cpu_s_max": max(cpu),
+        "same_tokens": all(p.get("same_tokens", True) for p in passes),
+    }
+    if baseline_passes:
+        base = {p["pass"]: p["dllm_s"] for p in baseline_passes}
+        ratios = [base[p["pass"]] / p["dllm_s"] for p in passes if p["pass"] in base and p["dllm_s"] > 0]
+        if ratios:
+            timing.update(speedups=ratios, speedup_median=statistics.median(ratios),
+                          speedup_min=min(ratios), speedup_max=max(ratios))
+    return timing
+
+
+def format_timing(records: List[Dict[str, Any]]) -> str:
+    """The timed passes' table (empty without ``--repeats``): dLLM seconds, median [min-max],
+    process CPU seconds, and the paired speed-up over the baseline, median [min-max]."""
+    timed = [r for r in records if r.get("timing")]
+    if not timed:
+        return ""
+    n = timed[0]["timing"]["repeats"]
+    header = (f"{'mode':<18} {'dLLM s median [min-max]':>26} {'CPU s median':>13} "
+              f"{'speed-up median [min-max]':>26}")
+    lines = [f"Timed passes: {n} per mode, interleaved across modes (dLLM time only; the aux "
+             "drafting and the table above are one run)", header, "-" * len(header)]
+    for r in timed:
+        t = r["timing"]
+        span = f"{t['dllm_s_median']:.2f} [{t['dllm_s_min']:.2f}-{t['dllm_s_max']:.2f}]"
+        speed = ("-" if t.get("speedup_median") is None else
+                 f"{t['speedup_median']:.2f}x [{t['speedup_min']:.2f}-{t['speedup_max']:.2f}]")
+        flag = "" if t["same_tokens"] else "  (tokens differed between passes)"
+        lines.append(f"{r['mode']:<18} {span:>26} {t['cpu_s_median']:>13.2f} {speed:>26}{flag}")
+    return "\n".join(lines)
 
 
 def format_table(records: List[Dict[str, Any]]) -> str:

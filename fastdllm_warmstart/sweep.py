@@ -148,10 +148,13 @@ def run_sweep(settings: SweepSettings) -> List[Dict[str, Any]]:
         rec = dict(by_mode[p["mode"]])
         rec.update(series=p["series"], kind=p["kind"], varied=p["varied"],
                    config=result["config"][p["mode"]])
-        rec["wall_per_problem_s"] = rec["wall_s"] / max(1, rec["n"])
+        # with timed passes (--repeats), their median dLLM time plus the aux drafting
+        timed = rec.get("timing")
+        wall = (timed["dllm_s_median"] * len(rec["seeds"]) + rec["aux_s"]) if timed else rec["wall_s"]
+        rec["wall_per_problem_s"] = wall / max(1, rec["n"])
         out_records.append(rec)
     meta = {k: result[k] for k in ("command", "data", "n_problems", "seeds", "model", "aux_model",
-                                   "batch_size", "device", "threads", "versions", "fingerprint")
+                                   "batch_size", "device", "threads", "versions", "fingerprint", "repeats")
             if k in result}
     aux = next((r for r in result["records"] if r["mode"] == "aux_only"), None)
     path = Path(settings.out)

@@ -68,9 +68,20 @@ def test_sweep_writes_one_record_per_point_and_resumes(random_model_dirs, tmp_pa
     partial = rows.with_suffix(".partial.jsonl")
     kept = partial.read_text().splitlines()
     partial.write_text("\n".join(kept[:-3]) + "\n")
-    assert main(args + ["--resume"]) == 0
-    again = [json.loads(line) for line in out.read_text().splitlines()][1:]
+    # Resumed with timed passes: same figures, and every point's median time and speed-up.
+    capsys.readouterr()
+    assert main(args + ["--resume", "--repeats", "2"]) == 0
+    printed = capsys.readouterr().out
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    again = lines[1:]
     assert [(r["accuracy"], r["mean_nfe"]) for r in again] == [(r["accuracy"], r["mean_nfe"]) for r in records]
+    assert lines[0]["meta"]["repeats"] == 2 and "timing" not in records[0]
+    for r in again:
+        t = r["timing"]
+        assert len(t["dllm_s"]) == 2 and len(t["speedups"]) == 2 and t["same_tokens"]
+        # the plot's wall-clock is the timed median plus the aux drafting, per problem
+        assert r["wall_per_problem_s"] == pytest.approx((t["dllm_s_median"] + r["aux_s"]) / 3)
+    assert printed.count("speed-up ") == len(again)
 
 
 def test_every_shipped_preset_resolves_to_valid_configs():

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from ..bench import DEFAULT_PRESET, BenchSettings, run_bench
-from ..bench_report import format_table, plot
+from ..bench_report import format_table, format_timing, plot
 from ..flags import add_data_flags, add_model_flags, add_run_flags, run_config_from_args
 
 _NOT_FLAGS = ("func", "command_line")
@@ -29,7 +29,7 @@ def bench_settings(args: argparse.Namespace) -> BenchSettings:
         shuffle_proposals=args.shuffle_proposals, preset=args.preset,
         modes=tuple(m.strip() for m in modes.split(",")) if modes else None,
         model=args.model, fast_dllm_path=args.fast_dllm_path, device=args.device, dtype=args.dtype,
-        batch_size=args.batch_size, threads=args.threads,
+        batch_size=args.batch_size, threads=args.threads, repeats=args.repeats,
         command_line=tuple(getattr(args, "command_line", None) or ()) or None,
         flags={k: v for k, v in vars(args).items() if v is not None and k not in _NOT_FLAGS})
 
@@ -37,6 +37,9 @@ def bench_settings(args: argparse.Namespace) -> BenchSettings:
 def run(args: argparse.Namespace) -> int:
     result = run_bench(bench_settings(args))
     print(format_table(result["records"]))
+    timing = format_timing(result["records"])
+    if timing:
+        print("\n" + timing)
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2, default=str))
@@ -47,12 +50,21 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_repeats_flag(p: argparse.ArgumentParser) -> None:
+    """``--repeats``, shared by ``bench`` and ``sweep``."""
+    p.add_argument("--repeats", type=int, default=1, metavar="N",
+                   help="after decoding the rows, time N more passes of every mode, interleaved "
+                        "across modes, and report median times and paired speed-ups with their "
+                        "range (default 1: the rows' own decode is the only timing)")
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("bench", help="baseline vs warm starts on the same problems (the main job)")
     p.add_argument("--preset", help=f"JSON list of modes (default {DEFAULT_PRESET.name})")
     p.add_argument("--modes", help="comma-separated subset of the preset's modes")
     p.add_argument("--plot", help="write an accuracy-vs-NFE PNG here")
     add_data_flags(p)
+    add_repeats_flag(p)
     add_model_flags(p)
     add_run_flags(p)
     p.set_defaults(func=run)
