@@ -28,8 +28,9 @@ from lm_eval.api.instance import Instance  # noqa: E402
 
 from fastdllm_warmstart.config import ConfigError  # noqa: E402
 from fastdllm_warmstart.eval import main as eval_main  # noqa: E402
-from fastdllm_warmstart.lm_eval_model import (  # noqa: E402
-    AnswerStore, EvalSettings, LLaDAWarmStartLM, summarize_speed, valid_model_args)
+from fastdllm_warmstart.lm_eval_model import LLaDAWarmStartLM  # noqa: E402
+from fastdllm_warmstart.lm_eval_utils import (  # noqa: E402
+    AnswerStore, EvalSettings, summarize_speed, valid_model_args)
 
 TASK_DIR = Path(__file__).resolve().parents[1] / "fastdllm_warmstart" / "tasks"
 TEST_JSONL = TASK_DIR / "data" / "tinygsm_test.jsonl"
@@ -310,6 +311,30 @@ def test_warm_start_and_fallbacks_are_counted(model_path, tmp_path):
     assert speed["fallback_reasons"] == {"no proposal for this prompt": 2}
     # rho=1 puts the whole aligned proposal (gen_length tokens) on each warm row's canvas.
     assert speed["injected_total"] == 2 * SMALL["gen_length"]
+
+
+def test_show_speed_prints_the_table_to_the_console(model_path, capsys):
+    """As upstream's eval prints its NFE: to the console, whatever logging lm-eval set up."""
+    prompts = tinygsm_prompts(2)
+    make_lm(model_path).generate_until(gen_requests(prompts))
+    assert "NFE / time per task" not in capsys.readouterr().err
+    make_lm(model_path, show_speed="True").generate_until(gen_requests(prompts))
+    err = capsys.readouterr().err
+    assert "NFE / time per task (llada_warmstart):" in err
+    row = next(line for line in err.splitlines() if line.startswith("| tinygsm"))
+    assert row.split("|")[2].strip() == "2"  # samples
+
+
+def test_hook_variables_are_named_once_and_not_applied(model_path, monkeypatch, caplog):
+    from fastdllm_warmstart import lm_eval_model
+
+    monkeypatch.setattr(lm_eval_model, "_warned_hook_env", False)
+    monkeypatch.setenv("FASTDLLM_WARMSTART_WARM_INIT", "token")
+    with caplog.at_level("WARNING", logger="fastdllm_warmstart.lm_eval_model"):
+        first, _ = make_lm(model_path), make_lm(model_path)
+    warnings = [r.getMessage() for r in caplog.records if "FASTDLLM_WARMSTART_WARM_INIT" in r.getMessage()]
+    assert len(warnings) == 1 and "--model_args" in warnings[0]
+    assert not first.settings.run.warm.enabled
 
 
 def test_summarize_speed_by_hand():
