@@ -44,14 +44,18 @@ def post_init_compatible(model_class: type) -> type:
     """A subclass of ``model_class`` that transformers 5's ``from_pretrained`` can build.
 
     Fast-dLLM's ``LLaDAModelLM.__init__`` never calls ``post_init()``, which transformers 5 relies
-    on (``all_tied_weights_keys``), and its ``tie_weights`` takes no keywords while transformers 5
-    passes some. The subclass finishes construction the way transformers expects; on 4.x it only
-    forwards ``tie_weights``. The user's checkout is not modified. Idempotent."""
+    on (``all_tied_weights_keys``); its ``tie_weights`` takes no keywords while transformers 5
+    passes some; and its ``forward`` reads ``config.use_cache``, which transformers 5's config
+    drops (``LLaDAConfig``'s default, False, is put back). The subclass finishes construction the
+    way transformers expects; on 4.x it only forwards ``tie_weights``. The user's checkout is not
+    modified. Idempotent."""
     if getattr(model_class, "_fdw_post_init_shim", False):
         return model_class
     needs_post_init = TRANSFORMERS_VERSION.major >= 5
 
     def __init__(self, config, *args, **kwargs):
+        if not hasattr(config, "use_cache"):
+            config.use_cache = False
         model_class.__init__(self, config, *args, **kwargs)
         if needs_post_init and not hasattr(self, "all_tied_weights_keys"):
             self.post_init()
@@ -83,14 +87,15 @@ def config_dict(config: Any) -> Dict[str, Any]:
 def save_tokenizer(tokenizer: Any, directory: Union[str, Path]) -> None:
     """``tokenizer.save_pretrained(directory)`` whose files every tested release can load.
 
-    Fast tokenizers are written as ``PreTrainedTokenizerFast`` (transformers 5 writes
+    Generic fast tokenizers are written as ``PreTrainedTokenizerFast`` (transformers 5 writes
     ``TokenizersBackend``, which 4.x rejects), without keys that only describe the saving run."""
     tokenizer.save_pretrained(str(directory))
     path = Path(directory) / "tokenizer_config.json"
     if not path.is_file() or not (Path(directory) / "tokenizer.json").is_file():
         return
     config = json.loads(path.read_text(encoding="utf-8"))
-    if config.get("tokenizer_class") == "TokenizersBackend":
+    # 5.x writes TokenizersBackend; 4.x writes PreTrainedTokenizer (its loader adds "Fast").
+    if config.get("tokenizer_class") in ("TokenizersBackend", "PreTrainedTokenizer"):
         config["tokenizer_class"] = PORTABLE_TOKENIZER_CLASS
     for key in _SAVE_ONLY_TOKENIZER_KEYS:
         config.pop(key, None)
