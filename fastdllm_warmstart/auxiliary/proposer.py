@@ -446,8 +446,9 @@ def model_fingerprint(directory: PathLike) -> str:
 class FileProposals:
     """Proposals read from a JSONL file, one ``{"prompt": ..., "proposal": ...}`` per line.
 
-    Prompts are matched after stripping surrounding whitespace. A prompt that is not in the file
-    gets ``Proposal(ok=False, error="no proposal for this prompt")``.
+    Prompts are matched by :func:`prompt_key` (all whitespace ignored: a prompt decoded from token
+    ids may space its punctuation differently from the text the task gave). A prompt that is not
+    in the file gets ``Proposal(ok=False, error="no proposal for this prompt")``.
     """
 
     def __init__(self, path: PathLike, target_tokenizer: Any) -> None:
@@ -463,11 +464,16 @@ class FileProposals:
         """One :class:`Proposal` per prompt, in order (``source="file"``, no aux cost)."""
         results = []
         for i, prompt in enumerate(prompts):
-            text = self._proposals.get(prompt.strip())
+            text = self._proposals.get(prompt_key(prompt))
             error = "no proposal for this prompt" if text is None else None
             results.append(_aligned(i, prompt, text, self.target_tokenizer, gen_length,
                                     aux_seconds=0.0, aux_tokens=0, source="file", error=error))
         return results
+
+
+def prompt_key(prompt: str) -> str:
+    """How a proposal file's prompt and a decoded prompt are compared: whitespace removed."""
+    return "".join(prompt.split())
 
 
 def _read_proposal_file(path: Path) -> Dict[str, str]:
@@ -481,7 +487,7 @@ def _read_proposal_file(path: Path) -> Dict[str, str]:
             if not line.strip():
                 continue
             prompt, proposal = _parse_proposal_line(path, lineno, line)
-            key = prompt.strip()
+            key = prompt_key(prompt)
             if key in proposals and proposals[key] != proposal:
                 raise ProposalError(f"{path}:{lineno}: this prompt already has a different "
                                     f"proposal on line {first_line[key]}; keep one of them.")
