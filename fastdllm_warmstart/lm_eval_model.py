@@ -185,6 +185,10 @@ class LLaDAWarmStartLM(LM):
     # ---- distributed primitives used by lm-eval's evaluate() --------------------------------
 
     @property
+    def device(self) -> torch.device:  # lm-eval 0.4.8's LM has no device property
+        return self._device
+
+    @property
     def rank(self) -> int:
         return self._rank
 
