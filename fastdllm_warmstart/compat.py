@@ -5,11 +5,11 @@ Tested range: transformers 4.49 (Fast-dLLM v1's pin) through 5.x. What differs b
 * the ``from_pretrained`` keyword for the weights' dtype: ``torch_dtype`` before 4.56, ``dtype``
   after (4.49 stores an unknown ``dtype=`` in the model config, whose JSON form then fails);
 * model construction: transformers 5's ``from_pretrained`` needs what ``post_init()`` sets
-  (``all_tied_weights_keys``) and calls ``tie_weights`` with keywords; Fast-dLLM's
-  ``LLaDAModelLM`` never calls ``post_init`` and takes no keywords (:func:`post_init_compatible`);
+  (``all_tied_weights_keys``) and calls ``tie_weights`` with keywords, and its configs drop
+  ``use_cache``; Fast-dLLM's ``LLaDAModelLM`` never calls ``post_init``, takes no keywords and
+  reads ``config.use_cache`` (:func:`post_init_compatible`);
 * tokenizer files: transformers 5 saves fast tokenizers as ``TokenizersBackend``, a class name 4.x
-  does not know; :func:`save_tokenizer` writes ``PreTrainedTokenizerFast``, which both read;
-* config dicts may hold a ``torch.dtype`` (:func:`json_safe`).
+  does not know; :func:`save_tokenizer` writes ``PreTrainedTokenizerFast``, which both read.
 
 lm-eval is tested from 0.4.8 (Fast-dLLM's pin) to 0.4.13; only 0.4.13 has the ``lm-eval run``
 command line the ``eval`` command builds on (:func:`lm_eval_version` names the installed one).
@@ -26,8 +26,6 @@ import transformers
 from packaging.version import Version
 
 TRANSFORMERS_VERSION = Version(transformers.__version__)
-# The oldest and newest transformers lines the package is tested on (setup.py says the same).
-OLDEST_TRANSFORMERS = Version("4.49.0")
 DTYPE_KEYWORD = "dtype" if TRANSFORMERS_VERSION >= Version("4.56") else "torch_dtype"
 # What every tokenizer file this package writes names as its class: both lines load it.
 PORTABLE_TOKENIZER_CLASS = "PreTrainedTokenizerFast"
@@ -66,22 +64,6 @@ def post_init_compatible(model_class: type) -> type:
     return type(model_class.__name__, (model_class,), {
         "__init__": __init__, "tie_weights": tie_weights, "_fdw_post_init_shim": True,
         "__module__": model_class.__module__, "__qualname__": model_class.__qualname__})
-
-
-def json_safe(value: Any) -> Any:
-    """``value`` with every ``torch.dtype`` (at any depth) replaced by its name (``float32``)."""
-    if isinstance(value, torch.dtype):
-        return str(value).replace("torch.", "")
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
-
-
-def config_dict(config: Any) -> Dict[str, Any]:
-    """A model config as a JSON-safe dict, whichever release built it."""
-    return json_safe(config.to_dict())
 
 
 def save_tokenizer(tokenizer: Any, directory: Union[str, Path]) -> None:
