@@ -65,41 +65,58 @@ def _check_int(name: str, value: Any, minimum: int) -> None:
         raise ConfigError(f"{name}={value} must be >= {minimum}.")
 
 
+def setting(default: Any, help: str, *, choices: Optional[Tuple[str, ...]] = None,
+            unset: Optional[str] = None) -> Any:
+    """A config field with what the command line needs to know about it: ``help`` (one line; the
+    default is added from here, never restated), ``choices``, and ``unset``, what None means when
+    None is the default (e.g. ``"gen_length"``). The flag table (``fastdllm_warmstart.flags``)
+    is generated from these."""
+    return field(default=default, metadata={"help": help, "choices": choices, "unset": unset})
+
+
 @dataclass(frozen=True)
 class DecodeConfig:
     """Fast-dLLM decoding settings (upstream's argument names and meanings)."""
 
     # Length of the answer canvas. 96 fits every tinygsm answer (<= 88 tokens by construction)
     # with an EOS tail, as LLaDA's SFT data pads answers with EOS; LLaDA-8B users pass 256.
-    gen_length: int = 96
+    gen_length: int = setting(96, "answer canvas length")
     # Semi-autoregressive block size: Fast-dLLM's GSM8K setting (32, with gen_length 256).
-    block_length: int = 32
+    block_length: int = setting(32, "semi-autoregressive block size")
     # Total denoising steps for the fixed schedule (threshold=None); None means gen_length,
     # i.e. one token per step, upstream's usual setting.
-    steps: Optional[int] = None
-    temperature: float = 0.0
-    remasking: str = "low_confidence"
+    steps: Optional[int] = setting(None, "steps of the fixed schedule", unset="gen_length")
+    temperature: float = setting(0.0, "sampling temperature of the commit rule (0: greedy)")
+    remasking: str = setting("low_confidence", "which masked positions to commit first",
+                             choices=REMASKING_RULES)
     # Fast-dLLM's parallel-decoding default: commit every masked position of the block whose
     # confidence >= 0.9 (always at least the most confident one). None = fixed schedule.
-    threshold: Optional[float] = 0.9
+    threshold: Optional[float] = setting(
+        0.9, "confidence threshold of parallel decoding; none: the fixed schedule of --steps")
     # Fast-dLLM's second parallel-decoding rule (get_transfer_index_dynamic): commit the n most
     # confident masked positions of the block while the n-th clears 1 - factor / (n + 1), at
     # least one. None = unused. When set it is the commit rule and threshold is not used: the
     # precedence of upstream's generate functions and eval_llada.py.
-    factor: Optional[float] = None
+    factor: Optional[float] = setting(
+        None, "Fast-dLLM's factor rule, used instead of --threshold: commit the top n while the "
+              "n-th confidence >= 1 - factor/(n+1)", unset="unused")
     # Fast-dLLM's fastest mode; all three give the same tokens up to cache approximation.
-    cache: str = "dual"
+    cache: str = setting("dual", "KV cache strategy", choices=CACHE_MODES)
     # Which upstream loop to reproduce (LOOP_VARIANTS). "auto" reproduces the Fast-dLLM checkout
     # that is found (the results are then the ones that checkout's own functions give), and
     # today's upstream without one; record an explicit value to make NFE figures reproducible.
-    loop_variant: str = "auto"
+    loop_variant: str = setting(
+        "auto", "upstream loop to reproduce: current (a block the full forward completes costs 1 "
+                "forward), snapshot-2025-06 (always 2 with a cache) or auto (the found Fast-dLLM "
+                "checkout's, else current)", choices=LOOP_VARIANTS)
     # Stop a row once it has produced EOS and everything after it is EOS. Off for parity.
-    early_stop: bool = False
+    early_stop: bool = setting(False, "stop a row once it produced EOS and only EOS follows")
     # A forward computes only the rows it counts for: a row whose block is done stops riding
     # along with the batch's slowest row (upstream computes every row). Each row's tokens and NFE
     # are unchanged (greedy decoding; sampling draws differ); the batch's cost follows the rows'
     # own NFE instead of the slowest row's. The full forward opening a block runs every row.
-    skip_done_rows: bool = True
+    skip_done_rows: bool = setting(
+        True, "forwards compute only rows whose block still has masks (off: every row, as upstream)")
 
     def __post_init__(self) -> None:
         _check_int("gen_length", self.gen_length, 1)
@@ -147,18 +164,22 @@ class WarmStartConfig:
 
     # none: upstream cold start. token: Bernoulli(rho) token injection. embed: interpolated
     # input embeddings at masked positions.
-    warm_init: str = "none"
+    warm_init: str = setting("none", "canvas initialisation: none (cold, upstream), token (inject "
+                                     "draft tokens, --rho) or embed (interpolate embeddings, --alpha)",
+                             choices=WARM_INITS)
     # The paper's injection rate (arXiv 2512.19004): each generation position independently gets
     # the proposal token with probability rho.
-    rho: float = 0.25
+    rho: float = setting(0.25, "token injection rate: each answer position gets the draft token "
+                                "with this probability")
     # The paper's interpolation weight: (1 - alpha) * E[mask] + alpha * E[proposal].
-    alpha: float = 0.6
+    alpha: float = setting(0.6, "embedding interpolation weight: (1 - alpha) E[mask] + alpha E[draft]")
     # every_forward: the prior is fed on every forward while the position is masked (the model
     # keeps seeing it until it decodes or rejects it). block_first: only on the first forward of
     # each block (the prior seeds the block, later steps see plain [MASK]).
-    embed_schedule: str = "every_forward"
+    embed_schedule: str = setting("every_forward", "when the interpolated prior is fed",
+                                  choices=EMBED_SCHEDULES)
     # Seed of the injection draw (and of the remask draws); results are reproducible per seed.
-    seed: int = 0
+    seed: int = setting(0, "seed of the injection and remask draws")
 
     def __post_init__(self) -> None:
         _check_choice("warm_init", self.warm_init, WARM_INITS)
@@ -184,49 +205,54 @@ class RemaskConfig:
     model as [MASK] so that the probability is a real prediction (see ``ConfidenceRemask``).
     """
 
-    enabled: bool = False
+    enabled: bool = setting(False, "judge the draft's priors with --remask-rule")
     # A proposal token the model gives less than 0.5 is one it thinks is more likely wrong than
     # right: revoke it. Lower values keep more priors (more NFE saving, more wrong answers).
-    tau: float = 0.5
+    tau: float = setting(0.5, "revoke rule: revoke a prior the model gives less than this")
     # Full skepticism at the start: at step 0 the model has seen the whole prior once and its
     # disagreement is the most informative signal we have.
-    p_init: float = 1.0
+    p_init: float = setting(1.0, "revoke rule: revocation probability at step 0")
     # linear: p(t) = p_init * max(0, 1 - t / horizon); exp: p(t) = p_init * decay ** t.
-    schedule: str = "linear"
+    schedule: str = setting("linear", "revoke rule: decay of the revocation probability",
+                            choices=REMASK_SCHEDULES)
     # Linear horizon in steps. 32 is about the NFE of a cold tiny-model run: priors that survive
     # that long have been read in context many times and are kept.
-    horizon: int = 32
+    horizon: int = setting(32, "linear schedule: steps until the revocation probability is 0")
     # Exponential decay per step; 0.9 halves the revocation probability every ~6.6 steps.
-    decay: float = 0.9
+    decay: float = setting(0.9, "exp schedule: per-step decay of the revocation probability")
     # The model's own commit threshold doubles as the confirmation level: a prior the model
     # would have decoded itself at this confidence counts as verified.
-    confirm: float = 0.9
+    confirm: float = setting(0.9, "revoke rule: probability at which a prior counts as confirmed")
     # No revision cap: a revoked position is an ordinary [MASK] (token mode) or loses its prior
     # (embed mode), so it is never a candidate again; each position is revoked at most once and
     # every step still commits a token, so decoding terminates.
     # Which rule judges the priors (REMASK_RULES). "chain" is the default: on tinygsm it cut the
     # most forwards while keeping the cold baseline's accuracy with drafts for the wrong problem
     # (README; results/sweep.jsonl, results/sweep_shuffled.jsonl).
-    rule: str = "chain"
+    rule: str = setting("chain", "revoke (paper-style: judge injected priors, revoke unlikely "
+                                 "ones) | accept | chain | prefix | spec (commit draft tokens the "
+                                 "dLLM supports early)", choices=REMASK_RULES)
     # accept / chain: commit a draft token the model gives at least this probability (or ranks
     # first). Below the 0.9 commit threshold on purpose: a coherent draft is judged as a whole.
-    tau_accept: float = 0.3
+    tau_accept: float = setting(0.3, "accept/chain: commit a draft token the model gives at least this")
     # chain: also commit a draft token whose probability is >= rel x that of the draft token before
     # it (a chain-rule estimate of its conditional given the draft so far) ... 0.2 is the most
     # permissive level that kept accuracy within 0.02 of cold with wrong-problem drafts on tinygsm
     # (0.1 / 0.05 cut more forwards with good drafts and lost 5-8 points with wrong ones).
-    rel: float = 0.2
+    rel: float = setting(0.2, "chain: ... or at least this x the probability of the draft token before it")
     # ... as long as its own probability is at least this (a long run cannot carry a token the
     # model gives next to nothing).
-    floor: float = 0.01
+    floor: float = setting(0.01, "chain: never a draft token the model gives less than this")
     # accept / chain / prefix: hidden = unverified drafts never reach the model (robust to drafts
     # for the wrong problem); visible = injected / interpolated priors of later blocks stay
     # visible as context while the current block is judged.
-    context: str = "hidden"
+    context: str = setting("hidden", "accept/chain/prefix: hidden or visible later-block priors as "
+                                     "context", choices=PRIOR_CONTEXTS)
     # accept / chain / prefix: when the draft is not supported at the first open position, place
     # upstream's forced guess there instead of at the most confident position. Off: it turns
     # decoding left-to-right, which cost the tiny model accuracy with bad drafts (README).
-    frontier: bool = False
+    frontier: bool = setting(False, "accept/chain/prefix: put the forced guess at the first open "
+                                    "position when the draft is not supported there")
 
     def __post_init__(self) -> None:
         if not isinstance(self.enabled, bool):
@@ -259,18 +285,22 @@ class AuxConfig:
     """The auxiliary autoregressive proposer."""
 
     # Path (or importable name) of a Hugging Face causal LM; None = the embedded tiny aux model.
-    aux_model: Optional[str] = None
+    aux_model: Optional[str] = setting(None, "aux causal LM (HF folder or hub name)",
+                                       unset="the embedded tiny aux model")
     # Greedy proposal length in aux tokens; None = 2 * gen_length (aux tokenizers split finer).
-    aux_max_new_tokens: Optional[int] = None
+    aux_max_new_tokens: Optional[int] = setting(None, "aux greedy draft length in aux tokens",
+                                                unset="2 x gen_length")
     # Drafts are short greedy generations: a wide batch is what makes them cheap (the embedded aux:
     # 15 ms per problem at 8, 4 ms at 64 on one CPU thread).
-    aux_batch_size: int = 64
+    aux_batch_size: int = setting(64, "aux model batch size")
     # None = use the aux tokenizer's chat template when it has one (Instruct models).
-    aux_chat_template: Optional[bool] = None
+    aux_chat_template: Optional[bool] = setting(None, "use the aux tokenizer's chat template",
+                                                unset="iff it has one")
     # JSONL proposal cache keyed by prompt, aux model and its settings; None = no cache.
-    proposal_cache: Optional[str] = None
+    proposal_cache: Optional[str] = setting(None, "JSONL cache of aux proposals, reused across runs")
     # A JSONL file of ready proposals ({"prompt": ..., "proposal": ...}) used instead of the aux.
-    proposals: Optional[str] = None
+    proposals: Optional[str] = setting(None, "JSONL of ready proposals ({prompt, proposal}) used "
+                                                   "instead of the aux model")
 
     def __post_init__(self) -> None:
         if self.aux_max_new_tokens is not None:
@@ -284,16 +314,19 @@ class ResidualConfig:
     masked positions are fed ``(1 - a) E[mask] + a sum_j p_j E_j`` from the model's previous
     prediction, ``a = H(p) / log V``. Meant for a model trained to read it (``scripts/train_rcd.py``)."""
 
-    enabled: bool = False
+    enabled: bool = setting(False, "feed the residual stream (for an RCD-trained model, e.g. the "
+                                   "embedded tiny-dllm-rcd)")
     # Temperature of the residual distribution at inference: RCD trains at 1 and sharpens at
     # inference to align the entropies (the paper uses 0.92-0.98).
-    t_res: float = 0.95
+    t_res: float = setting(0.95, "residual temperature at inference")
     # Where the stream starts before a position was predicted: zeros (plain [MASK]) or one
     # forward of the reference model (residual_reference). With --warm-init embed the aux draft
     # is the start instead.
-    start: str = "zeros"
+    start: str = setting("zeros", "zeros, or reference: one forward of --residual-reference starts "
+                                  "the stream", choices=RESIDUAL_STARTS)
     # The reference model for start=reference (a checkpoint folder; "embedded" = the tiny dLLM).
-    reference: Optional[str] = None
+    reference: Optional[str] = setting(None, "reference model for --residual-start reference "
+                                                 "('embedded': the tiny dLLM)")
 
     def __post_init__(self) -> None:
         if not isinstance(self.enabled, bool):
@@ -371,6 +404,25 @@ def _coerce(name: str, raw: Any, target_type: Any) -> Any:
         except ValueError:
             raise ConfigError(f"{name}={raw!r}: expected a number.") from None
     return text
+
+
+def flat_fields() -> Dict[str, Tuple[str, Any]]:
+    """Flat key -> (section, its dataclass field), sections in RunConfig's order: what the flag
+    table (``fastdllm_warmstart.flags``) is generated from."""
+    by_section = {name: {f.name: f for f in fields(cls)} for name, cls in _SECTIONS.items()}
+    out = {}
+    for section in _SECTIONS:
+        for flat, (sec, fname) in _FLAT.items():
+            if sec == section:
+                out[flat] = (section, by_section[section][fname])
+    return out
+
+
+def parse_flat_value(key: str, text: Any) -> Any:
+    """One flat setting's value from its text (``"0.6"`` -> 0.6, ``"none"`` -> None where None
+    is allowed); a bad one raises :class:`ConfigError` naming the key."""
+    section, fname = _FLAT[key]
+    return _coerce(key, text, {f.name: f.type for f in fields(_SECTIONS[section])}[fname])
 
 
 def configs_from_flat(values: Optional[Mapping[str, Any]] = None, *, strict: bool = True,

@@ -28,69 +28,14 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional, Sequence
 
-from .config import (CACHE_MODES, EMBED_SCHEDULES, FLAT_KEYS, LOOP_VARIANTS, PRIOR_CONTEXTS, REMASK_RULES,
-                     RESIDUAL_STARTS,
-                     REMASK_SCHEDULES,
-                     REMASKING_RULES, WARM_INITS, ConfigError)
+from .config import FLAT_KEYS, ConfigError
+from .flags import add_config_flags, flag_name
 
 PROG = "fastdllm-warmstart eval"
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 
 # Flag names that would clash with lm-eval's own options.
 _RENAMED = {"seed": "warm-seed"}
-_CHOICES = {"warm_init": WARM_INITS, "cache": CACHE_MODES, "remasking": REMASKING_RULES,
-            "embed_schedule": EMBED_SCHEDULES, "remask_schedule": REMASK_SCHEDULES,
-            "loop_variant": LOOP_VARIANTS, "remask_rule": REMASK_RULES, "remask_context": PRIOR_CONTEXTS,
-            "residual_start": RESIDUAL_STARTS}
-_HELP = {
-    "warm_init": "canvas initialisation: none (cold, upstream), token (inject proposal tokens) or "
-                 "embed (interpolate embeddings)",
-    "rho": "token injection rate: each answer position gets the proposal token with this probability",
-    "alpha": "embedding interpolation weight: (1 - alpha) E[mask] + alpha E[proposal]",
-    "embed_schedule": "when the embedding prior is fed",
-    "seed": "seed of the injection / remask draws",
-    "remask": "confidence remask of unverified proposal tokens",
-    "remask_tau": "revoke a proposal token whose model probability is below tau",
-    "aux_model": "auxiliary AR model path (default: the embedded tiny aux model)",
-    "proposals": "JSONL of ready proposals ({prompt, proposal}) used instead of the aux model",
-    "proposal_cache": "JSONL cache of aux proposals",
-    "remask_p_init": "revocation probability at step 0",
-    "remask_schedule": "how the revocation probability decays over steps",
-    "remask_horizon": "linear schedule: steps until the revocation probability reaches 0",
-    "remask_decay": "exp schedule: per-step decay of the revocation probability",
-    "remask_confirm": "revoke rule: a proposal token the model gives at least this probability is kept",
-    "remask_rule": "revoke (paper-style) or a verification rule that commits supported drafts early: "
-                   "accept, chain (default) or prefix",
-    "remask_tau_accept": "accept/chain: commit a draft token the model gives at least this probability",
-    "remask_rel": "chain: or at least this times the probability of the draft token before it",
-    "remask_floor": "chain: never a draft token the model gives less than this",
-    "remask_context": "accept/chain/prefix: hidden (default) or visible later-block priors",
-    "remask_frontier": "accept/chain/prefix: forced guess at the first open position when the draft "
-                       "is not supported there",
-    "aux_max_new_tokens": "aux proposal length in aux tokens (default 2 x gen_length)",
-    "aux_batch_size": "aux model batch size",
-    "aux_chat_template": "use the aux tokenizer's chat template (default: iff it has one)",
-    "residual": "Residual Context Diffusion stream at masked positions (for an RCD-trained model)",
-    "residual_t_res": "residual temperature at inference",
-    "residual_start": "zeros or reference (one forward of residual_reference starts the stream)",
-    "residual_reference": "reference model for residual_start=reference",
-    "gen_length": "answer canvas length",
-    "block_length": "semi-autoregressive block length",
-    "steps": "fixed-schedule steps (default gen_length)",
-    "threshold": "parallel decoding confidence threshold (default: none = fixed schedule, as "
-                 "Fast-dLLM's eval)",
-    "factor": "Fast-dLLM's factor rule (wins over threshold, as upstream): commit the top n while "
-              "the n-th confidence >= 1 - factor/(n+1)",
-    "loop_variant": "upstream loop to reproduce: current, snapshot-2025-06 or auto (the found "
-                    "Fast-dLLM checkout's, else current)",
-    "cache": "KV cache: none, prefix or dual (default none, as Fast-dLLM's eval; or use "
-             "use_cache/dual_cache in --model_args)",
-    "temperature": "sampling temperature of the commit rule (0 = greedy)",
-    "remasking": "which masked positions to commit: low_confidence or random",
-    "early_stop": "stop decoding a row once its answer has ended with EOS",
-    "skip_done_rows": "forwards compute only rows whose block still has masks (default true)",
-}
-_BOOL_FIELDS = {"early_stop", "skip_done_rows", "remask", "residual", "aux_chat_template", "remask_frontier"}
 _MODEL_FLAGS = {  # model-level keys of llada_warmstart's model_args
     "model_path": "dLLM checkpoint dir (default: the embedded tiny dLLM)",
     "fast_dllm_path": "Fast-dLLM checkout to load LLaDAModelLM from (or FAST_DLLM_PATH)",
@@ -109,7 +54,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _flag(key: str) -> str:
-    return "--" + _RENAMED.get(key, key).replace("_", "-")
+    return flag_name(key, _RENAMED)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,19 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     for action in parser._actions:  # lm-eval documents its own default model
         if action.dest == "model":
             action.help = "Model name (default: llada_warmstart)"
-    group = parser.add_argument_group(
-        "fastdllm-warmstart settings (override the same keys in --model_args)")
-    for key in FLAT_KEYS:
-        kwargs: Dict[str, Any] = {"dest": f"fdw_{key}", "default": None,
-                                  "help": _HELP.get(key, f"see fastdllm_warmstart.config ({key})")}
-        if key in _BOOL_FIELDS:
-            kwargs["action"] = argparse.BooleanOptionalAction
-        else:
-            kwargs["metavar"] = "<" + key.split("_")[-1] + ">"
-            if key in _CHOICES:
-                kwargs["choices"] = _CHOICES[key]
-                kwargs["metavar"] = "{" + ",".join(_CHOICES[key]) + "}"
-        group.add_argument(_flag(key), **kwargs)
+    from .lm_eval_model import EvalSettings
+
+    title = "fastdllm-warmstart settings (override the same keys in --model_args)"
+    # The defaults the help states are the ones the eval model resolves (Fast-dLLM's eval: no
+    # threshold, no cache), from the same config fields as the other commands' flags.
+    group = add_config_flags(parser, dest=lambda key: f"fdw_{key}", rename=_RENAMED, group_title=title,
+                             defaults=EvalSettings.from_model_args({}).run.to_flat())
     for key, text in _MODEL_FLAGS.items():
         group.add_argument(_flag(key), dest=f"fdw_{key}", default=None, metavar="<path>"
                            if key != "dtype" else "<dtype>", help=text)
@@ -265,19 +204,31 @@ def _shutdown_distributed() -> None:
         dist.destroy_process_group()
 
 
-def _setup_logging() -> None:
-    """lm-eval's log format for lm-eval and for this package (the CLI owns the handlers)."""
+@contextlib.contextmanager
+def _package_logging() -> Iterator[None]:
+    """lm-eval's log format for lm-eval and for this package while the command runs (the CLI
+    owns the handlers); the package logger is put back as it was afterwards, so that a caller in
+    the same process (a test, a notebook) keeps its own logging."""
     from lm_eval.utils import setup_logging
 
     setup_logging()
     ours = logging.getLogger("fastdllm_warmstart")
-    if not ours.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter(
-            "%(asctime)s %(levelname)-8s [%(name)s] %(message)s", datefmt="%Y-%m-%d:%H:%M:%S"))
-        ours.addHandler(handler)
-        ours.setLevel(logging.INFO)
-        ours.propagate = False
+    if ours.handlers:
+        yield
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(
+        "%(asctime)s %(levelname)-8s [%(name)s] %(message)s", datefmt="%Y-%m-%d:%H:%M:%S"))
+    level, propagate = ours.level, ours.propagate
+    ours.addHandler(handler)
+    ours.setLevel(logging.INFO)
+    ours.propagate = False
+    try:
+        yield
+    finally:
+        ours.removeHandler(handler)
+        ours.setLevel(level)
+        ours.propagate = propagate
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -292,8 +243,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser = build_parser()
         ns = parser.parse_args(argv)
         ns = prepare_namespace(ns)
-        _setup_logging()
-        with capture.around_simple_evaluate():
+        with _package_logging(), capture.around_simple_evaluate():
             ns.func(ns)
     except (UsageError, ConfigError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)

@@ -29,6 +29,7 @@ class InputFileError(ValueError):
     def __init__(self, path: PathLike, message: str, line: Optional[int] = None) -> None:
         where = f"{path}" if line is None else f"{path}, line {line}"
         super().__init__(f"{where}: {message}")
+        self.reason = message
         self.path = str(path)
         self.line = line
 
@@ -67,6 +68,12 @@ def read_jsonl(path: PathLike, fields: Optional[Mapping[str, Union[type, Tuple[t
 
     ``fields`` maps each required field to its type(s). Blank lines are skipped.
     """
+    return [record for _, record in read_jsonl_lines(path, fields, what)]
+
+
+def read_jsonl_lines(path: PathLike, fields: Optional[Mapping[str, Union[type, Tuple[type, ...]]]] = None,
+                     what: str = "row") -> List[Tuple[int, Dict[str, Any]]]:
+    """:func:`read_jsonl` with each object's line number, ``(line, object)``, for checks across lines."""
     p = Path(path)
     if not p.is_file():
         raise InputFileError(path, "no such file; check the path.")
@@ -80,7 +87,7 @@ def read_jsonl(path: PathLike, fields: Optional[Mapping[str, Union[type, Tuple[t
             except json.JSONDecodeError as exc:
                 raise InputFileError(path, f"not valid JSON ({exc.msg}); each line must be one JSON "
                                            "object.", lineno) from None
-            rows.append(check_fields(record, fields or {}, path, lineno, what))
+            rows.append((lineno, check_fields(record, fields or {}, path, lineno, what)))
     return rows
 
 
@@ -102,6 +109,11 @@ class JsonlStore:
 
     def read(self) -> List[Dict[str, Any]]:
         """The store's records in file order; cut-off or unreadable lines are skipped with a warning."""
+        return [record for _, record in self.read_lines()]
+
+    def read_lines(self) -> List[Tuple[int, Dict[str, Any]]]:
+        """:meth:`read` with each record's line number, ``(line, record)``, so a caller that checks
+        the records' fields can name the line."""
         if not self.path.exists():
             return []
         raw = self.path.read_text(encoding="utf-8", errors="replace")
@@ -116,7 +128,7 @@ class JsonlStore:
                 logger.warning("%s %s: skipping %s %d (an interrupted write?).", self.label,
                                self.path, where, lineno)
                 continue
-            records.append(record)
+            records.append((lineno, record))
         return records
 
     def append(self, record: Mapping[str, Any]) -> None:
@@ -155,4 +167,4 @@ class JsonlStore:
         return record
 
 
-__all__ = ["InputFileError", "JsonlStore", "check_fields", "read_jsonl"]
+__all__ = ["InputFileError", "JsonlStore", "check_fields", "read_jsonl", "read_jsonl_lines"]

@@ -43,6 +43,7 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
 from . import __version__
+from .chat_template import use_chat_template
 from .config import ConfigError
 from .lm_eval_utils import (MODEL_NAME, SPEED_FIELDS, UPSTREAM_ARGS, AnswerStore, EvalSettings,
                             all_gather, answer_record, barrier, format_speed_table, gather_object,
@@ -128,11 +129,8 @@ class LLaDAWarmStartLM(LM):
         self.tokenizer = self.runner.tokenizer
         self.model = self.runner.model
         self.mask_id = self._check_mask_id(self.settings.mask_id)
-        has_template = getattr(self.tokenizer, "chat_template", None) is not None
-        if self.settings.chat_template and not has_template:
-            raise ConfigError("chat_template=true but the dLLM tokenizer has no chat template; "
-                              "omit chat_template or set it to false.")
-        self.use_chat = has_template if self.settings.chat_template is None else self.settings.chat_template
+        self.use_chat = use_chat_template(self.tokenizer, self.settings.chat_template,
+                                          setting="chat_template", fix="omit chat_template or set it to false")
         # Set when lm-eval formats prompts itself (--apply_chat_template): no second template.
         self._harness_templated = False
         self._store = (AnswerStore(self.settings.save_dir, rank)

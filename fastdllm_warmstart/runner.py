@@ -12,11 +12,12 @@ from typing import Any, List, Optional, Sequence
 
 import torch
 
+from .chat_template import as_user_turn, use_chat_template
 from .config import RunConfig
 from .engine import DecodeCallback, generate
 from .engine.loop import resolve_special_ids
 from .loading import check_cache_support, load_dllm, model_max_length, tune_cpu_threads
-from .warmstart import build_callbacks, proposals_to_tensor
+from .warmstart import build_callbacks, proposals_to_tensor, warn_unread_soft_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,12 @@ class PromptTooLongError(ValueError):
 
 
 class WarmStartRunner:
-    """Holds a dLLM, its tokenizer, a run config and (when a warm start is asked for) a proposer.
+    """Holds a dLLM, its tokenizer, a default run config and the proposers warm starts need.
+
+    The config is passed per call, as transformers' ``generate(inputs, generation_config)``:
+    ``runner.generate(prompts, config)`` decodes with ``config``, and ``config=None`` with the
+    runner's own default (``runner.config``, set at construction). Nothing outside the runner
+    needs to rewrite its attributes to change a setting.
 
     ``max_length`` bounds prompt + canvas: the model config's declared limit
     (``max_sequence_length`` / ``max_position_embeddings``), None when it declares none; lower it
@@ -64,7 +70,9 @@ class WarmStartRunner:
         self.device = next(model.parameters()).device
         self.mask_id, self.eos_id, self.pad_id = resolve_special_ids(model, tokenizer)
         check_cache_support(model, self.config.decode.cache)
-        self._proposer = proposer
+        # One proposer per aux set-up (AuxConfig is frozen, hence hashable), built on first use:
+        # a per-call config with another aux model or proposals file gets its own.
+        self._proposers: dict = {} if proposer is None else {self.config.aux: proposer}
         self.max_length: Optional[int] = model_max_length(model)
         self.truncation = "error"  # or "left"
         self._references: dict = {}
@@ -82,16 +90,20 @@ class WarmStartRunner:
 
     @property
     def proposer(self):
-        """The aux proposer, built on first use (only warm-start runs need one)."""
-        if self._proposer is None:
+        """The aux proposer of the default config, built on first use (only warm starts need one)."""
+        return self.proposer_for(self.config.aux)
+
+    def proposer_for(self, aux) -> Any:
+        """The proposer of an :class:`~fastdllm_warmstart.config.AuxConfig`, built once per set-up."""
+        if aux not in self._proposers:
             from .auxiliary import build_proposer
 
-            self._proposer = build_proposer(self.config.aux, self.tokenizer, device=self.device)
-        return self._proposer
+            self._proposers[aux] = build_proposer(aux, self.tokenizer, device=self.device)
+        return self._proposers[aux]
 
-    def reference_model(self):
+    def reference_model(self, config: Optional[RunConfig] = None):
         """The model that starts the residual stream (``residual_start=reference``), loaded once."""
-        rc = self.config.residual
+        rc = (config or self.config).residual
         if not (rc.enabled and rc.start == "reference"):
             return None
         if rc.reference not in self._references:
@@ -104,15 +116,9 @@ class WarmStartRunner:
     # -- prompts ---------------------------------------------------------------------------
     def format_prompt(self, prompt: str, apply_chat_template: Optional[bool] = None) -> str:
         """The dLLM's input text: its chat template when it has one (Instruct models)."""
-        has_template = bool(getattr(self.tokenizer, "chat_template", None))
-        if apply_chat_template is None:
-            apply_chat_template = has_template
-        if apply_chat_template and not has_template:
-            raise ValueError("apply_chat_template=True but the dLLM tokenizer has no chat template.")
-        if not apply_chat_template:
+        if not use_chat_template(self.tokenizer, apply_chat_template, setting="apply_chat_template"):
             return prompt
-        return self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
-                                                  add_generation_prompt=True, tokenize=False)
+        return as_user_turn(self.tokenizer, prompt)
 
     def encode(self, texts: Sequence[str]) -> List[List[int]]:
         ids = [list(self.tokenizer(t)["input_ids"]) for t in texts]
@@ -121,9 +127,11 @@ class WarmStartRunner:
                 raise ValueError(f"Prompt {i} encodes to no tokens; give a non-empty prompt.")
         return ids
 
-    def fit_to_length(self, ids: List[List[int]]) -> List[List[int]]:
-        """Check (or left-truncate) encoded prompts so that prompt + gen_length <= max_length."""
-        gen_length = self.config.decode.gen_length
+    def fit_to_length(self, ids: List[List[int]], gen_length: Optional[int] = None) -> List[List[int]]:
+        """Check (or left-truncate) encoded prompts so that prompt + gen_length <= max_length
+        (``gen_length`` None: the default config's)."""
+        if gen_length is None:
+            gen_length = self.config.decode.gen_length
         if self.max_length is None:
             return ids
         room = self.max_length - gen_length
@@ -150,12 +158,14 @@ class WarmStartRunner:
         return ids
 
     # -- decoding --------------------------------------------------------------------------
-    def _proposals(self, prompts: Sequence[str]):
+    def _proposals(self, prompts: Sequence[str], config: RunConfig, proposer: Any):
         """(B, G) aligned proposal ids (-1 for cold rows) and the per-row Proposal records."""
-        gen_length = self.config.decode.gen_length
-        if not self.config.warm.enabled:
+        gen_length = config.decode.gen_length
+        if not config.warm.enabled:
             return None, [None] * len(prompts)
-        records = self.proposer.propose(list(prompts), gen_length)
+        if proposer is None:
+            proposer = self.proposer_for(config.aux)
+        records = proposer.propose(list(prompts), gen_length)
         ids = [r.token_ids if (r is not None and r.ok) else None for r in records]
         for i, r in enumerate(records):
             if r is None or not r.ok:
@@ -170,14 +180,25 @@ class WarmStartRunner:
         n = sum(1 for t in answer if t not in (self.pad_id, self.mask_id))
         return text, n
 
-    def generate_batch(self, prompts: Sequence[str],
-                       apply_chat_template: Optional[bool] = None) -> List[GenerationResult]:
-        d = self.config.decode
+    def generate_batch(self, prompts: Sequence[str], config: Optional[RunConfig] = None, *,
+                       apply_chat_template: Optional[bool] = None,
+                       proposer: Any = None) -> List[GenerationResult]:
+        """Decode one batch with ``config`` (None: the runner's default). ``proposer`` (anything
+        with ``propose(prompts, gen_length)``) replaces the one built from ``config.aux``."""
+        if config is None:
+            config = self.config
+        elif not isinstance(config, RunConfig):
+            raise TypeError(f"config must be a RunConfig (or None for the runner's own), got "
+                            f"{type(config).__name__}; pass batch_size= by keyword.")
+        else:
+            check_cache_support(self.model, config.decode.cache)
+        d = config.decode
         # Length first: an over-long prompt fails before the aux model drafts anything for it.
         input_ids = self.fit_to_length(self.encode([self.format_prompt(p, apply_chat_template)
-                                                    for p in prompts]))
-        proposals, records = self._proposals(prompts)
-        callbacks = build_callbacks(self.config, proposals, self.reference_model()) + self.extra_callbacks
+                                                    for p in prompts]), d.gen_length)
+        proposals, records = self._proposals(prompts, config, proposer)
+        warn_unread_soft_inputs(self.model, config)
+        callbacks = build_callbacks(config, proposals, self.reference_model(config)) + self.extra_callbacks
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         start = time.perf_counter()
@@ -185,7 +206,7 @@ class WarmStartRunner:
                        block_length=d.block_length, temperature=d.temperature, remasking=d.remasking,
                        mask_id=self.mask_id, threshold=d.threshold, factor=d.factor, cache=d.cache,
                        callbacks=callbacks, loop_variant=d.loop_variant, eos_id=self.eos_id,
-                       pad_id=self.pad_id, early_stop=d.early_stop, skip_done_rows=d.skip_done_rows, seed=self.config.warm.seed,
+                       pad_id=self.pad_id, early_stop=d.early_stop, skip_done_rows=d.skip_done_rows, seed=config.warm.seed,
                        fast_dllm_path=self.fast_dllm_path)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -200,7 +221,7 @@ class WarmStartRunner:
             rec = records[i]
             warm = proposals is not None and bool((proposals[i] >= 0).any())
             fallback = None
-            if self.config.warm.enabled and not warm:
+            if config.warm.enabled and not warm:
                 fallback = getattr(rec, "error", None) or "no proposal"
             results.append(GenerationResult(
                 prompt=prompt, text=text, token_ids=generated[i], nfe=int(out.nfe[i]),
@@ -213,9 +234,11 @@ class WarmStartRunner:
             ))
         return results
 
-    def generate(self, prompts: Sequence[str], batch_size: int = 8,
-                 apply_chat_template: Optional[bool] = None, progress: Any = None) -> List[GenerationResult]:
-        """Decode ``prompts`` in batches of ``batch_size``; ``progress`` is an optional tqdm bar."""
+    def generate(self, prompts: Sequence[str], config: Optional[RunConfig] = None, *,
+                 batch_size: int = 8, apply_chat_template: Optional[bool] = None, progress: Any = None,
+                 proposer: Any = None) -> List[GenerationResult]:
+        """Decode ``prompts`` with ``config`` (None: the runner's default) in batches of
+        ``batch_size``; ``progress`` is an optional tqdm bar; ``proposer`` see :meth:`generate_batch`."""
         if isinstance(prompts, str):
             raise TypeError("generate() takes a list of prompts; wrap a single prompt in a list.")
         if batch_size < 1:
@@ -223,7 +246,8 @@ class WarmStartRunner:
         results: List[GenerationResult] = []
         for start in range(0, len(prompts), batch_size):
             chunk = list(prompts[start:start + batch_size])
-            results.extend(self.generate_batch(chunk, apply_chat_template))
+            results.extend(self.generate_batch(chunk, config, apply_chat_template=apply_chat_template,
+                                               proposer=proposer))
             if progress is not None:
                 progress.update(len(chunk))
         return results

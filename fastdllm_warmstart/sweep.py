@@ -15,11 +15,15 @@
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
+
+from .bench import BenchSettings
+from .input_files import check_settings, line_of, read_json
+from .jsonl_store import InputFileError
 
 KINDS = ("reference", "paper", "ours", "control")
 
@@ -28,38 +32,51 @@ def _format_value(v: Any) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
-def expand_preset(preset: Dict[str, Any]) -> List[Dict[str, Any]]:
-    """Points ``{"mode", "series", "kind", "varied", "settings"}`` of a sweep preset, in order."""
+def expand_preset(preset: Dict[str, Any], path: Optional[str] = None) -> List[Dict[str, Any]]:
+    """Points ``{"mode", "series", "kind", "varied", "settings"}`` of a sweep preset, in order.
+
+    With ``path`` (the preset was read from that file by :func:`load_sweep_preset`), a mistake
+    raises :class:`InputFileError` naming the file and line, and every point's settings are
+    checked to build a valid config."""
+
+    def bad(message: str, where: Any = None) -> Exception:
+        return ValueError(message) if path is None else InputFileError(path, message, line_of(where) or 1)
+
     if not isinstance(preset, dict) or not isinstance(preset.get("series"), list) or not preset["series"]:
-        raise ValueError('A sweep preset is a JSON object {"base": {...}, "series": [{"name": ..., '
-                         '"kind": "reference|paper|ours|control", "settings": {...}, "vary": {key: [values]}}]}.')
+        raise bad('A sweep preset is a JSON object {"base": {...}, "series": [{"name": ..., '
+                  '"kind": "reference|paper|ours|control", "settings": {...}, "vary": {key: [values]}}]}.',
+                  preset)
     base = preset.get("base", {})
     points, seen = [], set()
     for s in preset["series"]:
+        if not isinstance(s, dict):
+            raise bad("every series of a sweep preset must be a JSON object.", preset)
         name, kind = s.get("name"), s.get("kind", "ours")
         if not name:
-            raise ValueError("Every series of a sweep preset needs a \"name\".")
+            raise bad("Every series of a sweep preset needs a \"name\".", s)
         if kind not in KINDS:
-            raise ValueError(f"series {name!r}: kind={kind!r}; choose one of {', '.join(KINDS)}.")
+            raise bad(f"series {name!r}: kind={kind!r}; choose one of {', '.join(KINDS)}.", s)
         vary = s.get("vary", {})
-        if not all(isinstance(v, list) and v for v in vary.values()):
-            raise ValueError(f"series {name!r}: every \"vary\" entry must be a non-empty list of values.")
+        if not isinstance(vary, dict) or not all(isinstance(v, list) and v for v in vary.values()):
+            raise bad(f"series {name!r}: every \"vary\" entry must be a non-empty list of values.", s)
         keys = list(vary)
         for combo in itertools.product(*(vary[k] for k in keys)) if keys else [()]:
             varied = dict(zip(keys, combo))
             label = name + "".join(f" {k}={_format_value(v)}" for k, v in varied.items())
             if label in seen:
-                raise ValueError(f"sweep point {label!r} appears twice; give the series distinct names.")
+                raise bad(f"sweep point {label!r} appears twice; give the series distinct names.", s)
             seen.add(label)
+            settings = {**base, **s.get("settings", {}), **varied}
+            if path is not None:
+                check_settings(settings, path, line_of(s), f"sweep point {label!r}")
             points.append({"mode": label, "series": name, "kind": kind, "varied": varied,
-                           "settings": {**base, **s.get("settings", {}), **varied}})
+                           "settings": settings})
     return points
 
 
 def load_sweep_preset(path: str) -> List[Dict[str, Any]]:
-    from .bench import read_preset_json
-
-    return expand_preset(read_preset_json(Path(path)))
+    """A sweep preset file's points, checked (one error naming the file, the line and the field)."""
+    return expand_preset(read_json(path, "sweep preset"), path=str(path))
 
 
 def pareto_front(points: List[Dict[str, Any]], x: str = "mean_nfe") -> List[Dict[str, Any]]:
@@ -110,12 +127,21 @@ def plot_sweep(records: List[Dict[str, Any]], path: str, title: Optional[str] = 
     plt.close(fig)
 
 
-def run_sweep(args: argparse.Namespace) -> List[Dict[str, Any]]:
+@dataclass(frozen=True)
+class SweepSettings:
+    """A sweep: its preset file, the bench run its points are decoded in, and the output file."""
+
+    preset: str
+    bench: BenchSettings = field(default_factory=lambda: BenchSettings(json_path="results/sweep_rows.json"))
+    out: str = "results/sweep.jsonl"  # one JSON record per point, after a meta line
+
+
+def run_sweep(settings: SweepSettings) -> List[Dict[str, Any]]:
     from .bench import run_bench
 
-    points = load_sweep_preset(args.preset)
+    points = load_sweep_preset(settings.preset)
     modes = [{"mode": p["mode"], "settings": p["settings"]} for p in points]
-    result = run_bench(args, modes=modes)
+    result = run_bench(settings.bench, modes=modes)
     by_mode = {r["mode"]: r for r in result["records"]}
     out_records = []
     for p in points:
@@ -128,36 +154,10 @@ def run_sweep(args: argparse.Namespace) -> List[Dict[str, Any]]:
                                    "batch_size", "device", "threads", "versions", "fingerprint")
             if k in result}
     aux = next((r for r in result["records"] if r["mode"] == "aux_only"), None)
-    path = Path(args.out)
+    path = Path(settings.out)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as fh:
         fh.write(json.dumps({"meta": meta, "aux_only": aux}, default=str) + "\n")
         for rec in out_records:
             fh.write(json.dumps(rec, default=str) + "\n")
     return out_records
-
-
-def _cmd_sweep(args: argparse.Namespace) -> int:
-    records = run_sweep(args)
-    for r in records:
-        print(f"{r['mode']:<44} acc {r['accuracy']:.3f} [{r['accuracy_ci95'][0]:.3f},"
-              f"{r['accuracy_ci95'][1]:.3f}]  NFE {r['mean_nfe']:6.2f}  wall/problem {r['wall_per_problem_s']:.4f}s")
-    print(f"\nOne record per point (with resolved config, seeds, versions): {args.out}")
-    if args.plot:
-        plot_sweep(records, args.plot)
-        print(f"Plot: {args.plot}")
-    return 0
-
-
-def add_sweep_parser(sub) -> None:
-    from .bench import add_data_flags
-    from .cli import add_model_flags, add_run_flags
-
-    p = sub.add_parser("sweep", help="a declarative grid of settings and its accuracy-vs-NFE Pareto plot")
-    p.add_argument("--preset", required=True, help="sweep preset JSON (see fastdllm_warmstart/presets/)")
-    p.add_argument("--out", default="results/sweep.jsonl", help="one JSON record per point")
-    p.add_argument("--plot", help="write the two-panel Pareto PNG here")
-    add_data_flags(p, json_default="results/sweep_rows.json")
-    add_model_flags(p)
-    add_run_flags(p)
-    p.set_defaults(func=_cmd_sweep)

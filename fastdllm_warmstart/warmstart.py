@@ -17,8 +17,10 @@ along with their batch) exactly as they are, so a row decodes the same in any ba
 
 from __future__ import annotations
 
+import logging
+import weakref
 import zlib
-from typing import List, Optional, Sequence
+from typing import Any, List, Optional, Sequence
 
 import torch
 
@@ -26,6 +28,7 @@ from .config import RemaskConfig, RunConfig, WarmStartConfig
 from .engine.callbacks import DecodeCallback
 from .engine.state import DecodeState
 
+logger = logging.getLogger(__name__)
 
 
 def _s64(value: int) -> int:
@@ -288,3 +291,31 @@ def build_callbacks(config: RunConfig, proposals: Optional[torch.Tensor],
         rc = config.residual
         callbacks.append(ResidualContext(t_res=rc.t_res, start=rc.start, reference=reference))
     return callbacks
+
+
+_warned_soft_inputs: "weakref.WeakSet[Any]" = weakref.WeakSet()
+
+
+def reads_drafts(model: Any) -> bool:
+    """Whether the model's config declares it was trained to read interpolated drafts:
+    ``soft_inputs`` true, or a label naming the bridge (``"bridge"``, ``"rcd+bridge"``: what
+    scripts/train_rcd.py writes; ``"rcd"`` alone or ``"none"`` do not)."""
+    declared = getattr(getattr(model, "config", None), "soft_inputs", None)
+    if isinstance(declared, str):
+        return "bridge" in declared.split("+")
+    return declared is True
+
+
+def warn_unread_soft_inputs(model: Any, config: RunConfig) -> None:
+    """Warn once per model: ``--warm-init embed`` without a verifier, on a model whose config does
+    not declare that it reads soft inputs (:func:`reads_drafts`), feeds it inputs it never saw:
+    the paper's collapse."""
+    if config.warm.warm_init != "embed" or config.remask.enabled:
+        return
+    if reads_drafts(model) or model in _warned_soft_inputs:
+        return
+    _warned_soft_inputs.add(model)
+    logger.warning("--warm-init embed without --remask, on a model not trained to read soft inputs "
+                   "(its config declares no soft_inputs), reproduces the paper's collapse; add "
+                   "--remask, or decode with the bridge-trained model (scripts/train_rcd.py "
+                   "--draft-frac, e.g. --model embedded:tiny-dllm-rcd).")

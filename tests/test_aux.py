@@ -12,7 +12,8 @@ from tiny_tokenizers import (CHAT_TEMPLATE, build_aux_model, build_aux_tokenizer
                              build_dllm_tokenizer)
 
 from fastdllm_warmstart.auxiliary import (AuxProposer, FileProposals, Proposal, ProposalCache,
-                                    ProposalError, align_to_canvas, build_proposer)
+                                          ProposalError, Proposer, align_to_canvas, build_proposer)
+from fastdllm_warmstart.jsonl_store import InputFileError
 from fastdllm_warmstart.config import AuxConfig, ConfigError
 
 PROMPTS = [
@@ -240,9 +241,9 @@ def test_cache_tolerates_truncated_last_line(tmp_path, caplog):
     with path.open("a", encoding="utf-8") as handle:
         handle.write('{"key": "deadbeef", "text": "4 +')  # a killed run's half-written line
 
-    with caplog.at_level(logging.WARNING, logger="fastdllm_warmstart.auxiliary.cache"):
+    with caplog.at_level(logging.WARNING, logger="fastdllm_warmstart.jsonl_store"):
         reloaded = ProposalCache(path)
-    assert "truncated last line 2" in caplog.text
+    assert "cut-off last line 2" in caplog.text and str(path) in caplog.text
     assert reloaded.get(key_a)["text"] == "1 + 2 = 3" and len(reloaded) == 1
 
     key_b = reloaded.key("b", "m", {"max_new_tokens": 4})
@@ -273,7 +274,7 @@ def test_generation_failure_isolated_to_its_prompt(dllm_tok, aux_tok, caplog):
             raise RuntimeError("simulated CUDA OOM")
 
     record_generate(model, explode)
-    with caplog.at_level(logging.WARNING, logger="fastdllm_warmstart.auxiliary.proposer"):
+    with caplog.at_level(logging.WARNING, logger="fastdllm_warmstart.auxiliary.alignment"):
         out = AuxProposer(model, aux_tok, dllm_tok, model_id="tiny", batch_size=4) \
             .propose(PROMPTS, GEN_LENGTH)
     assert [p.ok for p in out] == [True, False, True, True, True]
@@ -323,17 +324,53 @@ def test_file_proposals_hit_miss_and_unalignable(tmp_path, dllm_tok):
     assert out[2].source == "file"
 
 
-def test_file_proposals_errors(tmp_path, dllm_tok):
+def test_file_proposals_match_prompts_whatever_their_spacing(tmp_path, dllm_tok):
+    path = tmp_path / "proposals.jsonl"
+    write_jsonl(path, [json.dumps({"prompt": "Question: Tom has 3 apples.\nAnswer:", "proposal": "3"})])
+    decoded = "Question : Tom has 3 apples .\nAnswer :"  # a prompt decoded from token ids
+    out, other = FileProposals(path, dllm_tok).propose([decoded, "Question: Tom has 4 apples."], GEN_LENGTH)
+    assert out.ok and out.text == "3"
+    assert not other.ok
+
+
+def test_file_proposals_errors_name_file_line_and_field(tmp_path, dllm_tok):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         FileProposals(tmp_path / "missing.jsonl", dllm_tok)
     bad = tmp_path / "bad.jsonl"
     write_jsonl(bad, [json.dumps({"prompt": "a", "proposal": "1"}), "",
                       '{"prompt": "b", "proposal": '])
-    with pytest.raises(ProposalError, match=r"bad\.jsonl:3: not valid JSON"):
+    with pytest.raises(InputFileError, match=r"bad\.jsonl, line 3: not valid JSON") as caught:
         FileProposals(bad, dllm_tok)
+    assert isinstance(caught.value, ProposalError)  # the lm-eval model turns these into one line
     write_jsonl(bad, [json.dumps({"prompt": "a", "answer": "1"})])
-    with pytest.raises(ProposalError, match=r":1: expected an object"):
+    with pytest.raises(InputFileError, match=r"bad\.jsonl, line 1: .*no 'proposal' field"):
         FileProposals(bad, dllm_tok)
+    write_jsonl(bad, [json.dumps({"prompt": "a", "proposal": 7})])
+    with pytest.raises(InputFileError, match=r"line 1: field 'proposal' must be a string, got 7"):
+        FileProposals(bad, dllm_tok)
+    write_jsonl(bad, [json.dumps({"prompt": "a", "proposal": "1"}),
+                      json.dumps({"prompt": "b", "proposal": "2"}),
+                      json.dumps({"prompt": " a ", "proposal": "3"})])
+    with pytest.raises(InputFileError, match=r"line 3: field 'prompt' repeats the prompt of line 1"):
+        FileProposals(bad, dllm_tok)
+
+
+def test_cache_with_another_files_lines_is_refused_naming_line_and_field(tmp_path):
+    path = tmp_path / "cache.jsonl"
+    cache = ProposalCache(path)
+    cache.put(cache.key("a", "m", {}), {"text": "1 + 2 = 3"})
+    with path.open("a", encoding="utf-8") as handle:  # a proposals file's line, not a cache line
+        handle.write(json.dumps({"prompt": "b", "proposal": "2"}) + "\n")
+    with pytest.raises(InputFileError, match=r"cache\.jsonl, line 2: .*no 'key' field"):
+        ProposalCache(path)
+
+
+def test_every_proposer_follows_the_protocol(tmp_path, dllm_tok, aux_tok):
+    path = tmp_path / "p.jsonl"
+    write_jsonl(path, [json.dumps({"prompt": "a", "proposal": "1"})])
+    aux = AuxProposer(build_aux_model(aux_tok), aux_tok, dllm_tok, model_id="tiny")
+    assert isinstance(aux, Proposer) and isinstance(FileProposals(path, dllm_tok), Proposer)
+    assert not isinstance(object(), Proposer)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -393,3 +430,17 @@ def test_embedded_tiny_aux_loads():
     out, = proposer.propose([format_prompt(problem["question"])], 48)
     assert out.source == "aux" and out.ok, out
     assert len(out.token_ids) == 48 and out.aux_tokens > 0
+
+
+@pytest.mark.parametrize("flag, line", [
+    ("--proposals", json.dumps({"prompt": "Question: a\nAnswer:", "answer": "1"})),
+    ("--proposal-cache", json.dumps({"prompt": "a", "proposal": "1"})),
+])
+def test_a_malformed_proposals_file_or_cache_stops_the_cli_with_one_line(tmp_path, capsys, flag, line):
+    from fastdllm_warmstart.cli import main
+
+    path = tmp_path / "file.jsonl"
+    path.write_text(line + "\n", encoding="utf-8")
+    assert main(["generate", "--prompt", "Tom has 3 apples.", "--warm-init", "token", flag, str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "file.jsonl, line 1" in err and "field" in err, err

@@ -122,17 +122,21 @@ def test_make_data_cli(tmp_path, capsys):
     assert "--max-events 9" in err and "3..6" in err and "Traceback" not in err
 
 
-def test_bench_smoke_and_resume(random_model_dirs, tmp_path, capsys):
+def test_bench_smoke_and_resume(random_model_dirs, tmp_path, capsys, caplog):
     out = tmp_path / "bench.json"
     args = ["bench", "--model", random_model_dirs["dllm"], "--aux-model", random_model_dirs["aux"],
             "--limit", "4", "--batch-size", "2", "--gen-length", "32", "--block-length", "16",
             "--json", str(out), "--quiet", "--plot", str(tmp_path / "plot.png")]
-    assert main(args) == 0
+    with caplog.at_level("WARNING", logger="fastdllm_warmstart.lineage"):
+        assert main(args) == 0
     printed = capsys.readouterr().out
     result = json.loads(out.read_text())
     modes = [r["mode"] for r in result["records"]]
+    # The shipped RCD model was not trained from this table's dLLM: its modes leave the default table.
     assert modes == ["aux_only", "baseline", "token", "token+revoke", "token+remask", "token+remask-fast",
-                     "embed", "embed+remask", "rcd", "rcd+embed"]
+                     "embed", "embed+remask"]
+    dropped = [r.getMessage() for r in caplog.records if "dropped from the default table" in r.getMessage()]
+    assert [m.split("'")[1] for m in dropped] == ["rcd", "rcd+embed"]
     for rec in result["records"]:
         assert rec["n"] == 4
         assert {"accuracy", "accuracy_flexible", "wall_s"} <= rec.keys()

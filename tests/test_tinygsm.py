@@ -1,5 +1,6 @@
 """The synthetic ``tinygsm`` task: determinism, correctness, ranges and the shipped splits."""
 
+import json
 import random
 import re
 
@@ -226,3 +227,39 @@ def test_has_group_matches_the_answers_sub_results(many):
         assert tinygsm.has_group(p) == (len(eqs) > len(steps))
     frac = sum(map(tinygsm.has_group, many)) / len(many)
     assert 0.2 < frac < 0.9  # the task's own mix has both kinds
+
+
+def test_problem_files_are_checked_at_the_door(tmp_path):
+    from fastdllm_warmstart.jsonl_store import InputFileError
+
+    good = tinygsm.generate_problems(5, 2)
+    path = tmp_path / "data.jsonl"
+    rows = [json.dumps(good[0]), "", json.dumps({"question": good[1]["question"]})]
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    with pytest.raises(InputFileError, match=r"data\.jsonl, line 3: .*no 'answer' field"):
+        tinygsm.load_jsonl(path)
+    path.write_text(json.dumps({"question": "Q?", "answer": 12}) + "\n", encoding="utf-8")
+    with pytest.raises(InputFileError, match=r"line 1: field 'answer' must be a string, got 12"):
+        tinygsm.load_jsonl(path)
+
+
+def test_a_data_file_without_answers_stops_bench_with_one_line(tmp_path, capsys):
+    from fastdllm_warmstart.cli import main
+
+    path = tmp_path / "data.jsonl"
+    path.write_text(json.dumps({"question": "Tom has 3 apples. How many apples does Tom have now?"})
+                    + "\n", encoding="utf-8")
+    assert main(["bench", "--data", str(path), "--limit", "1", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "line 1" in err and "'answer'" in err, err
+
+
+def test_the_generator_reads_its_knobs_from_the_module(monkeypatch):
+    # scripts/train_tiny.py sets tinygsm.MAX_EVENTS / MAX_GROUP_EVENTS for a curriculum; the
+    # generator must read the names where the scripts set them.
+    monkeypatch.setattr(tinygsm, "MAX_EVENTS", 5)
+    monkeypatch.setattr(tinygsm, "MAX_GROUP_EVENTS", 0)
+    problems = tinygsm.generate_problems(7, 200)
+    lengths = {len(tinygsm.solve_question(p["question"])[1]) for p in problems}
+    assert max(lengths) == 5
+    assert not any(tinygsm.has_group(p) for p in problems)

@@ -101,7 +101,8 @@ def test_trace_matches_decode_in_every_cache_and_warm_mode(random_runner, cache)
         settings = {**SMALL, **mode, "cache": cache, "remask": mode.get("remask", False)}
         t = rtrace(random_runner, **settings)
         # The same decode without the recorder: recording changes nothing.
-        plain = random_runner.generate_batch([PROMPT])[0]
+        config = configs_from_flat({**random_runner.base_config.to_flat(), **settings})
+        plain = random_runner.generate_batch([PROMPT], config)[0]
         check_trace_against_decode(t, plain)
         label = f"{cache} {mode}"
         kinds = [(r["block"], r["block_step"], r["kind"], tuple(r["window"])) for r in t.rows]
@@ -144,7 +145,7 @@ def test_trace_of_trained_model_with_early_stop():
     runner = WarmStartRunner.from_pretrained(None, configs_from_flat(SMALL), device="cpu")
     for mode in ({"warm_init": "none"}, {"warm_init": "token", "remask": True}):
         t = trace(PROMPT, runner=runner, **SMALL, early_stop=True, **mode)
-        plain = runner.generate_batch([PROMPT])[0]
+        plain = runner.generate_batch([PROMPT], configs_from_flat({**SMALL, "early_stop": True, **mode}))[0]
         check_trace_against_decode(t, plain)
         assert t.model.startswith("embedded:tiny-dllm@")
         assert t.answer == plain.text

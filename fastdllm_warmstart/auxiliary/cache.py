@@ -1,4 +1,4 @@
-"""An append-only JSONL cache of auxiliary-model proposals.
+"""An append-only JSONL cache of auxiliary-model proposals (a :class:`JsonlStore`).
 
 One JSON object per line::
 
@@ -10,22 +10,24 @@ any canvas length: the proposer re-aligns the text to the target tokenizer on ev
 covers everything that decides that text: the prompt, the aux model id and the generation settings
 (``max_new_tokens``, whether the chat template was applied, greedy decoding).
 
-A run killed while appending leaves a truncated last line; it is skipped with a warning when the
-file is read, and the next append starts on a fresh line, so the file stays valid.
+A run killed while appending leaves a cut-off last line; the store skips it with a warning and the
+next append starts on a fresh line. A complete line without a string ``key`` and ``text`` (another
+kind of file passed as the cache) is an :class:`InputFileError` naming the file, line and field.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Union
 
-logger = logging.getLogger(__name__)
+from ..jsonl_store import JsonlStore, check_fields
 
 PathLike = Union[str, "os.PathLike[str]"]
+
+CACHE_FIELDS = {"key": str, "text": str}
 
 
 class ProposalCache:
@@ -33,11 +35,11 @@ class ProposalCache:
 
     def __init__(self, path: PathLike) -> None:
         self.path = Path(path)
+        self._store = JsonlStore(self.path, label="Proposal cache")
         self._records: Dict[str, Dict[str, Any]] = {}
-        # True when the file does not end with a newline (truncated last line of a killed run).
-        self._needs_newline = False
-        if self.path.exists():
-            self._load()
+        for lineno, record in self._store.read_lines():
+            check_fields(record, CACHE_FIELDS, self.path, lineno, what="proposal cache line")
+            self._records[record["key"]] = record
 
     @staticmethod
     def key(prompt: str, model_id: str, settings: Mapping[str, Any]) -> str:
@@ -55,16 +57,8 @@ class ProposalCache:
         """Append ``record`` (must hold ``text``) under ``key`` and flush it to disk."""
         if not isinstance(record.get("text"), str):
             raise ValueError("A proposal cache record needs a 'text' string.")
-        entry = dict(record)
-        entry["key"] = key
-        line = json.dumps(entry, ensure_ascii=False, sort_keys=True) + "\n"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a", encoding="utf-8") as handle:
-            if self._needs_newline:
-                handle.write("\n")
-                self._needs_newline = False
-            handle.write(line)
-            handle.flush()
+        entry = {**record, "key": key}
+        self._store.append(entry)
         self._records[key] = entry
 
     def __contains__(self, key: str) -> bool:
@@ -73,31 +67,5 @@ class ProposalCache:
     def __len__(self) -> int:
         return len(self._records)
 
-    def _load(self) -> None:
-        raw = self.path.read_text(encoding="utf-8", errors="replace")
-        self._needs_newline = bool(raw) and not raw.endswith("\n")
-        lines = raw.split("\n")
-        for lineno, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            record = self._parse(line)
-            if record is None:
-                where = "truncated last line" if lineno == len(lines) else "unreadable line"
-                logger.warning("Proposal cache %s: skipping %s %d (an interrupted write?).",
-                               self.path, where, lineno)
-                continue
-            self._records[record["key"]] = record
 
-    @staticmethod
-    def _parse(line: str) -> Optional[Dict[str, Any]]:
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            return None
-        if not isinstance(record, dict) or not isinstance(record.get("key"), str) \
-                or not isinstance(record.get("text"), str):
-            return None
-        return record
-
-
-__all__ = ["ProposalCache"]
+__all__ = ["CACHE_FIELDS", "ProposalCache"]

@@ -29,17 +29,26 @@ every intermediate and final result in 1..99; a problem's longest rendering fits
 canvas (``MAX_ANSWER_TOKENS``). Every drawn answer is verified by :func:`check_answer`, which
 re-derives the computation from the question text. Generation is deterministic given the seed (a
 private ``random.Random``).
-"""
 
+This module draws problems and answers; :mod:`.tinygsm_check` checks answers, :mod:`.tinygsm_files`
+reads and writes problem files, :mod:`.tinygsm_words` holds the words both sides share. Every public
+name of the three is importable from here too.
+"""
 from __future__ import annotations
 
-import json
 import random
 import re
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
-PROMPT_TEMPLATE = "Question: {question}\nAnswer:"
+from .tinygsm_check import (check_answer, extract_final, has_group, parse_equations, parse_question,
+                            solve_question)
+from .tinygsm_files import PROBLEM_FIELDS, default_split_path, load_jsonl, write_jsonl
+from .tinygsm_words import (ADD_VERBS, ANSWER_WORDS, CONNECTORS, CONTAINERS, FOODS, FRIENDS, NAMES,
+                            OBJECTS, OP_WORDS, OPS, PROMPT_TEMPLATE, STRICT_REGEX, SUB_VERBS, THINGS,
+                            Equation, Problem, apply_op, format_prompt)
+
+_apply = apply_op  # noqa: F401  (the name scripts/probe_decode_order.py uses)
 
 # Events per problem (a group event writes two equations). The default stops at 4: the shipped
 # 0.69M dLLM is right on ~0.89 of 3-4 event problems but ~0.78 of 5-event ones (TRAINING.md);
@@ -53,56 +62,9 @@ MAX_VALUE = 99
 # 96-token canvas keeps at least a few EOS after it, so the answer's end is always visible.
 MAX_ANSWER_TOKENS = 88
 
-# lm-eval gsm8k "strict-match" regex.
-STRICT_REGEX = r"#### (\-?[0-9\.\,]+)"
-
 DEFAULT_TRAIN_SEED = 1234
 DEFAULT_TEST_SEED = 4321
 DEFAULT_TEST_SIZE = 500
-
-NAMES: Tuple[Tuple[str, str, str], ...] = (
-    # name, subject pronoun, possessive pronoun
-    ("Tom", "he", "his"), ("Ann", "she", "her"), ("Sam", "he", "his"), ("Mia", "she", "her"),
-    ("Ben", "he", "his"), ("Lily", "she", "her"), ("Max", "he", "his"), ("Emma", "she", "her"),
-    ("Leo", "he", "his"), ("Zoe", "she", "her"), ("Jack", "he", "his"), ("Lucy", "she", "her"),
-    ("Noah", "he", "his"), ("Ava", "she", "her"), ("Ryan", "he", "his"), ("Sara", "she", "her"),
-)
-FRIENDS: Tuple[str, ...] = ("Kim", "Joe", "Eva", "Dan", "Amy", "Ian", "Liz", "Bob")
-FOODS: Tuple[str, ...] = ("apples", "cookies", "candies", "oranges", "cakes", "eggs", "grapes", "muffins")
-THINGS: Tuple[str, ...] = ("books", "pens", "marbles", "stickers", "cards", "toys", "coins", "shells")
-OBJECTS: Tuple[str, ...] = FOODS + THINGS
-CONNECTORS: Tuple[str, ...] = ("Then", "Next", "Later", "After that,")
-CONTAINERS: Tuple[Tuple[str, str], ...] = (("bags", "bag"), ("boxes", "box"), ("packs", "pack"))
-
-ADD_VERBS = ("buys", "finds", "gets")
-SUB_VERBS = ("gives", "loses", "sells", "eats")
-OPS = ("+", "-", "*", "/")
-OP_WORDS = {"+": "plus", "-": "minus", "*": "times", "/": "divided by"}
-# Words the answers use besides numbers, names, pronouns and verbs (the tokenizers need them).
-ANSWER_WORDS = ("plus", "minus", "times", "divided", "by", "is", "so", "then", "has", "now")
-
-Problem = Dict[str, Union[str, int]]
-# One computation c = a op b.
-Equation = Tuple[int, str, int, int]
-
-
-def format_prompt(question: str) -> str:
-    """The prompt both tiny models are trained on (lm-eval gsm8k zero-shot's ``doc_to_text``)."""
-    return PROMPT_TEMPLATE.format(question=question)
-
-
-def _apply(a: int, op: str, b: int) -> Optional[int]:
-    if op == "+":
-        return a + b
-    if op == "-":
-        return a - b
-    if op == "*":
-        return a * b
-    if op == "/":
-        if b == 0 or a % b:
-            return None
-        return a // b
-    raise ValueError(f"unknown operator {op!r}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -163,7 +125,7 @@ def _equations(start: int, events: Sequence[Dict]) -> Tuple[List[Equation], Dict
         if ev["kind"].startswith("group"):
             products[i] = (ev["k"], "*", ev["m"], ev["n"])
         op = _EVENT_OP[ev["kind"]]
-        new = _apply(v, op, ev["n"])
+        new = apply_op(v, op, ev["n"])
         if new is None or not 1 <= new <= MAX_VALUE:
             raise ValueError(f"event {ev} leaves the range from {v}")
         chain.append((v, op, ev["n"], new))
@@ -288,7 +250,7 @@ def generate_problem(rng: random.Random, max_events: Optional[int] = None) -> Pr
             elif ev["kind"] == "group_add":
                 ev["container"] = rng.choice(CONTAINERS)
             events.append(ev)
-            v = _apply(v, _EVENT_OP[ev["kind"]], ev["n"])
+            v = apply_op(v, _EVENT_OP[ev["kind"]], ev["n"])
         if max_answer_tokens(start, events, name, pron, obj) <= MAX_ANSWER_TOKENS:
             break
     sentences = [f"{name} has {start} {obj}."]
@@ -327,172 +289,8 @@ def generate_problems(seed: int, n: int, exclude: Optional[Iterable[str]] = None
 
 
 # ---------------------------------------------------------------------------------------------
-# checking answers
-# ---------------------------------------------------------------------------------------------
-
-_FINAL_RE = re.compile(STRICT_REGEX)
-_WORD_OPS = ((" divided by ", " / "), (" plus ", " + "), (" minus ", " - "), (" times ", " * "),
-             (" is ", " = "))
-_EQ_FORWARD = re.compile(r"^(?:.*\s)?(-?\d+) ([-+*/]) (-?\d+) = (-?\d+)$")
-_EQ_BACKWARD = re.compile(r"^(?:.*\s)?(-?\d+) = (-?\d+) ([-+*/]) (-?\d+)$")
-
-
-def extract_final(answer_text: str) -> Optional[int]:
-    """The integer after ``####`` (lm-eval strict-match), or ``None``."""
-    m = _FINAL_RE.search(answer_text or "")
-    if not m:
-        return None
-    s = m.group(1).replace(",", "").rstrip(".")
-    try:
-        f = float(s)
-    except ValueError:
-        return None
-    return int(f) if f == int(f) else None
-
-
-def parse_equations(answer_text: str) -> List[Equation]:
-    """The equations ``(a, op, b, c)`` of a worked answer, in order, whatever their wording.
-
-    Each sentence (ended by `` .``) holds at most one equation; a sentence with numbers but no
-    equation (the closing ``Ava has 50 muffins now .``) is returned as ``(None, "has", None, N)``."""
-    body = (answer_text or "").split("####")[0].replace("\n", " ")
-    out: List[Equation] = []
-    for sent in re.split(r"\s*\.(?:\s|$)", body):
-        s = " " + " ".join(sent.split()) + " "
-        for word, sym in _WORD_OPS:
-            s = s.replace(word, sym)
-        s = s.strip()
-        if not s:
-            continue
-        m = _EQ_FORWARD.match(s)
-        if m:
-            out.append((int(m.group(1)), m.group(2), int(m.group(3)), int(m.group(4))))
-            continue
-        m = _EQ_BACKWARD.match(s)
-        if m:
-            out.append((int(m.group(2)), m.group(3), int(m.group(4)), int(m.group(1))))
-            continue
-        m = re.search(r" has (-?\d+) \w+ now$", " " + s)
-        if m:
-            out.append((None, "has", None, int(m.group(1))))  # type: ignore[arg-type]
-    return out
-
-
-def solve_question(question: str) -> Tuple[int, List[Tuple[str, int, Optional[Tuple[int, int]]]]]:
-    """Re-derive ``(start, [(op, operand, (k, m) or None), ...])`` from a generated question."""
-    sentences = [s.strip() for s in re.split(r"(?<=[.?])\s+", question.strip()) if s.strip()]
-    m = re.search(r" has (\d+) ", sentences[0])
-    if not m:
-        raise ValueError(f"no start value in {sentences[0]!r}")
-    start = int(m.group(1))
-    steps: List[Tuple[str, int, Optional[Tuple[int, int]]]] = []
-    for s in sentences[1:-1]:
-        words = s.split()
-        nums = [int(x) for x in re.findall(r"\d+", s)]
-        if "friends" in words and "each." in words:
-            steps.append(("-", nums[0] * nums[1], (nums[0], nums[1])))
-        elif "each" in words and "buys" in words:
-            steps.append(("+", nums[0] * nums[1], (nums[0], nums[1])))
-        elif any(w in words for w in ADD_VERBS):
-            steps.append(("+", nums[0], None))
-        elif any(w in words for w in SUB_VERBS):
-            steps.append(("-", nums[0], None))
-        elif "doubles" in words:
-            steps.append(("*", 2, None))
-        elif "triples" in words:
-            steps.append(("*", 3, None))
-        elif "splits" in words:
-            steps.append(("/", nums[0], None))
-        else:
-            raise ValueError(f"unrecognised sentence {s!r}")
-    return start, steps
-
-
-def has_group(problem: Problem) -> bool:
-    """True when the problem has a group event (``3 bags with 4 muffins in each bag``): its answer
-    computes a sub-result ``k * m`` whose place in the answer is a free choice."""
-    return any(km for _, _, km in solve_question(str(problem["question"]))[1])
-
-
-def check_answer(problem: Problem) -> bool:
-    """True when the worked answer is a valid solution of the question, in any of its wordings.
-
-    Valid means: every equation is arithmetically right; the chain steps appear in the question's
-    order, each starting from the previous result (the first from the start value); each group
-    product ``k * m`` appears (in either operand order) before the chain step that uses it, which
-    uses its result; nothing else is computed; a closing ``has N ... now`` sentence and ``#### N``
-    both give the final result."""
-    answer = str(problem["answer"])
-    final = extract_final(answer)
-    if final is None:
-        return False
-    try:
-        start, steps = solve_question(str(problem["question"]))
-    except (ValueError, AttributeError, IndexError):
-        return False
-    eqs = parse_equations(answer)
-    if not eqs:
-        return False
-    pending = {i: km for i, (_, _, km) in enumerate(steps) if km is not None}
-    done_products = set()
-    v, k = start, 0
-    closing_seen = False
-    for a, op, b, c in eqs:
-        if closing_seen:
-            return False  # the closing sentence ends the worked solution
-        if op == "has":
-            if k != len(steps) or c != v:
-                return False
-            closing_seen = True
-            continue
-        if _apply(a, op, b) != c:
-            return False
-        if k < len(steps):
-            want_op, want_n, km = steps[k]
-            if a == v and op == want_op and b == want_n and (km is None or k in done_products):
-                v, k = c, k + 1  # the next chain step
-                continue
-        # otherwise it must be a group product (its factors in either order) a later step needs
-        match = [i for i, km in pending.items() if i >= k and i not in done_products
-                 and op == "*" and tuple(sorted(km)) == tuple(sorted((a, b)))]
-        if not match:
-            return False
-        done_products.add(match[0])
-    if k != len(steps) or final != v:
-        return False
-    if "final" in problem and int(problem["final"]) != final:
-        return False
-    return True
-
-
-# ---------------------------------------------------------------------------------------------
 # draft-like answers (what an aux model writes): another wording, maybe one wrong result
 # ---------------------------------------------------------------------------------------------
-
-def parse_question(question: str) -> Tuple[str, str, str, int, List[Dict]]:
-    """``(name, pronoun, object, start, events)`` of a generated question (inverse of the
-    generator, verbs included), so an answer can be rendered again in another wording."""
-    start, steps = solve_question(question)
-    words = question.split()
-    name, obj = words[0], words[3].rstrip(".")
-    pron = next((p for n, p, _ in NAMES if n == name), "they")
-    sentences = [x.strip() for x in re.split(r"(?<=[.?])\s+", question.strip()) if x.strip()][1:-1]
-    events: List[Dict] = []
-    kinds = {"+": "add", "-": "sub", "*": "mul", "/": "div"}
-    for (op, n, km), sent in zip(steps, sentences):
-        toks = sent.rstrip(".").split()
-        if km is not None:
-            ev = {"kind": "group_add" if op == "+" else "group_sub", "k": km[0], "m": km[1], "n": n}
-            if op == "+":
-                ev["container"] = next(c for c in CONTAINERS if c[0] in toks)
-        else:
-            ev = {"kind": kinds[op], "n": n}
-            verb = next((w for w in toks if w in ADD_VERBS + SUB_VERBS), None)
-            if verb is not None:
-                ev["verb"] = verb
-        events.append(ev)
-    return name, pron, obj, start, events
-
 
 def draft_answer(problem: Problem, rng: random.Random, wrong_prob: float = 0.0) -> str:
     """A draft of ``problem``'s answer as an aux model of this task writes one: drawn again over
@@ -507,7 +305,7 @@ def draft_answer(problem: Problem, rng: random.Random, wrong_prob: float = 0.0) 
     wrong, v = {}, chain[j][3] + rng.choice((-2, -1, 1, 2))
     wrong[chain[j][3]] = v
     for a, op, b, c in chain[j + 1:]:
-        new = _apply(v, op, b)
+        new = apply_op(v, op, b)
         if new is None:
             break
         wrong[c], v = new, new
@@ -523,29 +321,8 @@ def draft_answer(problem: Problem, rng: random.Random, wrong_prob: float = 0.0) 
 
 
 # ---------------------------------------------------------------------------------------------
-# files
+# data files
 # ---------------------------------------------------------------------------------------------
-
-def write_jsonl(problems: Sequence[Problem], path: Union[str, Path]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        for p in problems:
-            f.write(json.dumps(p, ensure_ascii=False) + "\n")
-    return path
-
-
-def load_jsonl(path: Union[str, Path]) -> List[Problem]:
-    with Path(path).open(encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def default_split_path(split: str) -> Path:
-    """Path of the shipped ``train`` / ``test`` split (works from any working directory)."""
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    return Path(__file__).resolve().parent / "data" / f"tinygsm_{split}.jsonl"
-
 
 def make_data(seed: int, n: int, out: Union[str, Path], exclude: Optional[Iterable[str]] = None,
               max_events: Optional[int] = None) -> Path:
@@ -561,6 +338,25 @@ def make_default_splits(n_train: int = 2000, n_test: int = DEFAULT_TEST_SIZE) ->
     write_jsonl(test, default_split_path("test"))
     train = generate_problems(DEFAULT_TRAIN_SEED, n_train, exclude={p["question"] for p in test})
     write_jsonl(train, default_split_path("train"))
+
+
+__all__ = [
+    # words
+    "ADD_VERBS", "ANSWER_WORDS", "CONNECTORS", "CONTAINERS", "Equation", "FOODS", "FRIENDS", "NAMES",
+    "OBJECTS", "OPS", "OP_WORDS", "PROMPT_TEMPLATE", "Problem", "STRICT_REGEX", "SUB_VERBS", "THINGS",
+    "apply_op", "format_prompt",
+    # generator
+    "DEFAULT_TEST_SEED", "DEFAULT_TEST_SIZE", "DEFAULT_TRAIN_SEED", "LONGEST_EVENTS",
+    "MAX_ANSWER_TOKENS", "MAX_EVENTS", "MAX_GROUP_EVENTS", "MAX_START", "MAX_VALUE", "MIN_EVENTS",
+    "MIN_START", "WORDINGS", "answer_layouts", "check_max_events", "count_tokens", "draft_answer",
+    "generate_problem", "generate_problems", "make_data", "make_default_splits", "max_answer_tokens",
+    "render_answer", "render_equation",
+    # checker
+    "check_answer", "extract_final", "has_group", "parse_equations", "parse_question",
+    "solve_question",
+    # files
+    "PROBLEM_FIELDS", "default_split_path", "load_jsonl", "write_jsonl",
+]
 
 
 if __name__ == "__main__":  # pragma: no cover
