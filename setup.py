@@ -15,19 +15,23 @@ setup(
             "assets/*/*", "presets/*.json", "tasks/*.yaml", "tasks/*/*.yaml", "tasks/*/*.py", "tasks/*/*.jsonl", "tasks/data/*",
         ],
     },
+    # Tested ranges, no wider (.ci/run tests both ends): transformers 4.49 (Fast-dLLM v1's pin)
+    # to 5.25, lm-eval 0.4.8 (Fast-dLLM's pin) to 0.4.13. Version-dependent calls live in
+    # fastdllm_warmstart/compat.py. The `eval` command needs lm-eval 0.4.13's `run` command line;
+    # the lm-eval model itself (and the patch's eval_llada_warmstart.py) works on 0.4.8 too.
     install_requires=[
         "torch>=2.1",
-        "transformers>=4.46",
-        "tokenizers>=0.19",
+        "transformers>=4.49,<5.26",
+        "tokenizers>=0.21,<0.24",
         "safetensors>=0.4",
         "numpy",
         "tqdm",
+        "packaging",
     ],
     extras_require={
-        # lm-eval's model API and CLI; 0.4.13 is the current release and the one tested.
-        "eval": ["lm-eval>=0.4.8,<0.5", "accelerate>=0.26"],
+        "eval": ["lm-eval>=0.4.8,<0.4.14", "accelerate>=0.34.2"],
         "plot": ["matplotlib"],
-        "test": ["pytest>=7", "lm-eval>=0.4.8,<0.5", "accelerate>=0.26", "matplotlib"],
+        "test": ["pytest>=7", "lm-eval>=0.4.8,<0.4.14", "accelerate>=0.34.2", "matplotlib"],
     },
     entry_points={"console_scripts": ["fastdllm-warmstart=fastdllm_warmstart.cli:main"]},
 )

@@ -62,12 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     try:
         from lm_eval._cli.run import Run
     except ImportError:
-        import lm_eval
+        from .compat import lm_eval_version
 
         raise UsageError(
             f"this command builds on the `lm-eval run` command line (lm_eval._cli), which lm-eval "
-            f"{getattr(lm_eval, '__version__', '?')} lacks; pip install -U 'lm-eval>=0.4.13,<0.5' "
-            "(0.4.13 is tested). With an older lm-eval, use the model from Python: import "
+            f"{lm_eval_version()} lacks; pip install 'lm-eval==0.4.13' (the tested release that has "
+            "it). With an older lm-eval, use the model from Python: import "
             "fastdllm_warmstart.lm_eval_model, then lm_eval.simple_evaluate(model="
             "'llada_warmstart', ...).") from None
 
@@ -189,27 +189,10 @@ class _Capture:
 
 def speed_table(results: Dict[str, Any]) -> Optional[str]:
     """A markdown table of the per-task NFE/time numbers in lm-eval's results dict."""
-    from .lm_eval_model import MODEL_NAME
+    from .lm_eval_utils import MODEL_NAME, format_speed_table
 
     speed = (results.get("config", {}).get(MODEL_NAME) or {}).get("speed") or {}
-    if not speed:
-        return None
-    header = ["Task", "n", "NFE mean", "gen tokens mean", "tokens/NFE", "dLLM s", "aux s",
-              "tokens/s", "warm", "fallbacks", "cached"]
-    rows = [header, ["---"] * len(header)]
-    for task, s in speed.items():
-        rows.append([task, str(s["samples"]), f"{s['nfe_mean']:.2f}", f"{s['gen_tokens_mean']:.2f}",
-                     f"{s['tokens_per_nfe']:.3f}", f"{s['dllm_seconds']:.2f}",
-                     f"{s['aux_seconds']:.2f}", f"{s['tokens_per_second']:.1f}", str(s["warm"]),
-                     str(s["fallbacks"]), str(s["cached"])])
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines = ["|" + "|".join(f" {c:<{w}} " if c != "---" else "-" * (w + 2)
-                            for c, w in zip(r, widths)) + "|" for r in rows]
-    reasons = {t: s["fallback_reasons"] for t, s in speed.items() if s["fallback_reasons"]}
-    for task, counts in reasons.items():
-        lines.append(f"{task} warm-start fallbacks: " +
-                     ", ".join(f"{why} x{n}" for why, n in counts.items()))
-    return "\n".join(lines)
+    return format_speed_table(speed) if speed else None
 
 
 def _shutdown_distributed() -> None:

@@ -24,15 +24,13 @@ task YAML's job (``strict-match`` / ``flexible-extract`` filters).
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
-import os
+import sys
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -46,331 +44,46 @@ from lm_eval.api.registry import register_model
 
 from . import __version__
 from .chat_template import use_chat_template
-from .config import FLAT_KEYS, ConfigError, RunConfig, configs_from_flat
+from .config import ConfigError
+from .lm_eval_utils import (MODEL_NAME, SPEED_FIELDS, UPSTREAM_ARGS, AnswerStore, EvalSettings,
+                            all_gather, answer_record, barrier, format_speed_table, gather_object,
+                            hook_variables, init_distributed, launcher_ranks, request_key,
+                            resolve_device, summarize_speed, valid_model_args)
 
 logger = logging.getLogger(__name__)
 
-MODEL_NAME = "llada_warmstart"
+# Re-exported: the eval command and users import these from here.
+__all__ = ["LLaDAWarmStartLM", "MODEL_NAME", "UPSTREAM_ARGS", "EvalSettings", "AnswerStore",
+           "summarize_speed", "valid_model_args"]
 
-# Fast-dLLM eval_llada.py arguments we accept, with *our* defaults (None = unset).
-UPSTREAM_ARGS: Dict[str, Any] = {
-    "model_path": None,          # None or "" -> the embedded tiny dLLM
-    "mask_id": None,             # None -> from the model config / tokenizer
-    "max_length": 4096,          # longest sequence fed to the model (capped by the model's limit)
-    "batch_size": 8,             # prompts per generate call; rows per Monte-Carlo forward
-    "mc_num": 128,               # Monte-Carlo samples per loglikelihood request
-    "is_check_greedy": False,    # loglikelihood: also check greedy decoding reproduces the target
-    "steps": None,
-    "gen_length": None,
-    "block_length": None,
-    "remasking": None,
-    "device": None,              # None/"auto" -> cuda (per local rank) if available, else cpu
-    "use_cache": False,
-    "dual_cache": False,
-    "threshold": None,           # None -> fixed schedule, as upstream's eval
-    "save_dir": None,
-    "show_speed": False,
-}
-# Ours, besides the FLAT_KEYS settings.
-EXTRA_ARGS: Dict[str, Any] = {
-    "fast_dllm_path": None,      # a Fast-dLLM checkout to load LLaDAModelLM from (or FAST_DLLM_PATH)
-    "dtype": None,               # None/"auto" -> the runner's choice; e.g. bfloat16, float32
-    "chat_template": None,       # None -> apply the tokenizer's chat template iff it has one
-}
-# lm-eval passes these through create_from_arg_* (additional_config / --trust_remote_code).
-HARNESS_ARGS = ("max_batch_size", "trust_remote_code")
-# Decode keys handled as upstream arguments above (the rest of FLAT_KEYS pass straight through).
-_DECODE_OVERLAP = ("steps", "gen_length", "block_length", "remasking", "threshold")
+_warned_hook_env = False
 
 
-def valid_model_args() -> List[str]:
-    """Every key ``--model_args`` accepts for ``llada_warmstart``."""
-    keys = set(UPSTREAM_ARGS) | set(EXTRA_ARGS) | set(HARNESS_ARGS) | set(FLAT_KEYS)
-    return sorted(keys)
+def _warn_hook_variables() -> None:
+    """Once per process: ``FASTDLLM_WARMSTART_*`` variables do not configure this model."""
+    global _warned_hook_env
+    names = hook_variables()
+    if names and not _warned_hook_env:
+        _warned_hook_env = True
+        logger.warning("%s ignores %s: FASTDLLM_WARMSTART_* variables configure the patch's "
+                       "warmstart_hook.py (--model llada_dist), not %s. Pass the settings as "
+                       "--model_args instead (e.g. warm_init=token,rho=0.25).", MODEL_NAME,
+                       ", ".join(names), MODEL_NAME)
 
 
-# --------------------------------------------------------------------------------------------
-# Parsing of string-friendly values
-# --------------------------------------------------------------------------------------------
+class _Console(logging.Handler):
+    """Writes records to the current ``sys.stderr``, message only (show_speed's table)."""
 
-def _is_unset(value: Any) -> bool:
-    return value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null"))
-
-
-def _as_bool(name: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"{name}={value!r}: expected true or false.")
+    def emit(self, record: logging.LogRecord) -> None:
+        sys.stderr.write(self.format(record) + "\n")
 
 
-def _as_optional_bool(name: str, value: Any) -> Optional[bool]:
-    if _is_unset(value) or (isinstance(value, str) and value.strip().lower() == "auto"):
-        return None
-    return _as_bool(name, value)
-
-
-def _as_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool):
-        raise ConfigError(f"{name}={value!r}: expected an integer.")
-    try:
-        number = int(str(value).strip()) if not isinstance(value, int) else value
-    except ValueError:
-        raise ConfigError(f"{name}={value!r}: expected an integer.") from None
-    if number < minimum:
-        raise ConfigError(f"{name}={number} must be >= {minimum}.")
-    return number
-
-
-def _as_batch_size(value: Any) -> int:
-    """lm-eval's ``--batch_size`` may be ``auto`` / ``auto:N``; we use our default then."""
-    if _is_unset(value):
-        return UPSTREAM_ARGS["batch_size"]
-    if isinstance(value, str) and value.strip().lower().startswith("auto"):
-        logger.info("batch_size=%s: automatic batch sizing is not supported; using %d.",
-                    value, UPSTREAM_ARGS["batch_size"])
-        return UPSTREAM_ARGS["batch_size"]
-    return _as_int("batch_size", value, 1)
-
-
-def _as_dtype(value: Any) -> Optional[torch.dtype]:
-    if _is_unset(value) or str(value).strip().lower() == "auto":
-        return None
-    if isinstance(value, torch.dtype):
-        return value
-    name = str(value).strip().replace("torch.", "")
-    dtype = getattr(torch, name, None)
-    if not isinstance(dtype, torch.dtype):
-        raise ConfigError(f"dtype={value!r} is not a torch dtype; use e.g. bfloat16, float16, "
-                          f"float32 or auto.")
-    return dtype
-
-
-def _cache_mode(use_cache: bool, dual_cache: bool, cache: Any) -> Optional[str]:
-    """Upstream's two booleans -> our cache mode; an explicit ``cache=`` must agree with them."""
-    from_flags = ("dual" if dual_cache else "prefix") if use_cache else "none"
-    if dual_cache and not use_cache:
-        raise ConfigError("dual_cache=True needs use_cache=True (as in Fast-dLLM's eval_llada.py); "
-                          "or pass cache=dual.")
-    if cache is None or str(cache).strip() == "":  # "none" is a cache mode here, not unset
-        return from_flags
-    if (use_cache or dual_cache) and str(cache) != from_flags:
-        raise ConfigError(f"cache={cache} contradicts use_cache={use_cache}, dual_cache={dual_cache}; "
-                          f"pass only one of them.")
-    return str(cache)
-
-
-@dataclass(frozen=True)
-class EvalSettings:
-    """Everything ``llada_warmstart`` was asked for, parsed and validated (no model loaded)."""
-
-    run: RunConfig
-    model_path: Optional[str]
-    mask_id: Optional[int]
-    max_length: int
-    batch_size: int
-    mc_num: int
-    is_check_greedy: bool
-    device: Optional[str]
-    save_dir: Optional[str]
-    show_speed: bool
-    fast_dllm_path: Optional[str]
-    dtype: Optional[torch.dtype]
-    chat_template: Optional[bool]
-
-    @classmethod
-    def from_model_args(cls, args: Mapping[str, Any]) -> "EvalSettings":
-        """Parse ``--model_args`` (strings or typed values); raise :class:`ConfigError` on misuse."""
-        unknown = sorted(k for k in args if k not in set(valid_model_args()))
-        if unknown:
-            raise ConfigError(f"Unknown model_args for {MODEL_NAME}: {', '.join(unknown)}. "
-                              f"Valid keys: {', '.join(valid_model_args())}.")
-        get = lambda key: args.get(key, {**UPSTREAM_ARGS, **EXTRA_ARGS}.get(key))  # noqa: E731
-
-        flat = {k: v for k, v in args.items() if k in FLAT_KEYS and k not in _DECODE_OVERLAP}
-        for key in ("steps", "gen_length", "block_length", "remasking"):
-            if not _is_unset(get(key)):
-                flat[key] = get(key)
-        flat["cache"] = _cache_mode(_as_bool("use_cache", get("use_cache")),
-                                    _as_bool("dual_cache", get("dual_cache")), args.get("cache"))
-        threshold = get("threshold")
-        if not _is_unset(threshold):
-            flat["threshold"] = threshold
-        run = configs_from_flat(flat)
-        if _is_unset(threshold):
-            # Upstream's eval: no threshold means the fixed schedule (configs_from_flat would keep
-            # the parallel-decoding default instead).
-            run = dataclasses.replace(run, decode=dataclasses.replace(run.decode, threshold=None))
-
-        model_path = get("model_path")
-        mask_id = get("mask_id")
-        save_dir = get("save_dir")
-        fast_dllm_path = get("fast_dllm_path")
-        device = get("device")
-        settings = cls(
-            run=run,
-            model_path=None if _is_unset(model_path) else str(model_path),
-            mask_id=None if _is_unset(mask_id) else _as_int("mask_id", mask_id, 0),
-            max_length=_as_int("max_length", get("max_length"), 2),
-            batch_size=_as_batch_size(get("batch_size")),
-            mc_num=_as_int("mc_num", get("mc_num"), 1),
-            is_check_greedy=_as_bool("is_check_greedy", get("is_check_greedy")),
-            device=None if _is_unset(device) or str(device).lower() == "auto" else str(device),
-            save_dir=None if _is_unset(save_dir) else str(save_dir),
-            show_speed=_as_bool("show_speed", get("show_speed")),
-            fast_dllm_path=None if _is_unset(fast_dllm_path) else str(fast_dllm_path),
-            dtype=_as_dtype(get("dtype")),
-            chat_template=_as_optional_bool("chat_template", get("chat_template")),
-        )
-        return settings
-
-
-# --------------------------------------------------------------------------------------------
-# Distributed helpers
-# --------------------------------------------------------------------------------------------
-
-def _launcher_ranks() -> Tuple[int, int, int]:
-    """(rank, world_size, local_rank) from torchrun / accelerate launch environment variables."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", str(rank)))
-    return rank, world, local
-
-
-def _resolve_device(requested: Optional[str], world_size: int, local_rank: int) -> torch.device:
-    has_cuda = torch.cuda.is_available()
-    if requested is None:
-        requested = "cuda" if has_cuda else "cpu"
-    if requested.startswith("cuda"):
-        if not has_cuda:
-            # lm-eval's CLI passes device=cuda:0 unless told otherwise.
-            logger.warning("device=%s requested but CUDA is not available; using cpu.", requested)
-            return torch.device("cpu")
-        if world_size > 1:
-            return torch.device(f"cuda:{local_rank}")
-    return torch.device(requested)
-
-
-def _init_distributed(device: torch.device, world_size: int) -> None:
-    import torch.distributed as dist
-
-    if world_size <= 1 or dist.is_initialized():
-        return
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    dist.init_process_group(backend=backend)
-    logger.info("Initialised torch.distributed (%s): rank %d of %d.", backend, dist.get_rank(),
-                world_size)
-
-
-# --------------------------------------------------------------------------------------------
-# Incremental answer store (save_dir)
-# --------------------------------------------------------------------------------------------
-
-class AnswerStore:
-    """Finished generations in ``save_dir``, one append-only JSONL file per rank.
-
-    Each line is one generation keyed by :func:`request_key` (prompt + everything that decides
-    the decode). Lines are appended and flushed per batch, so a killed run loses at most the batch
-    in flight; a truncated last line is skipped on reading. On resume every rank reads *all* rank
-    files, so a run may be resumed with a different number of processes.
-    """
-
-    PATTERN = "llada_warmstart_rank*.jsonl"
-
-    def __init__(self, save_dir: str, rank: int):
-        self.dir = Path(save_dir)
-        self.path = self.dir / f"llada_warmstart_rank{rank}.jsonl"
-
-    def load(self) -> Dict[str, Dict[str, Any]]:
-        records: Dict[str, Dict[str, Any]] = {}
-        if not self.dir.is_dir():
-            return records
-        skipped = 0
-        for path in sorted(self.dir.glob(self.PATTERN)):
-            with path.open(encoding="utf-8") as handle:
-                for line in handle:
-                    if not line.strip():
-                        continue
-                    try:
-                        record = json.loads(line)
-                        records[record["key"]] = record
-                    except (json.JSONDecodeError, KeyError, TypeError):
-                        skipped += 1
-        if skipped:
-            logger.warning("save_dir %s: skipped %d unreadable line(s) (an interrupted write); "
-                           "those prompts are generated again.", self.dir, skipped)
-        return records
-
-    def append(self, records: Iterable[Mapping[str, Any]]) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-        if not lines:
-            return
-        # A run killed mid-line leaves no trailing newline: start on a fresh line.
-        needs_newline = False
-        if self.path.exists() and self.path.stat().st_size > 0:
-            with self.path.open("rb") as handle:
-                handle.seek(-1, os.SEEK_END)
-                needs_newline = handle.read(1) != b"\n"
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(("\n" if needs_newline else "") + lines)
-            handle.flush()
-            os.fsync(handle.fileno())
-
-
-def request_key(prompt: str, chat: bool, fingerprint: str) -> str:
-    payload = json.dumps({"prompt": prompt, "chat": chat, "run": fingerprint}, sort_keys=True,
-                         ensure_ascii=False)
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
-
-
-# --------------------------------------------------------------------------------------------
-# Speed accounting
-# --------------------------------------------------------------------------------------------
-
-SPEED_FIELDS = ("nfe", "gen_tokens", "dllm_seconds", "aux_seconds")
-
-
-def summarize_speed(rows: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
-    """Per-task speed summary from one row per generated request.
-
-    ``gen_tokens`` counts answer tokens only (no prompt, no EOS padding); ``tokens_per_second``
-    divides them by dLLM plus aux time. Rows reused from ``save_dir`` keep the numbers measured
-    when they were generated and are counted in ``cached``.
-    """
-    n = len(rows)
-    totals = {f: float(sum(r[f] for r in rows)) for f in SPEED_FIELDS}
-    seconds = totals["dllm_seconds"] + totals["aux_seconds"]
-    fallbacks: Dict[str, int] = defaultdict(int)
-    for r in rows:
-        if r.get("fallback"):
-            fallbacks[str(r["fallback"])] += 1
-    return {
-        "samples": n,
-        "nfe_total": int(totals["nfe"]),
-        "nfe_mean": totals["nfe"] / n if n else 0.0,
-        "gen_tokens_total": int(totals["gen_tokens"]),
-        "gen_tokens_mean": totals["gen_tokens"] / n if n else 0.0,
-        "tokens_per_nfe": totals["gen_tokens"] / totals["nfe"] if totals["nfe"] else 0.0,
-        "dllm_seconds": totals["dllm_seconds"],
-        "aux_seconds": totals["aux_seconds"],
-        "tokens_per_second": totals["gen_tokens"] / seconds if seconds > 0 else 0.0,
-        "warm": sum(1 for r in rows if r.get("warm")),
-        # Prior tokens placed on the canvas (token injection) and revoked by the remask step.
-        "injected_total": int(sum(r.get("injected", 0) for r in rows)),
-        "revoked_total": int(sum(r.get("revoked", 0) for r in rows)),
-        "fallbacks": sum(fallbacks.values()),
-        "fallback_reasons": dict(sorted(fallbacks.items())),
-        "cached": sum(1 for r in rows if r.get("cached")),
-    }
+# show_speed=True: the speed table reaches the console as upstream's prints do, whatever logging
+# the caller set up (lm-eval's command line configures none for this package).
+speed_logger = logging.getLogger("fastdllm_warmstart.speed")
+speed_logger.addHandler(_Console())
+speed_logger.setLevel(logging.INFO)
+speed_logger.propagate = False
 
 
 # --------------------------------------------------------------------------------------------
@@ -400,9 +113,10 @@ class LLaDAWarmStartLM(LM):
     def __init__(self, **model_args: Any) -> None:
         super().__init__()
         self.settings = EvalSettings.from_model_args(model_args)
-        rank, world, local = _launcher_ranks()
-        device = _resolve_device(self.settings.device, world, local)
-        _init_distributed(device, world)
+        _warn_hook_variables()
+        rank, world, local = launcher_ranks()
+        device = resolve_device(self.settings.device, world, local)
+        init_distributed(device, world)
         self._rank, self._world_size, self._device = rank, world, device
 
         self.runner = self._load_runner(device)
@@ -469,6 +183,10 @@ class LLaDAWarmStartLM(LM):
     # ---- distributed primitives used by lm-eval's evaluate() --------------------------------
 
     @property
+    def device(self) -> torch.device:  # lm-eval 0.4.8's LM has no device property
+        return self._device
+
+    @property
     def rank(self) -> int:
         return self._rank
 
@@ -477,29 +195,13 @@ class LLaDAWarmStartLM(LM):
         return self._world_size
 
     def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
-        if self._world_size == 1:
-            return tensor
-        import torch.distributed as dist
-
-        flat = tensor.reshape(1) if tensor.dim() == 0 else tensor
-        parts = [torch.zeros_like(flat) for _ in range(self._world_size)]
-        dist.all_gather(parts, flat)
-        return torch.cat(parts)
+        return all_gather(tensor, self._world_size)
 
     def gather_object(self, obj: Any, dst: int = 0) -> Optional[List[Any]]:
-        if self._world_size == 1:
-            return [obj]
-        import torch.distributed as dist
-
-        out = [None] * self._world_size if self._rank == dst else None
-        dist.gather_object(obj, out, dst=dst)
-        return out
+        return gather_object(obj, self._world_size, self._rank, dst)
 
     def barrier(self) -> None:
-        if self._world_size > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
+        barrier(self._world_size)
 
     # ---- chat templates ----------------------------------------------------------------------
 
@@ -655,7 +357,7 @@ class LLaDAWarmStartLM(LM):
         for batch in batches:
             results = self.runner.generate([unique[k] for k in batch], batch_size=bs,
                                            apply_chat_template=chat)
-            records = [self._record(k, r) for k, r in zip(batch, results)]
+            records = [answer_record(k, r) for k, r in zip(batch, results)]
             if self._store is not None:
                 self._store.append(records)
             done.update((r["key"], r) for r in records)
@@ -678,19 +380,6 @@ class LLaDAWarmStartLM(LM):
         self._merge_speed(local_rows)
         return answers
 
-    @staticmethod
-    def _record(key: str, result: Any) -> Dict[str, Any]:
-        return {
-            "key": key, "prompt": result.prompt, "text": result.text,
-            "token_ids": [int(t) for t in result.token_ids],
-            "nfe": int(result.nfe), "gen_tokens": int(result.gen_tokens),
-            "dllm_seconds": float(result.dllm_seconds), "aux_seconds": float(result.aux_seconds),
-            "warm": bool(result.warm), "fallback": result.fallback,
-            "proposal_text": result.proposal_text,
-            "injected": int(getattr(result, "injected", 0) or 0),
-            "revoked": int(getattr(result, "revoked", 0) or 0),
-        }
-
     def _merge_speed(self, local_rows: Dict[str, List[Dict[str, Any]]]) -> None:
         gathered = self.gather_object(dict(local_rows), dst=0)
         if self._rank != 0:
@@ -699,13 +388,9 @@ class LLaDAWarmStartLM(LM):
             for task, rows in part.items():
                 self._speed_rows[task].extend(rows)
         summary = self.speed_summary()
-        level = logging.INFO if self.settings.show_speed else logging.DEBUG
-        for task, s in summary.items():
-            logger.log(level, "%s: %d samples, NFE mean %.2f, %d generated tokens (%.2f per NFE), "
-                       "dLLM %.2fs, aux %.2fs, %.1f tokens/s, warm %d, fallbacks %d, cached %d",
-                       task, s["samples"], s["nfe_mean"], s["gen_tokens_total"], s["tokens_per_nfe"],
-                       s["dllm_seconds"], s["aux_seconds"], s["tokens_per_second"], s["warm"],
-                       s["fallbacks"], s["cached"])
+        if self.settings.show_speed and summary:
+            speed_logger.info("\nNFE / time per task (%s):\n%s", MODEL_NAME,
+                              format_speed_table(summary))
 
     # ---- loglikelihood (Monte Carlo) ------------------------------------------------------------
 

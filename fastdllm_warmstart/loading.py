@@ -16,6 +16,7 @@ from typing import Optional, Tuple, Union
 import torch
 
 from .assets import DLLM_NAME, asset_path
+from .compat import dtype_kwargs, post_init_compatible
 from .upstream import find_upstream
 from .verbosity import quiet_loading
 
@@ -66,26 +67,6 @@ def _read_config(path: Path) -> dict:
         raise ModelLoadError(f"{cfg} is not valid JSON: {exc}.") from exc
 
 
-def _post_init_compatible(model_class):
-    """Upstream's ``LLaDAModelLM.__init__`` never calls ``post_init()``, which transformers 5's
-    ``from_pretrained`` relies on (``all_tied_weights_keys``). A subclass finishes construction the
-    way transformers expects; the user's checkout is not modified."""
-    if getattr(model_class, "_fdw_post_init_shim", False):
-        return model_class
-
-    def __init__(self, config, *args, **kwargs):
-        model_class.__init__(self, config, *args, **kwargs)
-        if not hasattr(self, "all_tied_weights_keys"):
-            self.post_init()
-
-    def tie_weights(self, *args, **kwargs):  # transformers 5 passes keywords upstream's lacks
-        return model_class.tie_weights(self)
-
-    return type(model_class.__name__, (model_class,), {
-        "__init__": __init__, "tie_weights": tie_weights, "_fdw_post_init_shim": True,
-        "__module__": model_class.__module__})
-
-
 def load_dllm(model_path: Optional[str] = None, *, device: Optional[str] = "cpu",
               dtype: Union[None, str, torch.dtype] = None,
               fast_dllm_path: Optional[str] = None) -> Tuple[torch.nn.Module, object, str]:
@@ -121,20 +102,22 @@ def _load_dllm(model_path, *, device, dtype, fast_dllm_path):
     model_type = config.get("model_type")
     if model_type == "tiny_llada":
         torch_dtype = resolve_dtype(dtype, dev, large=False)
-        model = TinyLLaDAModelLM.from_pretrained(str(path), dtype=torch_dtype)
+        model = TinyLLaDAModelLM.from_pretrained(str(path), **dtype_kwargs(torch_dtype))
         tokenizer = AutoTokenizer.from_pretrained(str(path))
     elif model_type == "llada":
         torch_dtype = resolve_dtype(dtype, dev, large=True)
         upstream = find_upstream(fast_dllm_path)
         if upstream is not None and upstream.model_class is not None:
             logger.info("Loading %s with LLaDAModelLM from %s", path, upstream.root)
-            model = _post_init_compatible(upstream.model_class).from_pretrained(str(path), dtype=torch_dtype)
+            model = post_init_compatible(upstream.model_class).from_pretrained(
+                str(path), **dtype_kwargs(torch_dtype))
         else:
             from transformers import AutoModel
 
             logger.warning("No Fast-dLLM checkout found: loading %s with its own remote code; "
                            "prefix/dual cache need Fast-dLLM's LLaDAModelLM (set FAST_DLLM_PATH).", path)
-            model = AutoModel.from_pretrained(str(path), trust_remote_code=True, dtype=torch_dtype)
+            model = AutoModel.from_pretrained(str(path), trust_remote_code=True,
+                                              **dtype_kwargs(torch_dtype))
         tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=True)
     else:
         raise ModelLoadError(f"{path} holds a {model_type!r} model; expected a masked-diffusion LM "

@@ -99,6 +99,9 @@ def vocabulary_words() -> List[str]:
     return sorted(words)
 
 
+# No token_type_ids: the models take none (transformers 4.x would add them by default).
+MODEL_INPUT_NAMES = ["input_ids", "attention_mask"]
+
 # One token per: ``####``, a run of digits, a run of letters, or any other single non-space char.
 _SPLIT_PATTERN = r"####|[0-9]+|[^\W\d_]+|[^\s]"
 
@@ -140,6 +143,7 @@ def build_dllm_tokenizer() -> PreTrainedTokenizerFast:
         pad_token="[PAD]", unk_token="[UNK]", mask_token="[MASK]", eos_token="<|eos|>",
         padding_side="left", clean_up_tokenization_spaces=False,
         model_max_length=512,  # the embedded models' position limit (config: 512)
+        model_input_names=MODEL_INPUT_NAMES,
     )
     return fast
 
@@ -180,6 +184,7 @@ def build_aux_tokenizer() -> PreTrainedTokenizerFast:
         unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>",
         padding_side="left", clean_up_tokenization_spaces=False,
         model_max_length=512,  # the embedded models' position limit (config: 512)
+        model_input_names=MODEL_INPUT_NAMES,
     )
     return fast
 

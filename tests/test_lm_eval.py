@@ -28,10 +28,24 @@ from lm_eval.api.instance import Instance  # noqa: E402
 
 from fastdllm_warmstart.config import ConfigError  # noqa: E402
 from fastdllm_warmstart.eval import main as eval_main  # noqa: E402
-from fastdllm_warmstart.lm_eval_model import (  # noqa: E402
-    AnswerStore, EvalSettings, LLaDAWarmStartLM, summarize_speed, valid_model_args)
+from fastdllm_warmstart.lm_eval_model import LLaDAWarmStartLM  # noqa: E402
+from fastdllm_warmstart.lm_eval_utils import (  # noqa: E402
+    AnswerStore, EvalSettings, summarize_speed, valid_model_args)
 
 TASK_DIR = Path(__file__).resolve().parents[1] / "fastdllm_warmstart" / "tasks"
+
+
+def _has_run_cli() -> bool:
+    try:
+        import lm_eval._cli.run  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+HAS_RUN_CLI = _has_run_cli()
+# The `eval` command builds on lm-eval 0.4.13's `run` command line; the model works on 0.4.8 too.
+needs_run_cli = pytest.mark.skipif(not HAS_RUN_CLI, reason="the eval command needs lm-eval 0.4.13")
 TEST_JSONL = TASK_DIR / "data" / "tinygsm_test.jsonl"
 UNTIL = ["Question:", "</s>", "<|im_end|>"]
 SMALL = {"gen_length": 16, "block_length": 8, "threshold": 0.9}
@@ -312,6 +326,30 @@ def test_warm_start_and_fallbacks_are_counted(model_path, tmp_path):
     assert speed["injected_total"] == 2 * SMALL["gen_length"]
 
 
+def test_show_speed_prints_the_table_to_the_console(model_path, capsys):
+    """As upstream's eval prints its NFE: to the console, whatever logging lm-eval set up."""
+    prompts = tinygsm_prompts(2)
+    make_lm(model_path).generate_until(gen_requests(prompts))
+    assert "NFE / time per task" not in capsys.readouterr().err
+    make_lm(model_path, show_speed="True").generate_until(gen_requests(prompts))
+    err = capsys.readouterr().err
+    assert "NFE / time per task (llada_warmstart):" in err
+    row = next(line for line in err.splitlines() if line.startswith("| tinygsm"))
+    assert row.split("|")[2].strip() == "2"  # samples
+
+
+def test_hook_variables_are_named_once_and_not_applied(model_path, monkeypatch, caplog):
+    from fastdllm_warmstart import lm_eval_model
+
+    monkeypatch.setattr(lm_eval_model, "_warned_hook_env", False)
+    monkeypatch.setenv("FASTDLLM_WARMSTART_WARM_INIT", "token")
+    with caplog.at_level("WARNING", logger="fastdllm_warmstart.lm_eval_model"):
+        first, _ = make_lm(model_path), make_lm(model_path)
+    warnings = [r.getMessage() for r in caplog.records if "FASTDLLM_WARMSTART_WARM_INIT" in r.getMessage()]
+    assert len(warnings) == 1 and "--model_args" in warnings[0]
+    assert not first.settings.run.warm.enabled
+
+
 def test_summarize_speed_by_hand():
     rows = [{"nfe": 4, "gen_tokens": 8, "dllm_seconds": 1.0, "aux_seconds": 1.0, "warm": True,
              "fallback": None, "cached": True},
@@ -348,6 +386,7 @@ def test_rolling_loglikelihood_is_refused(lm):
 # the eval command
 # ----------------------------------------------------------------------------------------------
 
+@needs_run_cli
 @pytest.mark.parametrize("argv, expected", [
     (["--tasks", "tinygsm", "--rho", "2"], "rho=2.0 is out of range"),
     (["--tasks", "tinygsm", "--warm-init", "hot"], "invalid choice: 'hot'"),
@@ -400,6 +439,7 @@ def single_process_run(model_path, tmp_path_factory):
     return proposals, _load_outputs(out)
 
 
+@needs_run_cli
 def test_eval_command_writes_metrics_and_speed(single_process_run, capsys):
     _, (results, samples) = single_process_run
     metrics = results["results"]["tinygsm"]
@@ -411,6 +451,7 @@ def test_eval_command_writes_metrics_and_speed(single_process_run, capsys):
     assert len(samples) == 12  # 6 docs x 2 filters
 
 
+@needs_run_cli
 def test_two_processes_match_one_process(model_path, single_process_run, tmp_path):
     """torchrun --nproc_per_node 2 on CPU (gloo): the merged metrics, answers and speed counts
     equal the single-process run's."""
@@ -447,6 +488,7 @@ def test_tinygsm_task_loads_from_any_directory(tmp_path, monkeypatch):
     assert data["test"][0]["answer"].split("#### ")[-1].strip().isdigit()
 
 
+@needs_run_cli
 def test_eval_unknown_task_is_a_usage_error(capsys):
     assert eval_main(["--tasks", "no_such_task_xyz"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -454,8 +496,55 @@ def test_eval_unknown_task_is_a_usage_error(capsys):
     assert not any("Traceback" in line for line in err)
 
 
+@needs_run_cli
 def test_eval_reads_tasks_and_model_args_from_config_file(tmp_path, capsys):
     config = tmp_path / "run.yaml"
     config.write_text("tasks: [tinygsm]\nmodel_args: {rho: 3}\n", encoding="utf-8")
     assert eval_main(["--config", str(config)]) == 2
     assert "rho=3.0 is out of range" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(HAS_RUN_CLI, reason="this lm-eval has the run command line")
+def test_eval_on_an_older_lm_eval_names_the_fix(capsys):
+    from fastdllm_warmstart.compat import lm_eval_version
+
+    assert eval_main(["--tasks", "tinygsm"]) == 2
+    err = capsys.readouterr().err
+    assert f"lm-eval {lm_eval_version()} lacks" in err and "lm-eval==0.4.13" in err
+
+
+TASK_YAML = """task: tinygsm_json
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: generate_until
+doc_to_text: "Question: {{{{question}}}}\\nAnswer:"
+doc_to_target: "{{{{answer}}}}"
+generation_kwargs:
+  until: ["Question:"]
+  do_sample: false
+metric_list:
+  - metric: exact_match
+"""
+
+
+def test_harness_evaluator_runs_the_model(model_path, tmp_path, capsys):
+    """lm-eval's own simple_evaluate drives the model on every tested lm-eval, 0.4.8 included
+    (a plain JSON task here: the tinygsm task's custom_dataset needs a newer lm-eval). 0.4.8
+    keeps model info out of its results, so the speed figures are read from show_speed's table."""
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    (tmp_path / "tinygsm_json.yaml").write_text(TASK_YAML.format(data=TEST_JSONL))
+    embedded = model_path is None  # then the embedded aux model drafts the warm start
+    args = dict(SMALL, device="cpu", batch_size=2, show_speed=True, **(
+        {"warm_init": "token"} if embedded else {"model_path": model_path}))
+    results = simple_evaluate(model="llada_warmstart", model_args=args, tasks=["tinygsm_json"],
+                              limit=2, task_manager=TaskManager(include_path=str(tmp_path)))
+    assert "exact_match,none" in results["results"]["tinygsm_json"]
+    row = next(line for line in capsys.readouterr().err.splitlines()
+               if line.startswith("| tinygsm_json "))
+    cells = [cell.strip() for cell in row.split("|")[1:-1]]  # Task, n, ..., warm, fallbacks, cached
+    assert cells[1] == "2" and cells[8] == ("2" if embedded else "0")

@@ -223,7 +223,9 @@ def test_eval_entry_point_wires_hook_and_fixes_harness(patched):
     setter and working collectives, and both models are registered."""
     dst, _ = patched
     code = "\n".join([
-        "import torch, eval_llada_warmstart as entry, eval_llada, warmstart_hook",
+        "import torch, eval_llada_warmstart as entry",
+        "eval_llada = entry.prepare()",
+        "import warmstart_hook",
         "from lm_eval.api.registry import get_model",
         "assert eval_llada.generate_with_dual_cache is warmstart_hook.generate_with_dual_cache",
         "assert eval_llada.generate is warmstart_hook.generate",
@@ -239,3 +241,91 @@ def test_eval_entry_point_wires_hook_and_fixes_harness(patched):
     proc = subprocess.run([sys.executable, "-c", code], cwd=dst / "llada", capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-2000:]
+
+
+# ----------------------------------------------------------------------------------------------
+# the checkout's own evaluation, end to end
+# ----------------------------------------------------------------------------------------------
+
+EVAL_ARGS = ["--tasks", "tinygsm", "--limit", "4", "--device", "cpu", "--log_samples"]
+DECODE = "gen_length=16,steps=16,block_length=8,threshold=0.9,is_check_greedy=False"
+
+
+def _llada_checkpoint(llada: Path, out: Path):
+    """A tiny random LLaDA checkpoint as a user has one: the checkout's own classes, a config
+    with ``auto_map``, the model files beside the weights, and a matching (the tiny) tokenizer.
+    Its output layer cannot prefer [MASK]/[PAD], which upstream's loop would commit."""
+    from fastdllm_warmstart.compat import post_init_compatible, save_tokenizer
+    from fastdllm_warmstart.tokenization import build_dllm_tokenizer
+    from fastdllm_warmstart.upstream import find_upstream
+
+    up = find_upstream(str(llada))
+    tok = build_dllm_tokenizer()
+    torch.manual_seed(0)
+    cfg = up.config_class(
+        d_model=32, n_heads=2, n_layers=1, mlp_hidden_size=64, vocab_size=len(tok),
+        embedding_size=len(tok), block_type="llama", rope=True, mask_token_id=tok.mask_token_id,
+        eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id, max_sequence_length=256,
+        include_bias=False, weight_tying=False, layer_norm_type="rms", activation_type="silu",
+        mlp_ratio=2, attention_layer_norm=False, init_device="cpu", init_fn="normal", init_std=0.5,
+        use_cache=False, flash_attention=False)
+    model = post_init_compatible(up.model_class)(cfg, init_params=True)
+    with torch.no_grad():
+        head = dict(model.named_parameters())["model.transformer.ff_out.weight"]  # (V, d)
+        head[[tok.mask_token_id, tok.pad_token_id]] = 0
+    model.save_pretrained(str(out))
+    save_tokenizer(tok, out)
+    for name in ("configuration_llada.py", "modeling_llada.py"):
+        shutil.copy(llada / "model" / name, out / name)
+    config = json.loads((out / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "configuration_llada.LLaDAConfig",
+                          "AutoModel": "modeling_llada.LLaDAModelLM"}
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    return tok
+
+
+def _run_eval(llada: Path, out: Path, model_args: str, *, hook=True, env=None):
+    """The checkout's evaluation through eval_llada_warmstart.py; (samples by doc id, stderr)."""
+    main = "import eval_llada_warmstart as e; e.main(hook=%s)" % hook
+    cmd = [sys.executable, "-c", main, *EVAL_ARGS, "--model", "llada_dist",
+           "--model_args", model_args, "--output_path", str(out)]
+    run_env = {k: v for k, v in os.environ.items() if not k.startswith("FASTDLLM_WARMSTART_")}
+    run_env.update(PYTHONPATH=os.pathsep.join([str(ROOT), run_env.get("PYTHONPATH", "")]),
+                   OMP_NUM_THREADS="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+                   **(env or {}))
+    proc = subprocess.run(cmd, cwd=llada, env=run_env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (samples,) = out.rglob("samples_tinygsm*.jsonl")
+    rows = [json.loads(line) for line in samples.read_text(encoding="utf-8").splitlines()]
+    return {r["doc_id"]: r["resps"][0][0] for r in rows}, proc.stderr
+
+
+def test_checkout_evaluation_cold_and_warm_from_proposals(patched, tmp_path):
+    """tinygsm through the checkout's own eval_llada.py (model llada_dist): the hook's cold run
+    answers exactly as upstream's own decoding; a warm run from a proposals file keyed by the
+    task's prompt text warm-starts the prompts the file has and counts the one it lacks."""
+    dst, _ = patched
+    llada = dst / "llada"
+    ckpt = tmp_path / "tiny-llada"
+    tok = _llada_checkpoint(llada, ckpt)
+    args = f"model_path={ckpt},mask_id={tok.mask_token_id},{DECODE}"
+
+    upstream, _ = _run_eval(llada, tmp_path / "upstream", args, hook=False)
+    cold, _ = _run_eval(llada, tmp_path / "cold", args)
+    assert sorted(cold) == [0, 1, 2, 3]
+    assert cold == upstream
+
+    docs = [json.loads(line) for line in
+            (ROOT / "fastdllm_warmstart/tasks/data/tinygsm_test.jsonl").read_text().splitlines()[:4]]
+    proposals = tmp_path / "proposals.jsonl"  # docs 0-2 only: doc 3 must fall back to cold
+    proposals.write_text("".join(json.dumps({"prompt": f"Question: {d['question']}\nAnswer:",
+                                             "proposal": d["answer"]}) + "\n" for d in docs[:3]))
+    warm, log = _run_eval(llada, tmp_path / "warm", args, env={
+        "FASTDLLM_WARMSTART_WARM_INIT": "token", "FASTDLLM_WARMSTART_RHO": "1.0",
+        "FASTDLLM_WARMSTART_PROPOSALS": str(proposals)})
+    ids = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    for i, doc in enumerate(docs[:3]):  # rho=1: the proposal fills the canvas and stays
+        assert ids(warm[i]) == ids(doc["answer"])[:16], (warm[i], doc["answer"])
+        assert warm[i] != cold[i]
+    assert warm[3] == cold[3]
+    assert "Warm start: 3 of 4 prompt(s) warm-started; 1 found no usable proposal" in log

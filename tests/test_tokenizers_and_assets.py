@@ -1,5 +1,6 @@
 """The two tokenizers (round trip, robustness, differences) and the shipped tiny models."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -101,10 +102,16 @@ def test_punctuation_tokens(dtok):
 
 
 def test_save_and_reload(tmp_path, dtok, atok):
+    """compat.save_tokenizer writes files every tested transformers release reads back."""
     from transformers import AutoTokenizer
+
+    from fastdllm_warmstart.compat import PORTABLE_TOKENIZER_CLASS, save_tokenizer
+
     for name, tok in (("d", dtok), ("a", atok)):
-        tok.save_pretrained(tmp_path / name)
+        save_tokenizer(tok, tmp_path / name)
         assert (tmp_path / name / "tokenizer.json").exists()
+        saved = json.loads((tmp_path / name / "tokenizer_config.json").read_text())
+        assert saved["tokenizer_class"] == PORTABLE_TOKENIZER_CLASS
         re = AutoTokenizer.from_pretrained(tmp_path / name)
         s = "Question: Tom has 7 apples. How many?\nAnswer: 7 + 5 = 12 .\n#### 12"
         assert re.encode(s) == tok.encode(s)
@@ -135,8 +142,10 @@ def test_tiny_dllm_loads_and_runs():
 
     from fastdllm_warmstart.models import TinyLLaDAModelLM
 
+    from fastdllm_warmstart.compat import dtype_kwargs
+
     tok = AutoTokenizer.from_pretrained(DLLM_DIR)
-    model = TinyLLaDAModelLM.from_pretrained(DLLM_DIR, dtype=torch.float32).eval()
+    model = TinyLLaDAModelLM.from_pretrained(DLLM_DIR, **dtype_kwargs(torch.float32)).eval()
     cfg = model.config
     assert cfg.mask_token_id == tok.mask_token_id
     assert cfg.eos_token_id == tok.eos_token_id
@@ -174,3 +183,46 @@ def test_train_logs_present():
     for d in (DLLM_DIR, AUX_DIR):
         _need(d)
         assert (d / "train_log.json").exists() or (d / "TRAINING.md").exists()
+
+
+@pytest.mark.parametrize("name", ["tiny-dllm", "tiny-dllm-rcd", "tiny-aux"])
+def test_shipped_tokenizer_names_a_class_every_release_loads(name):
+    """transformers 5 saves ``TokenizersBackend``, which 4.x cannot load; the shipped files name
+    ``PreTrainedTokenizerFast`` and their tokenizer.json reads with the installed tokenizers."""
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
+
+    from fastdllm_warmstart.compat import PORTABLE_TOKENIZER_CLASS
+
+    _need(ASSETS / name)
+    config = json.loads((ASSETS / name / "tokenizer_config.json").read_text())
+    assert config["tokenizer_class"] == PORTABLE_TOKENIZER_CLASS
+    raw = Tokenizer.from_file(str(ASSETS / name / "tokenizer.json"))
+    tok = AutoTokenizer.from_pretrained(ASSETS / name)
+    text = tinygsm.format_prompt("Tom has 12 apples. He buys 5 more. How many apples now?")
+    assert tok(text)["input_ids"] == raw.encode(text).ids
+    assert list(tok(text)) == ["input_ids", "attention_mask"]  # 4.x adds token_type_ids unless told
+    assert tok.unk_token_id not in tok(text)["input_ids"]
+
+
+@pytest.mark.parametrize("name", ["tiny-dllm", "tiny-dllm-rcd", "tiny-aux"])
+def test_shipped_weights_load_unchanged(name):
+    """Every tensor of model.safetensors reaches the loaded model as stored (transformers 4.x
+    tied the tiny dLLM's lm_head and wte, overwriting one, before its config said not to)."""
+    from safetensors.torch import load_file
+
+    from fastdllm_warmstart.auxiliary.proposer import AuxProposer
+    from fastdllm_warmstart.config import AuxConfig
+    from fastdllm_warmstart.loading import load_dllm
+
+    _need(ASSETS / name)
+    path = ASSETS / name
+    if name == "tiny-aux":
+        model = AuxProposer.from_pretrained(None, build_dllm_tokenizer(), config=AuxConfig(),
+                                            dtype=torch.float32).model
+    else:
+        model, _, _ = load_dllm(f"embedded:{name}", dtype="float32")
+    loaded = model.state_dict()
+    stored = load_file(str(path / "model.safetensors"))
+    for key, tensor in stored.items():
+        assert torch.equal(loaded[key], tensor.float()), key

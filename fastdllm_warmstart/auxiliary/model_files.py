@@ -47,15 +47,11 @@ def resolve_model_path(path: Optional[PathLike]) -> Tuple[str, str]:
 
 def load_local(name: str, dtype: Any) -> Tuple[Any, Any]:
     """AutoModelForCausalLM + AutoTokenizer from local files only, with errors that name the fix."""
-    import transformers
-    from packaging.version import Version
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    kwargs: Dict[str, Any] = {"local_files_only": True}
-    if dtype is not None:
-        # transformers 4.56 renamed torch_dtype to dtype; setup.py allows older releases.
-        new_name = Version(transformers.__version__) >= Version("4.56")
-        kwargs["dtype" if new_name else "torch_dtype"] = dtype
+    from ..compat import dtype_kwargs
+
+    kwargs: Dict[str, Any] = {"local_files_only": True, **dtype_kwargs(dtype)}
     try:
         model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
     except (OSError, ValueError, KeyError) as exc:

@@ -72,6 +72,8 @@ class TinyLLaDAConfig(PretrainedConfig):
         self.init_std = init_std
         self.mask_token_id = mask_token_id
         kwargs.setdefault("use_cache", False)
+        # wte and lm_head are separate weights; transformers 4.x ties them unless told not to.
+        kwargs.setdefault("tie_word_embeddings", False)
         super().__init__(**kwargs)
 
     # Names transformers utilities look for.

@@ -38,6 +38,14 @@ HOOK_KEYS = tuple(k for k in FLAT_KEYS if k not in _CALL_KEYS)
 
 _overrides: Dict[str, Any] = {}
 _state: Dict[str, Any] = {}
+# Rows decoded with a warm start asked for: all, those started from a proposal, those decoded cold.
+_counts = {"rows": 0, "warm": 0, "cold": 0}
+
+
+def warm_start_counts() -> Dict[str, int]:
+    """How many prompts asked for a warm start (``rows``) were warm-started (``warm``) or found no
+    usable proposal and decoded cold (``cold``), since the process started."""
+    return dict(_counts)
 
 
 def configure(**settings: Any) -> None:
@@ -117,6 +125,22 @@ def _proposer(config: RunConfig, tokenizer, device):
     return _state[key]
 
 
+def _count(made, config: RunConfig) -> None:
+    """Tally the proposals of one call; a call with rows left cold says how many, and why."""
+    cold = [p for p in made if not p.ok]
+    _counts["rows"] += len(made)
+    _counts["warm"] += len(made) - len(cold)
+    _counts["cold"] += len(cold)
+    if not cold:
+        return
+    reasons = sorted({p.error for p in cold})
+    where = (f" Prompts are looked up in {config.aux.proposals} by the prompt text (the user "
+             "message), whitespace ignored." if config.aux.proposals else "")
+    logger.warning("Warm start: %d of %d prompt(s) of this call found no usable proposal (%s) "
+                   "and decode cold; %d of %d so far.%s", len(cold), len(made), "; ".join(reasons),
+                   _counts["cold"], _counts["rows"], where)
+
+
 def _callbacks(model, prompt: torch.Tensor, config: RunConfig):
     from fastdllm_warmstart.warmstart import build_callbacks, proposals_to_tensor
 
@@ -126,9 +150,7 @@ def _callbacks(model, prompt: torch.Tensor, config: RunConfig):
         device = next(model.parameters()).device
         texts = [_user_text(tokenizer, row) for row in prompt.tolist()]
         made = _proposer(config, tokenizer, device).propose(texts, config.decode.gen_length)
-        for p in made:
-            if not p.ok:
-                logger.warning("Warm start fell back to a cold start: %s", p.error)
+        _count(made, config)
         proposals = proposals_to_tensor([p.token_ids if p.ok else None for p in made],
                                         config.decode.gen_length, device=device)
     return build_callbacks(config, proposals)
