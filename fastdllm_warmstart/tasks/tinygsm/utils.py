@@ -33,8 +33,9 @@ def load_tinygsm(**_metadata: Any):
         path = default_split_path(split)
         if not path.is_file():
             raise FileNotFoundError(
-                f"tinygsm split file {path} is missing. Reinstall fastdllm-warmstart, or regenerate "
-                f"the splits with fastdllm_warmstart.tasks.tinygsm.make_default_splits().")
+                f"tinygsm split file {path} is missing. Reinstall fastdllm-warmstart, or "
+                f"regenerate the splits with "
+                f"fastdllm_warmstart.tasks.tinygsm.make_default_splits().")
         rows = [{"question": p["question"], "answer": p["answer"]} for p in load_jsonl(path)]
         splits[split] = datasets.Dataset.from_list(rows)
     return datasets.DatasetDict(splits)
