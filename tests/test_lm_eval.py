@@ -548,3 +548,57 @@ def test_harness_evaluator_runs_the_model(model_path, tmp_path, capsys):
                if line.startswith("| tinygsm_json "))
     cells = [cell.strip() for cell in row.split("|")[1:-1]]  # Task, n, ..., warm, fallbacks, cached
     assert cells[1] == "2" and cells[8] == ("2" if embedded else "0")
+
+
+@pytest.fixture(scope="module")
+def task_manager():
+    """lm-eval's own task manager with the package's tasks, as ``--tasks tinygsm`` uses it
+    (indexing lm-eval's task folders is the slow part, so it is built once)."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=str(TASK_DIR))
+
+
+def _load_tinygsm_with_lm_eval(task_manager):
+    """A freshly built ``tinygsm`` task (its YAML and Python file read, its data loaded)."""
+    import warnings
+
+    from lm_eval.tasks import get_task_dict
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # 0.4.13 prefers TaskManager.load
+        return get_task_dict(["tinygsm"], task_manager)["tinygsm"]
+
+
+def test_tinygsm_task_loads_through_the_task_manager(task_manager, tmp_path, monkeypatch):
+    """Every tested lm-eval (0.4.8 and 0.4.13) builds the task offline from any working directory,
+    with the shipped test split as its documents and the gsm8k-style prompt."""
+    monkeypatch.chdir(tmp_path)
+    task = _load_tinygsm_with_lm_eval(task_manager)
+    shipped = [json.loads(line) for line in TEST_JSONL.read_text(encoding="utf-8").splitlines()
+               if line.strip()]
+    docs = list(task.test_docs())
+    assert len(docs) == len(shipped)
+    for doc, row in ((docs[0], shipped[0]), (docs[-1], shipped[-1])):
+        assert (doc["question"], doc["answer"]) == (row["question"], row["answer"])
+    assert task.doc_to_text(docs[0]) == f"Question: {shipped[0]['question']}\nAnswer:"
+    assert task.doc_to_target(docs[0]) == shipped[0]["answer"]
+
+
+def test_tinygsm_task_scores_through_its_filters(task_manager):
+    """Both filters pull the final number out of a gsm8k-style answer and exact_match compares it
+    with the gold answer's, so the gold text scores 1 and a wrong final number 0."""
+    task = _load_tinygsm_with_lm_eval(task_manager)
+    task.build_all_requests(limit=2)
+    gold = [inst.doc["answer"] for inst in task.instances]
+    final = [answer.split("#### ")[-1].strip() for answer in gold]
+    responses = [gold[0], gold[1].rsplit("#### ", 1)[0] + f"#### {int(final[1]) + 1}"]
+    for inst, response in zip(task.instances, responses):
+        inst.resps = [response]
+    task.apply_filters()
+    for name in ("strict-match", "flexible-extract"):
+        extracted = [inst.filtered_resps[name] for inst in task.instances]
+        assert extracted == [final[0], str(int(final[1]) + 1)], name
+        scores = [task.process_results(inst.doc, [inst.filtered_resps[name]])["exact_match"]
+                  for inst in task.instances]
+        assert scores == [1.0, 0.0], name
