@@ -532,7 +532,7 @@ metric_list:
 
 def test_harness_evaluator_runs_the_model(model_path, tmp_path, capsys):
     """lm-eval's own simple_evaluate drives the model on every tested lm-eval, 0.4.8 included
-    (a plain JSON task here: the tinygsm task's custom_dataset needs a newer lm-eval). 0.4.8
+    (on a plain JSON task, so the model is tested apart from the tinygsm task class). 0.4.8
     keeps model info out of its results, so the speed figures are read from show_speed's table."""
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
