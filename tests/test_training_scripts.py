@@ -9,6 +9,8 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
 
 def _run(*args, cwd):
@@ -79,7 +81,7 @@ def test_train_tiny_dllm_trains_resumes_and_exports(tmp_path):
 
 def test_problem_stream_group_frac_sets_the_training_mix_only():
     from fastdllm_warmstart.tasks import tinygsm
-    from fastdllm_warmstart.training import ProblemStream
+    from scripts.training import ProblemStream
 
     def frac(stream, n=240):
         probs = [p for _ in range(n // 24) for p in stream.next_batch(24, pool=1)]
@@ -106,7 +108,7 @@ def test_dual_cache_loss_trains_a_block_against_stale_context():
     from fastdllm_warmstart.models import TinyLLaDAConfig, TinyLLaDAModelLM
     from fastdllm_warmstart.tasks import tinygsm
     from fastdllm_warmstart.tokenization import build_dllm_tokenizer
-    from fastdllm_warmstart.training import dllm_cache_loss, dllm_encode_batch
+    from scripts.training import dllm_cache_loss, dllm_encode_batch
 
     tok = build_dllm_tokenizer()
     torch.manual_seed(0)
@@ -139,7 +141,7 @@ def test_grow_state_dict_keeps_the_function_and_trains_the_new_layers(tmp_path):
 
     from fastdllm_warmstart.models import TinyLLaDAConfig, TinyLLaDAModelLM
     from fastdllm_warmstart.tokenization import build_dllm_tokenizer
-    from fastdllm_warmstart.training import grow_state_dict
+    from scripts.training import grow_state_dict
 
     tok = build_dllm_tokenizer()
 
@@ -191,7 +193,7 @@ def test_teacher_forced_order_replays_the_engines_dual_cache_trajectory():
     from fastdllm_warmstart.models import TinyLLaDAModelLM
     from fastdllm_warmstart.tasks import tinygsm
     from fastdllm_warmstart.tokenization import build_dllm_tokenizer
-    from fastdllm_warmstart.training import (BLOCK_LENGTH, GEN_LENGTH, THRESHOLD, dllm_decode_state_loss,
+    from scripts.training import (BLOCK_LENGTH, GEN_LENGTH, THRESHOLD, dllm_decode_state_loss,
                                              dllm_encode_batch, teacher_forced_order)
 
     tok = build_dllm_tokenizer()
@@ -227,7 +229,8 @@ def test_decode_state_loss_draws_several_states_and_skips_filler_blocks(monkeypa
     """dllm_decode_state_loss(states=K): each of the K draws of a row is run against that row's own
     cache (the batched forward equals the row's forward alone), their masks differ, and
     block_choice="content" rarely replays a block that holds only end-of-canvas filler."""
-    from fastdllm_warmstart import training
+    from scripts import training
+    from scripts.training import objectives
     from fastdllm_warmstart.assets import asset_path
     from fastdllm_warmstart.models import TinyLLaDAModelLM
     from fastdllm_warmstart.tasks import tinygsm
@@ -245,7 +248,7 @@ def test_decode_state_loss_draws_several_states_and_skips_filler_blocks(monkeypa
         seen.update(xb=xb, am=am, past=past, s=s)
         return real_block_forward(model_, xb, am, past, s)
 
-    monkeypatch.setattr(training, "block_forward", spy)
+    monkeypatch.setattr(objectives, "block_forward", spy)
     with torch.no_grad():
         loss = training.dllm_decode_state_loss(model, batch, tok.mask_token_id, tok.pad_token_id,
                                                torch.Generator().manual_seed(3), states=3)
@@ -267,7 +270,7 @@ def test_decode_state_loss_draws_several_states_and_skips_filler_blocks(monkeypa
               if (canvas[:, b * training.BLOCK_LENGTH:(b + 1) * training.BLOCK_LENGTH] == canvas[:, -1:]).all()]
     assert filler, "the test needs a batch whose last block is filler only"
     picks = []
-    monkeypatch.setattr(training, "teacher_forced_order",
+    monkeypatch.setattr(objectives, "teacher_forced_order",
                         lambda m, ids, am, s, e, *a, **k: (picks.append((s - P) // training.BLOCK_LENGTH),
                                                            (torch.zeros(ids.shape[0], e - s, dtype=torch.long),
                                                             training.stale_block_cache(m, ids, am, s,
@@ -284,7 +287,7 @@ def test_result_first_boost_weights_only_the_results_of_result_first_equations()
     """dllm_encode_batch marks the result c of every ``c = a op b`` equation of the reference answers
     (and nothing of the other wordings); result_first_boost(W) multiplies by W the cross-entropy of
     exactly those masked results whose "=" is visible, in every loss; W = 1 leaves the loss as it was."""
-    from fastdllm_warmstart import training
+    from scripts import training
     from fastdllm_warmstart.assets import asset_path
     from fastdllm_warmstart.models import TinyLLaDAModelLM
     from fastdllm_warmstart.tasks import tinygsm
@@ -301,7 +304,7 @@ def test_result_first_boost_weights_only_the_results_of_result_first_equations()
         words = tok.convert_ids_to_tokens(batch["ids"][r, P:].tolist())
         for j in range(1, len(words) - 3):  # "<c> = <a> <op> <b>" not preceded by an "... =" equation
             if (words[j] == "=" and words[j - 1].isdigit() and words[j + 1].isdigit()
-                    and words[j + 3].isdigit() and not (j >= 3 and words[j - 2] in training._OP_TOKENS)):
+                    and words[j + 3].isdigit() and not (j >= 3 and words[j - 2] in training.data._OP_TOKENS)):
                 expected[r, j - 1] = True
     assert torch.equal(marked, expected)
 
@@ -357,7 +360,7 @@ def test_probe_decode_order_runs_on_the_embedded_model():
         sys.path.pop(0)
     from fastdllm_warmstart.tasks import tinygsm
     from fastdllm_warmstart.tokenization import build_dllm_tokenizer
-    from fastdllm_warmstart.training import score
+    from scripts.training import score
 
     tok = build_dllm_tokenizer()
     model = probe.load("embedded:tiny-dllm", tok, 96, 3).eval()
