@@ -269,7 +269,8 @@ def main(argv=None) -> None:
         state["elapsed"] += now - t_last
         t_last = now
         state["step"] += 1
-        state.setdefault("losses", []).append(round(lv, 6))
+        state.setdefault("losses", []).append(round(lv, 6))  # every step's loss, and its kind of state
+        state.setdefault("kinds", []).append(plan.kind)
         ema = lv if ema is None else 0.98 * ema + 0.02 * lv
         state["ema"] = ema
         if state["step"] % 25 == 0 and main_proc:

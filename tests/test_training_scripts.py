@@ -19,36 +19,6 @@ def _run(*args, cwd):
     return proc.stdout
 
 
-def test_train_rcd_trains_resumes_and_exports(tmp_path):
-    from fastdllm_warmstart.models import TinyLLaDAConfig, TinyLLaDAModelLM
-    from fastdllm_warmstart.tokenization import build_dllm_tokenizer
-
-    tok = build_dllm_tokenizer()
-    torch.manual_seed(0)
-    cfg = TinyLLaDAConfig(vocab_size=len(tok), d_model=16, n_layers=1, n_heads=2, mask_token_id=tok.mask_token_id,
-                          eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, max_sequence_length=512)
-    ref = tmp_path / "ref"
-    TinyLLaDAModelLM(cfg).save_pretrained(ref)
-    tok.save_pretrained(ref)
-    common = ["scripts/train_rcd.py", "--reference", str(ref), "--out", str(tmp_path / "out"), "--work",
-              str(tmp_path / "work"), "--batch", "4", "--eval-every", "2", "--eval-n", "3", "--final-n", "3",
-              "--steps", "6", "--draft-frac", "0.5", "--lr", "0.05", "--warmup", "1"]
-    _run(*common, "--stop-at", "4", cwd=REPO)
-    ck = torch.load(tmp_path / "work" / "ckpt.pt", weights_only=False)
-    assert ck["state"]["step"] == 4 and "opt" in ck
-    out = _run(*common, "--resume", cwd=REPO)
-    assert "resumed from" in out
-    log = json.loads((tmp_path / "out" / "train_log.json").read_text())
-    assert log["steps_done"] == 6 and len(log["command"]) == 2
-    assert [c["step"] for c in log["learning_curve"]] == [0, 2, 4, 6]
-    assert {"test", "fresh_seed"} <= log["final_eval"].keys()
-    model = TinyLLaDAModelLM.from_pretrained(tmp_path / "out")
-    assert model.config.rcd["reference"] == str(ref)
-    # the target really moved away from the reference
-    base = TinyLLaDAModelLM.from_pretrained(ref)
-    assert not torch.allclose(model.wte.weight.float(), base.wte.weight.float(), atol=1e-3)
-
-
 def test_train_tiny_dllm_trains_resumes_and_exports(tmp_path):
     common = ["scripts/train_tiny.py", "dllm", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"),
               "--d-model", "16", "--layers", "1", "--heads", "2", "--batch", "4", "--steps", "6",
