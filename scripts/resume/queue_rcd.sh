@@ -9,7 +9,7 @@ REPO=${REPO:-$(cd "$(dirname "$0")/../.." && pwd)}
 CODE=${CODE:-$REPO}
 OUT=${OUT:-$REPO/.work}
 mkdir -p "$OUT"
-COMMON=(--steps 1500 --lr 2e-4 --warmup 100 --batch 64 --eval-every 250 --eval-n 200 --ckpt-minutes 5
+COMMON=(--steps 1000 --lr 2e-4 --warmup 100 --batch 64 --eval-every 250 --eval-n 200 --ckpt-minutes 5
         --threads 1 --t-res-eval 1.0)
 
 run() {
