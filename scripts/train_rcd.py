@@ -45,11 +45,10 @@ from fastdllm_warmstart.tasks import tinygsm  # noqa: E402
 from scripts.training import ProblemStream, cosine_lr, dllm_encode_batch, versions  # noqa: E402
 from scripts.training.residual_states import (SoftInputConfig, cache_state_loss, decode_state_loss,  # noqa: E402
                                               plan_step, random_mask_loss, slice_rows)
-from scripts.training.soft_eval import evaluate_modes  # noqa: E402
+from scripts.training.soft_eval import MODES as EVAL_MODES, evaluate_modes  # noqa: E402
 
 VAL_SEED = 777
 FRESH_SEED = 20241123
-EVAL_MODES = ("cold", "rcd", "embed")
 EXIT_STOPPED = 75  # stopped before the schedule's end (STOP file, --minutes, --stop-at)
 
 
@@ -220,10 +219,10 @@ def main(argv=None) -> None:
     inner = accelerator.unwrap_model(model)
     main_proc = accelerator.is_main_process
 
-    def do_eval(loss: float) -> None:
+    def do_eval(loss) -> None:
         if main_proc:
             r = evaluate_modes(inner, tok, val, args.eval_modes, args.t_res_eval)
-            r.update(step=state["step"], loss=round(loss, 4), elapsed=round(state["elapsed"], 1))
+            r.update(step=state["step"], loss=None if loss is None else round(loss, 4), elapsed=round(state["elapsed"], 1))
             state["curve"].append(r)
             with (work / "curve.jsonl").open("a") as f:
                 f.write(json.dumps(r) + "\n")
@@ -232,7 +231,7 @@ def main(argv=None) -> None:
         accelerator.wait_for_everyone()
 
     if not state["curve"]:
-        do_eval(float("nan"))
+        do_eval(None)
     t_session = t_last = last_ckpt = time.time()
     ema, reason = state.get("ema"), "steps"
     while state["step"] < args.steps:

@@ -232,3 +232,48 @@ def test_train_rcd_stops_resumes_exports_and_marks_the_config(tmp_path):
                              "0", "--draft-alpha", "0"])
     assert control.returncode == 0
     assert json.loads((tmp_path / "c_out" / "config.json").read_text())["soft_inputs"] == "none"
+
+
+def test_probe_residual_weights_measures_both_sides(base):
+    """scripts/probe_residual_weights.py: the KS distance is 0 for one sample and 1 for disjoint
+    ones; the training side collects weights in [0, 1] from every kind of state; the recording
+    stream sees the weights it feeds."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import probe_residual_weights as probe
+    finally:
+        sys.path.pop(0)
+    from fastdllm_warmstart.tasks import tinygsm
+    from scripts.training import engine_decode
+
+    x = torch.rand(500)
+    assert probe.ks(x, x) == 0 and probe.ks(x * 0.4, 0.5 + x * 0.4) == 1.0
+    model, tok = base
+    for kind in ("decode", "cache", "random"):
+        a = probe.training_weights(model, tok, 1, 4, rs.SoftInputConfig(), {kind: 1.0})
+        assert len(a) > 10 and 0 <= a.min() and a.max() <= 1
+    sink = []
+    problems = tinygsm.generate_problems(2, 3)
+    engine_decode(model, tok, [p["question"] for p in problems], "dual", 3,
+                  lambda rows: [probe.RecordingResidual(1.0, sink)])
+    fed = torch.cat(sink)
+    assert len(fed) > 50 and 0 < fed.median() < 1
+
+
+def test_validation_modes_and_their_drafts(base):
+    """Every validation mode decodes; the shuffled drafts are the drafts of other problems and the
+    near-miss drafts are each right in form with a wrong final result."""
+    from fastdllm_warmstart.tasks import tinygsm
+    from scripts.training import soft_eval
+
+    model, tok = base
+    problems = tinygsm.generate_problems(4, 6)
+    plain = soft_eval.validation_drafts(tok, problems)
+    near = soft_eval.validation_drafts(tok, problems, wrong=1.0, other=0.0)
+    text = [tok.decode([t for t in r.tolist()], skip_special_tokens=True) for r in near]
+    assert all("####" in t and tinygsm.extract_final(t) != int(p["final"]) for t, p in zip(text, problems))
+    assert torch.equal(soft_eval.validation_drafts(tok, problems), plain)  # fixed by the seed
+    r = soft_eval.evaluate_modes(model, tok, problems, soft_eval.MODES, 1.0, batch_size=3)
+    for mode in soft_eval.MODES:
+        assert 0 <= r[f"acc_{mode}"] <= 1 and r[f"nfe_{mode}"] >= 3
+    assert r["acc_cold"] >= 0.5 and r["nfe_embed"] < r["nfe_cold"]

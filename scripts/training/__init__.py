@@ -6,6 +6,7 @@ kept outside the runtime package.
 * :mod:`.runs`: checkpoints, schedule, optimiser step, model growth, versions.
 * :mod:`.evaluation`: validation decoding through the package's engine.
 * :mod:`.residual_states`: RCD residuals and aux-like drafts laid into those states (stage 2).
+* :mod:`.soft_eval`: validation cold, with the residual stream, with drafts (embedding warm start).
 """
 
 from .data import BLOCK_LENGTH, GEN_LENGTH, THRESHOLD, ProblemStream, dllm_encode_batch, equation_spans, prompt_canvas
