@@ -94,8 +94,8 @@ def training_weights(reference, tok, batches: int, batch: int, cfg, mix, seed: i
 
 def quantiles(x: torch.Tensor) -> dict:
     q = torch.quantile(x[torch.randperm(len(x))[:200000]], torch.tensor(QUANTILES))
-    return {f"q{int(p * 100)}": round(v, 4) for p, v in zip(QUANTILES, q.tolist())} | {"mean": round(x.mean().item(), 4),
-                                                                                        "n": len(x)}
+    out = {f"q{int(p * 100)}": round(v, 4) for p, v in zip(QUANTILES, q.tolist())}
+    return dict(out, mean=round(x.mean().item(), 4), n=len(x))
 
 
 def ks(a: torch.Tensor, b: torch.Tensor) -> float:

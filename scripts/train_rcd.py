@@ -222,7 +222,8 @@ def main(argv=None) -> None:
     def do_eval(loss) -> None:
         if main_proc:
             r = evaluate_modes(inner, tok, val, args.eval_modes, args.t_res_eval)
-            r.update(step=state["step"], loss=None if loss is None else round(loss, 4), elapsed=round(state["elapsed"], 1))
+            r.update(step=state["step"], loss=None if loss is None else round(loss, 4),
+                     elapsed=round(state["elapsed"], 1))
             state["curve"].append(r)
             with (work / "curve.jsonl").open("a") as f:
                 f.write(json.dumps(r) + "\n")
