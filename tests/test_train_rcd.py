@@ -214,7 +214,7 @@ def test_train_rcd_stops_resumes_exports_and_marks_the_config(tmp_path):
     _tiny_reference(tmp_path / "ref")
     common = [sys.executable, "scripts/train_rcd.py", "--reference", str(tmp_path / "ref"), "--work",
               str(tmp_path / "w"), "--out", str(tmp_path / "out"), "--steps", "4", "--eval-every", "2",
-              "--eval-n", "3", "--final-n", "3", "--batch", "4", "--draft-frac", "0.5", "--warmup", "1"]
+              "--eval-n", "2", "--final-n", "2", "--batch", "4", "--draft-frac", "0.5", "--warmup", "1"]
     for bad in (["--eval-modes", "cold,xyz"], ["--draft-alpha", "2"], ["--batch", "3", "--grad-accum", "2"]):
         proc = subprocess.run(common + bad, cwd=REPO, capture_output=True, text=True, timeout=300)
         assert proc.returncode != 0 and bad[0] in proc.stderr and "Traceback" not in proc.stderr
@@ -229,7 +229,7 @@ def test_train_rcd_stops_resumes_exports_and_marks_the_config(tmp_path):
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert config["soft_inputs"] == "rcd+bridge" and config["base_model"] == str(tmp_path / "ref")
     control = _run(common + ["--work", str(tmp_path / "c"), "--out", str(tmp_path / "c_out"), "--residual-scale",
-                             "0", "--draft-alpha", "0"])
+                             "0", "--draft-alpha", "0", "--eval-modes", "cold", "--eval-every", "4"])
     assert control.returncode == 0
     assert json.loads((tmp_path / "c_out" / "config.json").read_text())["soft_inputs"] == "none"
 

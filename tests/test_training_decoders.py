@@ -52,7 +52,7 @@ def test_engine_none_cache_gives_the_retired_decoders_tokens_and_nfe():
 
     tok = build_dllm_tokenizer()
     model = TinyLLaDAModelLM.from_pretrained(asset_path("tiny-dllm"), dtype=torch.float32).eval()
-    problems = tinygsm.generate_problems(41, 24)
+    problems = tinygsm.generate_problems(41, 12)
     questions = [p["question"] for p in problems]
     want_ids, want_nfe = retired_threshold_decode(model, tok, questions)
     prompts = [tok.encode(tinygsm.format_prompt(q), add_special_tokens=False) for q in questions]
