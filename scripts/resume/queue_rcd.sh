@@ -30,9 +30,13 @@ run() {
 
 # Seed 0: the RCD arm, the control (a = 0, drafts withheld: the same for both arms, since drafts
 # draw from their own generator), the bridge arm; then the second training seed.
-run rcd-s0    --seed 0 --residual-scale 1 --eval-modes cold,rcd
-run ctl-s0    --seed 0 --residual-scale 0 --draft-frac 0.8 --draft-alpha 0 --eval-modes cold,rcd,embed
-run bridge-s0 --seed 0 --residual-scale 0 --draft-frac 0.8 --draft-alpha 0.6 --eval-modes cold,embed
-run rcd-s1    --seed 1 --residual-scale 1 --eval-modes cold,rcd
-run ctl-s1    --seed 1 --residual-scale 0 --draft-frac 0.8 --draft-alpha 0 --eval-modes cold,rcd,embed
-run bridge-s1 --seed 1 --residual-scale 0 --draft-frac 0.8 --draft-alpha 0.6 --eval-modes cold,embed
+run rcd-s0    --seed 0 --residual-scale 1 --eval-modes cold,rcd,rcd_other_row
+run ctl-s0    --seed 0 --residual-scale 0 --draft-frac 0.8 --draft-alpha 0 \
+              --eval-modes cold,rcd,rcd_other_row,embed,embed_shuffled,embed_near_miss
+run bridge-s0 --seed 0 --residual-scale 0 --draft-frac 0.8 --draft-alpha 0.6 \
+              --eval-modes cold,embed,embed_shuffled,embed_near_miss
+run rcd-s1    --seed 1 --residual-scale 1 --eval-modes cold,rcd,rcd_other_row
+run ctl-s1    --seed 1 --residual-scale 0 --draft-frac 0.8 --draft-alpha 0 \
+              --eval-modes cold,rcd,rcd_other_row,embed,embed_shuffled,embed_near_miss
+run bridge-s1 --seed 1 --residual-scale 0 --draft-frac 0.8 --draft-alpha 0.6 \
+              --eval-modes cold,embed,embed_shuffled,embed_near_miss
