@@ -7,7 +7,7 @@ commit in ten wrong; over an answer of ~60 tokens a few of those decide whether 
 probe separates the two causes with temperature ``T`` (logits divided by ``T``):
 
 * calibration, in the states training draws (random masking of the reference answer) and in the
-  states the dual-cache threshold decoder itself visits (``training.teacher_forced_order`` replays
+  states the dual-cache threshold decoder itself visits (``scripts.training.teacher_forced_order`` replays
   it with the reference's tokens forced in, every state kept): per ``T``, mean NLL of the
   reference token, 10-bin expected calibration error (ECE) of the top-1 confidence, the fraction
   of masked tokens at or above 0.9, and how often those are right. NLL lowest at ``T`` = 1 means
@@ -43,8 +43,8 @@ from probe_decode_order import add_max_events_flag, load_or_exit  # noqa: E402
 
 from fastdllm_warmstart.tasks import tinygsm  # noqa: E402
 from fastdllm_warmstart.tokenization import build_dllm_tokenizer  # noqa: E402
-from fastdllm_warmstart.training import (BLOCK_LENGTH, block_forward, dllm_encode_batch, engine_decode,  # noqa: E402
-                                         mask_canvas, score, teacher_forced_order, versions)
+from scripts.training import (BLOCK_LENGTH, block_forward, dllm_encode_batch, engine_decode,  # noqa: E402
+                              mask_canvas, score, teacher_forced_order, versions)
 
 
 @torch.no_grad()

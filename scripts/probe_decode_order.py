@@ -11,7 +11,7 @@ Decodes the same ``tinygsm`` problems three ways with one model and prints stric
 It also prints, per equation wording, the fraction of the equations written that way whose
 arithmetic is wrong. A large gap between the first and the others means the model commits tokens, in the order of its
 own confidence, whose place depends on a wording it has not chosen yet; that is what
-``train_tiny.py --decode-frac`` trains against (``training.dllm_decode_state_loss``).
+``train_tiny.py --decode-frac`` trains against (``scripts.training.dllm_decode_state_loss``).
 
     python scripts/probe_decode_order.py [--model embedded:tiny-dllm | PATH | run/snap_*.pt]
         [--seed 99] [--n 200]
@@ -37,8 +37,7 @@ from fastdllm_warmstart.loading import ModelLoadError  # noqa: E402
 from fastdllm_warmstart.models import TinyLLaDAConfig, TinyLLaDAModelLM  # noqa: E402
 from fastdllm_warmstart.tasks import tinygsm  # noqa: E402
 from fastdllm_warmstart.tokenization import build_dllm_tokenizer  # noqa: E402
-from fastdllm_warmstart.training import (GEN_LENGTH, engine_decode, prompt_canvas, score,  # noqa: E402
-                                         threshold_decode, versions)
+from scripts.training import GEN_LENGTH, engine_decode, prompt_canvas, score, versions  # noqa: E402
 
 
 @torch.no_grad()
@@ -136,7 +135,7 @@ def main(argv=None) -> None:
     questions = [p["question"] for p in problems]
     texts = {
         "left-to-right": left_to_right(model, tok, questions),
-        "threshold": threshold_decode(model, tok, questions)[0],
+        "threshold": engine_decode(model, tok, questions, "none")[0],
         "threshold+dual": engine_decode(model, tok, questions, cache="dual")[0],
     }
     rows = {name: score(problems, t) for name, t in texts.items()}

@@ -1,41 +1,39 @@
 #!/usr/bin/env python
-"""Stage-2 training of Residual Context Diffusion (RCD, arXiv 2601.22954) for a LLaDA-protocol model.
+"""RCD's second stage (arXiv 2601.22954) and the embedding bridge, trained in the decoder's states.
 
-    python scripts/train_rcd.py --out fastdllm_warmstart/assets/tiny-dllm-rcd --steps 3000 --minutes 60
+    python scripts/train_rcd.py --work scripts/resume/rcd-s0 --out .work/rcd-s0 --steps 2000
+    accelerate launch --num_processes 8 scripts/train_rcd.py --device cuda --dtype bf16 ...
 
-Two stages, as published:
+A frozen *reference* (default: the embedded tiny dLLM, the shipped base) and a *target*
+initialised from it (``--init``). Each step trains the target in one of the base's three kinds
+of state (``--decode-frac`` decoder states of a teacher-forced threshold replay, ``--cache-frac``
+a block against the stale dual cache, otherwise random masks with prefix cuts and equation focus,
+``--rf-weight`` on result-first results), with soft inputs at the still-masked positions
+(``scripts.training.residual_states``): the reference's residuals (``--residual-scale 1``; 0 is
+the control) and, in ``--draft-frac`` of the rows, aux-like drafts at ``--draft-alpha``
+(0 withholds them: the control). The loss is the ordinary masked cross-entropy.
 
-1. A *reference* model (default: the embedded tiny dLLM; any checkpoint ``load_dllm`` reads) is
-   frozen. On every training batch, corrupted by the ordinary LLaDA masking, it predicts the masked
-   positions: ``p_i = softmax(logits_i / T_res)``, weight ``a_i = H(p_i) / log V``.
-2. The *target* model (initialised from ``--init``, default the reference) is trained with the
-   ordinary masked cross-entropy on inputs augmented by those residuals: at a masked position
-   ``(1 - a_i) E[mask] + a_i sum_j p_ij E_j`` over the target's own embedding table; other
-   positions keep their plain embedding. No gradient flows through the reference, and no steps
-   are unrolled.
-
-The bridge to ``--warm-init embed`` (``--draft-frac``): in a fraction of the rows, the masked
-positions carry an aux-like draft instead, as ``(1 - alpha) E[mask] + alpha E[draft_i]`` (the
-interpolation warm start's input: a one-hot residual), the draft being another wording of the
-answer with, with probability ``--draft-wrong``, one wrong result carried on
-(``tinygsm.draft_answer``). So the model learns to read a draft as evidence, not as the answer.
-
-Checkpoints (target weights, optimiser, RNG states, curve) go to ``--work`` every
-``--ckpt-minutes`` and at the end; ``--resume`` continues from them; a ``STOP`` file in ``--work``
-stops gracefully. Validation decodes with the package's engine (threshold 0.9, dual cache,
-the residual stream on) and tracks accuracy and NFE; the exporter ships the best checkpoint.
+Runs through Accelerate: one process, or ``accelerate launch`` / ``torchrun`` over several (DDP;
+gloo on CPU). ``--batch`` is the global batch per optimiser step, split over processes and
+``--grad-accum`` micro-batches; every random draw is made for the global batch, so the loss curve
+does not depend on how it is split. Checkpoints (target weights, optimiser, RNG and data states,
+curve) go to ``--work/ckpt.pt`` every ``--ckpt-minutes``; ``--resume`` continues; a ``STOP`` file in
+``--work`` stops gracefully. Validation (``--eval-every``) decodes a fixed held-out set with the
+dual-cache threshold decoder: cold (stream off), with the residual stream, and with drafts laid by
+``--warm-init embed`` at alpha 0.6. The export (the last step; ``--out``) marks the model's config
+with ``soft_inputs`` and ``base_model`` (the reference's fingerprinted id).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
 import sys
 import time
 from pathlib import Path
-from typing import Optional, Sequence
 
 import torch
 
@@ -43,215 +41,258 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from fastdllm_warmstart.residual import ResidualContext, residual_inputs  # noqa: E402
 from fastdllm_warmstart.tasks import tinygsm  # noqa: E402
-from fastdllm_warmstart.training import (GEN_LENGTH, ProblemStream, cosine_lr, dllm_encode_batch,  # noqa: E402
-                                         engine_decode, load_checkpoint, mask_canvas, masked_ce,
-                                         optimizer_step, save_checkpoint, score, versions)
+from scripts.training import ProblemStream, cosine_lr, dllm_encode_batch, versions  # noqa: E402
+from scripts.training.residual_states import (SoftInputConfig, cache_state_loss, decode_state_loss,  # noqa: E402
+                                              plan_step, random_mask_loss, slice_rows)
+from scripts.training.soft_eval import MODES as EVAL_MODES, evaluate_modes  # noqa: E402
 
 VAL_SEED = 777
 FRESH_SEED = 20241123
+EXIT_STOPPED = 75  # stopped before the schedule's end (STOP file, --minutes, --stop-at)
 
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def load(path: Optional[str]):
-    from fastdllm_warmstart.loading import load_dllm
-
-    model, tok, model_id = load_dllm(path, device="cpu", dtype=torch.float32)
-    return model, tok, model_id
-
-
-def draft_canvas(tok, problems: Sequence[dict], rng: random.Random, wrong: float) -> torch.Tensor:
-    """(B, G) ids of aux-like drafts (another wording, maybe one wrong result), EOS-padded."""
-    rows = []
-    for p in problems:
-        ids = tok.encode(" " + tinygsm.draft_answer(p, rng, wrong), add_special_tokens=False)[:GEN_LENGTH]
-        rows.append(ids + [tok.eos_token_id] * (GEN_LENGTH - len(ids)))
-    return torch.tensor(rows, dtype=torch.long)
-
-
-def rcd_loss(target, reference, tok, batch, problems, gen: torch.Generator, rng: random.Random,
-             args) -> torch.Tensor:
-    """Masked CE of the target on residual-augmented inputs (module docstring, stages 1-2)."""
-    ids, am, P = batch["ids"], batch["am"], batch["P"]
-    t, m, forced = mask_canvas(batch, tok.eos_token_id, gen, args.prefix_frac, args.eq_frac)
-    canvas = ids[:, P:]
-    xt = ids.clone()
-    xt[:, P:] = torch.where(m, torch.full_like(canvas, tok.mask_token_id), canvas)
-    table = target.get_input_embeddings().weight  # (V, C), trainable
-    with torch.no_grad():
-        ref_logits = reference(xt, attention_mask=am).logits[:, P:]  # (B, G, V)
-        weight, _ = residual_inputs(ref_logits, table.detach(), args.t_res)
-        probs = torch.softmax(ref_logits.float() / args.t_res, dim=-1)
-    residual = probs.to(table.dtype) @ table  # (B, G, C): gradient reaches the target's table only
-    if args.draft_frac > 0:
-        rows = torch.rand(ids.shape[0], generator=gen) < args.draft_frac  # (B,)
-        if bool(rows.any()):
-            draft = draft_canvas(tok, problems, rng, args.draft_wrong)  # (B, G)
-            residual = torch.where(rows.view(-1, 1, 1), table[draft], residual)
-            weight = torch.where(rows.view(-1, 1), torch.full_like(weight, args.draft_alpha), weight)
-    embeds = target.get_input_embeddings()(xt)  # (B, L, C)
-    gen_emb = embeds[:, P:]
-    a = (weight * m).unsqueeze(-1)  # (B, G, 1): residuals only at masked positions
-    embeds = torch.cat([embeds[:, :P], (1 - a) * gen_emb + a * residual], dim=1)
-    logits = target(inputs_embeds=embeds, attention_mask=am).logits[:, P:]
-    return masked_ce(logits, canvas, t, m, forced, args.forced_weight)
-
-
-@torch.no_grad()
-def evaluate(model, tok, problems: Sequence[dict], residual: bool, t_res: float, batch_size: int = 50):
-    """Engine decoding (threshold 0.9, blocks of 32, dual cache) with or without the residual stream."""
-    t0 = time.time()
-    texts, nfes = engine_decode(model, tok, [p["question"] for p in problems], "dual", batch_size,
-                                (lambda: [ResidualContext(t_res=t_res)]) if residual else None)
-    model.train()
-    return {"acc": score(problems, texts), "nfe": sum(nfes) / len(problems), "eval_s": round(time.time() - t0, 1)}
-
-
-def export(args, target, tok, state: dict, reference_id: str) -> None:
-    out, work = Path(args.out), Path(args.work)
-    out.mkdir(parents=True, exist_ok=True)
-    curve = [c for c in state["curve"] if "acc" in c]
-    if not curve:
-        raise SystemExit("no evaluated checkpoint to export")
-    chosen = max(curve, key=lambda c: (c["acc"], -c["nfe"]))
-    snap = work / f"snap_{chosen['step']:07d}.pt"
-    if not snap.exists():
-        raise SystemExit(f"the chosen checkpoint {snap} is missing (another machine?); rerun the "
-                         "evaluation with --resume or pass --export-step")
-    log(f"exporting step {chosen['step']} (val acc {chosen['acc']:.3f}, NFE {chosen['nfe']:.2f})")
-    target.load_state_dict(torch.load(snap, map_location="cpu"))
-    target.config.rcd = {"t_res": args.t_res_eval, "reference": reference_id}
-    for f in out.glob("*"):
-        if f.is_file() and f.name != "TRAINING.md":
-            f.unlink()
-    target.to(torch.float16).save_pretrained(out, safe_serialization=True)
-    tok.save_pretrained(out)
-    m2, tok2, _ = load(str(out))
-    test = tinygsm.load_jsonl(tinygsm.default_split_path("test"))[:args.final_n]
-    fresh = tinygsm.generate_problems(FRESH_SEED, len(test))
-    final = {split: {"rcd": evaluate(m2, tok2, probs, True, args.t_res_eval),
-                     "rcd_weights_no_residual": evaluate(m2, tok2, probs, False, args.t_res_eval)}
-             for split, probs in (("test", test), ("fresh_seed", fresh))}
-    info = {"model": "rcd", "command": state["commands"], "reference": reference_id,
-            "hyperparameters": state["hparams"], "steps_done": state["step"], "exported_step": chosen["step"],
-            "wall_time_s": round(state["elapsed"], 1), "versions": versions(), "final_eval": final,
-            "fresh_seed": FRESH_SEED, "learning_curve": state["curve"],
-            "n_parameters": sum(p.numel() for p in m2.parameters())}
-    (out / "train_log.json").write_text(json.dumps(info, indent=1))
-    log(f"final: {json.dumps(final)}")
-
-
-def main(argv=None) -> None:
+def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--reference", default=None, help="frozen reference model (default: embedded tiny dLLM)")
+    ap.add_argument("--reference", default=None, help="frozen reference (default: the embedded tiny dLLM)")
     ap.add_argument("--init", default=None, help="target initialisation (default: the reference)")
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--work", default=None, help="checkpoint dir (default .work/train_rcd_seed<seed>)")
+    ap.add_argument("--out", default=None, help="export folder (default: none, the run only trains)")
+    ap.add_argument("--work", required=True, help="run folder: ckpt.pt, curve.jsonl, STOP")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--steps", type=int, default=3000, help="schedule length (cosine ends here)")
-    ap.add_argument("--stop-at", type=int, default=None)
-    ap.add_argument("--minutes", type=float, default=None)
+    ap.add_argument("--steps", type=int, default=2000, help="schedule length (the cosine ends here)")
+    ap.add_argument("--stop-at", type=int, default=None, help="stop at this step, the schedule unchanged")
+    ap.add_argument("--minutes", type=float, default=None, help="stop after this much wall time")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--export-only", action="store_true")
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--batch", type=int, default=64, help="global batch per optimiser step")
+    ap.add_argument("--grad-accum", type=int, default=1, help="micro-batches per process and step")
+    ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--warmup", type=int, default=100)
-    ap.add_argument("--t-res", type=float, default=1.0, help="residual temperature in training")
-    ap.add_argument("--t-res-eval", type=float, default=0.95, help="residual temperature at inference")
-    ap.add_argument("--draft-frac", type=float, default=0.25, help="rows whose residual is an aux-like draft")
-    ap.add_argument("--draft-alpha", type=float, default=0.6, help="weight of the draft (--alpha at inference)")
-    ap.add_argument("--draft-wrong", type=float, default=0.5, help="drafts with one wrong result")
+    ap.add_argument("--min-lr-frac", type=float, default=0.1)
+    ap.add_argument("--weight-decay", type=float, default=0.01)
+    ap.add_argument("--decode-frac", type=float, default=0.6)
+    ap.add_argument("--cache-frac", type=float, default=0.15)
+    ap.add_argument("--decode-states", type=int, default=4)
     ap.add_argument("--prefix-frac", type=float, default=0.5)
-    ap.add_argument("--eq-frac", type=float, default=0.5)
-    ap.add_argument("--forced-weight", type=float, default=2.0)
+    ap.add_argument("--eq-frac", type=float, default=0.7)
+    ap.add_argument("--forced-weight", type=float, default=3.0)
+    ap.add_argument("--rf-weight", type=float, default=4.0)
+    ap.add_argument("--t-train", type=float, default=1.0, help="reference temperature of the residuals")
+    ap.add_argument("--residual-scale", type=float, default=1.0, help="1: RCD; 0: the a = 0 control")
+    ap.add_argument("--draft-frac", type=float, default=0.0, help="rows with an aux-like draft")
+    ap.add_argument("--draft-alpha", type=float, default=0.6, help="draft weight; 0 withholds them (control)")
+    ap.add_argument("--draft-wrong", type=float, default=0.5)
+    ap.add_argument("--draft-other", type=float, default=0.1)
+    ap.add_argument("--t-res-eval", type=float, default=1.0, help="residual temperature at validation")
+    ap.add_argument("--eval-modes", default="cold,rcd,embed", help=f"comma list of {', '.join(EVAL_MODES)}")
     ap.add_argument("--eval-every", type=int, default=250)
     ap.add_argument("--eval-n", type=int, default=200)
     ap.add_argument("--final-n", type=int, default=500)
     ap.add_argument("--ckpt-minutes", type=float, default=5.0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="mixed precision")
     args = ap.parse_args(argv)
-    if args.work is None:
-        args.work = str(REPO / ".work" / f"train_rcd_seed{args.seed}")
+    modes = tuple(m for m in args.eval_modes.split(",") if m)
+    if not modes or set(modes) - set(EVAL_MODES):
+        ap.error(f"--eval-modes {args.eval_modes!r}: use a comma list of {', '.join(EVAL_MODES)}")
+    args.eval_modes = modes
+    if not (0 <= args.decode_frac and 0 <= args.cache_frac and args.decode_frac + args.cache_frac <= 1):
+        ap.error("--decode-frac / --cache-frac: fractions of steps that sum to at most 1")
+    if args.decode_states < 1 or args.grad_accum < 1 or args.batch < 1:
+        ap.error("--decode-states, --grad-accum and --batch must be at least 1")
+    try:
+        args.soft = SoftInputConfig(args.t_train, args.residual_scale, args.draft_frac, args.draft_alpha,
+                                    args.draft_wrong, args.draft_other)
+    except ValueError as e:
+        ap.error(str(e))
+    return args
+
+
+def soft_inputs_label(cfg: SoftInputConfig) -> str:
+    """config.json's ``soft_inputs``: what the model was trained to read at masked positions."""
+    parts = (["rcd"] if cfg.residual_scale > 0 else []) + (["bridge"] if cfg.draft_frac * cfg.draft_alpha > 0 else [])
+    return "+".join(parts) or "none"
+
+
+def load(path):
+    from fastdllm_warmstart.loading import load_dllm
+
+    return load_dllm(path, device="cpu", dtype=torch.float32)
+
+
+def step_loss(target, reference, tok, sub, plan, args) -> torch.Tensor:
+    mask_id, cfg = tok.mask_token_id, args.soft
+    if plan.kind == "decode":
+        return decode_state_loss(target, reference, sub, plan, cfg, mask_id, tok.pad_token_id, args.rf_weight)
+    if plan.kind == "cache":
+        return cache_state_loss(target, reference, sub, plan, cfg, mask_id, args.forced_weight, args.rf_weight)
+    return random_mask_loss(target, reference, sub, plan, cfg, mask_id, args.forced_weight, args.rf_weight)
+
+
+def save_ckpt(path: Path, model, opt, stream, gen, rng, state) -> None:
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "data_rng": stream.rng.getstate(),
+                "data_queue": getattr(stream, "queue", None), "gen_rng": gen.get_state(),
+                "draft_rng": rng.getstate(), "state": state}, path.with_suffix(".tmp"))
+    os.replace(path.with_suffix(".tmp"), path)
+
+
+def load_ckpt(path: Path, model, opt, stream, gen, rng) -> dict:
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    model.load_state_dict(ck["model"])
+    opt.load_state_dict(ck["opt"])
+    stream.rng.setstate(ck["data_rng"])
+    stream.queue = ck["data_queue"]
+    gen.set_state(ck["gen_rng"])
+    rng.setstate(ck["draft_rng"])
+    return ck["state"]
+
+
+def export(args, target, tok, state, reference_id: str) -> None:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    target.config.soft_inputs = soft_inputs_label(args.soft)
+    target.config.base_model = reference_id
+    target.config.rcd = {"t_res": args.t_res_eval, "reference": reference_id}
+    for f in out.glob("*"):
+        if f.is_file():
+            f.unlink()
+    target.to(torch.float16).save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    model, tok2, _ = load(str(out))
+    test = tinygsm.load_jsonl(tinygsm.default_split_path("test"))[:args.final_n]
+    fresh = tinygsm.generate_problems(FRESH_SEED, len(test))
+    final = {name: evaluate_modes(model, tok2, probs, args.eval_modes, args.t_res_eval)
+             for name, probs in (("test", test), ("fresh_seed", fresh))}
+    info = {"model": "rcd-decoder-states", "soft_inputs": model.config.soft_inputs, "base_model": reference_id,
+            "command": state["commands"], "hyperparameters": state["hparams"], "steps_done": state["step"],
+            "exported_step": state["step"], "wall_time_s": round(state["elapsed"], 1), "versions": versions(),
+            "final_eval": final, "fresh_seed": FRESH_SEED, "learning_curve": state["curve"]}
+    (out / "train_log.json").write_text(json.dumps(info, indent=1))
+    log(f"exported step {state['step']} to {out}: {json.dumps(final)}")
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=args.device == "cpu",
+                              mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[args.dtype])
+    world, rank = accelerator.num_processes, accelerator.process_index
+    per_micro = args.batch // (world * args.grad_accum)
+    if per_micro * world * args.grad_accum != args.batch:
+        raise SystemExit(f"--batch {args.batch} must split evenly over {world} processes x --grad-accum "
+                         f"{args.grad_accum}")
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(args.threads)
-
     reference, tok, reference_id = load(args.reference)
-    reference.requires_grad_(False)
+    reference.requires_grad_(False).to(accelerator.device)
     target, _, _ = load(args.init or args.reference)
     target.train()
-    opt = torch.optim.AdamW(target.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
+    opt = torch.optim.AdamW(target.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=args.weight_decay)
     test = tinygsm.load_jsonl(tinygsm.default_split_path("test"))
     val = tinygsm.generate_problems(VAL_SEED, args.eval_n, exclude={p["question"] for p in test})
     stream = ProblemStream(args.seed * 1_000_003 + 29, {p["question"] for p in test} | {p["question"] for p in val})
     gen = torch.Generator().manual_seed(args.seed + 1)
     rng = random.Random(args.seed + 2)
-    hparams = {k: v for k, v in vars(args).items() if k not in ("out", "work", "resume", "export_only")}
-    state = {"step": 0, "elapsed": 0.0, "curve": [], "hparams": hparams, "commands": []}
+    hparams = {k: v for k, v in vars(args).items() if k not in ("out", "work", "resume", "export_only", "soft")}
+    hparams.update(world_size=world, eval_modes=list(args.eval_modes))
+    state = {"step": 0, "elapsed": 0.0, "curve": [], "hparams": hparams, "commands": [], "hparams_history": []}
     ckpt = work / "ckpt.pt"
     if (args.resume or args.export_only) and ckpt.exists():
-        ck = load_checkpoint(ckpt, target, opt, stream, gen)
-        rng.setstate(ck["rng"])
-        state = ck["state"]
+        state = load_ckpt(ckpt, target, opt, stream, gen, rng)
         log(f"resumed from {ckpt} at step {state['step']}")
+    elif args.resume or args.export_only:
+        raise SystemExit(f"--resume / --export-only: no checkpoint at {ckpt}")
     state["commands"].append("python " + " ".join([os.path.relpath(__file__, REPO)] + sys.argv[1:]))
     if args.export_only:
         export(args, target, tok, state, reference_id)
         return
+    state["hparams_history"].append(dict(hparams, from_step=state["step"]))
+    state["hparams"] = hparams
+    model, opt = accelerator.prepare(target, opt)
+    inner = accelerator.unwrap_model(model)
+    main_proc = accelerator.is_main_process
 
-    def save_ckpt():
-        save_checkpoint(ckpt, target, opt, stream, gen, state, rng=rng.getstate())
+    def do_eval(loss) -> None:
+        if main_proc:
+            r = evaluate_modes(inner, tok, val, args.eval_modes, args.t_res_eval)
+            r.update(step=state["step"], loss=None if loss is None else round(loss, 4),
+                     elapsed=round(state["elapsed"], 1))
+            state["curve"].append(r)
+            with (work / "curve.jsonl").open("a") as f:
+                f.write(json.dumps(r) + "\n")
+            log(f"EVAL {json.dumps(r)}")
+        inner.train()
+        accelerator.wait_for_everyone()
 
-    def do_eval(loss):
-        r = evaluate(target, tok, val, True, args.t_res_eval)
-        # the control: the same weights decoded without the residual stream (what the extra
-        # training alone buys, as opposed to reading residuals)
-        plain = evaluate(target, tok, val, False, args.t_res_eval)
-        r.update(acc_no_residual=plain["acc"], nfe_no_residual=plain["nfe"])
-        r.update(step=state["step"], loss=round(loss, 4), elapsed=round(state["elapsed"], 1))
-        state["curve"].append(r)
-        torch.save(target.state_dict(), work / f"snap_{state['step']:07d}.pt")
-        log(f"EVAL {json.dumps(r)}")
-
-    if not state["curve"]:  # the starting point, for the curve: base decoding and with residuals
-        base = evaluate(reference, tok, val, False, args.t_res_eval)
-        state["curve"].append({"step": 0, "reference_cold": base})
-        log(f"reference, cold: {base}")
-    t_session, t_last, last_ckpt, ema = time.time(), time.time(), time.time(), None
+    if not state["curve"]:
+        do_eval(None)
+    t_session = t_last = last_ckpt = time.time()
+    ema, reason = state.get("ema"), "steps"
     while state["step"] < args.steps:
         if args.minutes is not None and (time.time() - t_session) / 60 >= args.minutes:
+            reason = "minutes"
             break
         if args.stop_at is not None and state["step"] >= args.stop_at:
+            reason = "stop-at"
             break
         if (work / "STOP").exists():
-            (work / "STOP").unlink()
+            reason = "STOP file"
             break
         for g in opt.param_groups:
-            g["lr"] = cosine_lr(state["step"], args.lr, args.warmup, args.steps)
-        probs = stream.next_batch(args.batch)
-        loss = rcd_loss(target, reference, tok, dllm_encode_batch(tok, probs, "cpu"), probs, gen, rng, args)
-        optimizer_step(target, opt, loss)
+            g["lr"] = cosine_lr(state["step"], args.lr, args.warmup, args.steps, args.min_lr_frac)
+        problems = stream.next_batch(args.batch)
+        batch = dllm_encode_batch(tok, problems, "cpu")
+        plan = plan_step(batch, tok, problems, gen, rng, args.soft, args.decode_frac, args.cache_frac,
+                         args.prefix_frac, args.eq_frac, args.decode_states)
+        total = torch.zeros((), device=accelerator.device)
+        for micro in range(args.grad_accum):
+            first = (micro * world + rank) * per_micro
+            sub, sub_plan = slice_rows(batch, plan, slice(first, first + per_micro))
+            sub = {k: (v.to(accelerator.device) if torch.is_tensor(v) else v) for k, v in sub.items()}
+            sync = micro == args.grad_accum - 1
+            with (contextlib.nullcontext() if sync else accelerator.no_sync(model)), accelerator.autocast():
+                loss = step_loss(model, reference, tok, sub, sub_plan, args) / args.grad_accum
+                accelerator.backward(loss)
+            total += loss.detach()
+        accelerator.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        lv = accelerator.reduce(total, reduction="mean").item()
         now = time.time()
         state["elapsed"] += now - t_last
         t_last = now
         state["step"] += 1
-        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
-        if state["step"] % 50 == 0:
-            log(f"step {state['step']} loss {loss.item():.4f} ema {ema:.4f}")
+        state.setdefault("losses", []).append(round(lv, 6))  # every step's loss, and its kind of state
+        state.setdefault("kinds", []).append(plan.kind)
+        ema = lv if ema is None else 0.98 * ema + 0.02 * lv
+        state["ema"] = ema
+        if state["step"] % 25 == 0 and main_proc:
+            log(f"step {state['step']} loss {lv:.4f} ema {ema:.4f} "
+                f"{state['step'] / max(1e-9, state['elapsed']):.3f} steps/s")
         if state["step"] % args.eval_every == 0:
             do_eval(ema)
             t_last = time.time()
         if time.time() - last_ckpt > args.ckpt_minutes * 60:
-            save_ckpt()
+            if main_proc:
+                save_ckpt(ckpt, inner, opt, stream, gen, rng, state)
             last_ckpt = time.time()
-    if state["curve"][-1].get("step") != state["step"]:
-        do_eval(ema or 0.0)
-    save_ckpt()
-    export(args, target, tok, state, reference_id)
+    log(f"stopping ({reason}) at step {state['step']}") if main_proc else None
+    if main_proc:
+        save_ckpt(ckpt, inner, opt, stream, gen, rng, state)
+        if (work / "STOP").exists():
+            (work / "STOP").unlink()
+    accelerator.wait_for_everyone()
+    if state["step"] < args.steps:
+        raise SystemExit(EXIT_STOPPED)  # a queue of runs stops here too; --resume continues
+    if main_proc and args.out:
+        export(args, inner, tok, state, reference_id)
 
 
 if __name__ == "__main__":

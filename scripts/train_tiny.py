@@ -17,11 +17,11 @@
   50% within 30-70% (it must be clearly weaker than the dLLM).
 
 For ``dllm``, ``--cache-frac`` / ``--decode-frac`` give fractions of the steps trained in the
-dual cache's stale-context state (``training.dllm_cache_loss``) and in the states the dual-cache
-threshold decoder itself visits, commits teacher-forced (``training.dllm_decode_state_loss``;
+dual cache's stale-context state (``scripts.training.dllm_cache_loss``) and in the states the dual-cache
+threshold decoder itself visits, commits teacher-forced (``scripts.training.dllm_decode_state_loss``;
 ``--decode-states K`` draws K states per row from one replay, ``--decode-block content`` replays
 the blocks that hold answer tokens rather than end-of-canvas filler);
-``--init-from`` a smaller snapshot grows it (``training.grow_state_dict``); ``--select-top K``
+``--init-from`` a smaller snapshot grows it (``scripts.training.grow_state_dict``); ``--select-top K``
 exports the best of the K best-validated snapshots and the last, re-measured on more problems.
 
 Training data are drawn on the fly from the generator (seeded), never containing a test or
@@ -52,12 +52,9 @@ if str(REPO) not in sys.path:
 from fastdllm_warmstart.models import TinyLLaDAConfig, TinyLLaDAModelLM  # noqa: E402
 from fastdllm_warmstart.tasks import tinygsm  # noqa: E402
 from fastdllm_warmstart.tokenization import build_aux_tokenizer, build_dllm_tokenizer  # noqa: E402
-from fastdllm_warmstart.training import (BLOCK_LENGTH, GEN_LENGTH, THRESHOLD, ProblemStream,  # noqa: E402
-                                         cosine_lr, dllm_cache_loss, dllm_decode_state_loss, dllm_encode_batch,
-                                         dllm_loss,
-                                         eval_dllm, grow_state_dict, load_checkpoint, optimizer_step,
-                                         save_checkpoint,
-                                         score, versions)
+from scripts.training import (BLOCK_LENGTH, GEN_LENGTH, THRESHOLD, ProblemStream, cosine_lr,  # noqa: E402
+                              dllm_cache_loss, dllm_decode_state_loss, dllm_encode_batch, dllm_loss, eval_dllm,
+                              grow_state_dict, load_checkpoint, optimizer_step, save_checkpoint, score, versions)
 
 VAL_SEED = 777  # validation problems used for the learning curve / checkpoint selection
 FRESH_SEED = 20241123  # a freshly drawn split for the final report
@@ -330,7 +327,7 @@ def main(argv=None) -> None:
                     help="dllm: loss weight of the tokens forced masked by --eq-frac")
     ap.add_argument("--rf-weight", type=float, default=1.0,
                     help="dllm: loss weight of the result c of result-first equations ('c = a + b'), in "
-                         "every loss (training.result_first_boost; 1 = none)")
+                         "every loss (scripts.training.result_first_boost; 1 = none)")
     ap.add_argument("--select-top", type=int, default=0,
                     help="dllm: export the best of the K best-validated snapshots and the last one, "
                          "re-measured on --select-n problems of another seed (0: the best validation)")
@@ -338,10 +335,10 @@ def main(argv=None) -> None:
     ap.add_argument("--final-n", type=int, default=500, help="problems per final eval split")
     ap.add_argument("--cache-frac", type=float, default=0.0,
                     help="dllm: fraction of steps trained in the dual-cache decoding state "
-                         "(training.dllm_cache_loss: a block against stale cached context)")
+                         "(scripts.training.dllm_cache_loss: a block against stale cached context)")
     ap.add_argument("--decode-frac", type=float, default=0.0,
                     help="dllm: fraction of steps trained in the states the dual-cache threshold decoder "
-                         "visits, commits teacher-forced (training.dllm_decode_state_loss)")
+                         "visits, commits teacher-forced (scripts.training.dllm_decode_state_loss)")
     ap.add_argument("--decode-states", type=int, default=1,
                     help="dllm: decoder states drawn per row from one teacher-forced replay (--decode-frac)")
     ap.add_argument("--decode-block", choices=["uniform", "content"], default="uniform",

@@ -9,42 +9,14 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
 
 def _run(*args, cwd):
     proc = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return proc.stdout
-
-
-def test_train_rcd_trains_resumes_and_exports(tmp_path):
-    from fastdllm_warmstart.models import TinyLLaDAConfig, TinyLLaDAModelLM
-    from fastdllm_warmstart.tokenization import build_dllm_tokenizer
-
-    tok = build_dllm_tokenizer()
-    torch.manual_seed(0)
-    cfg = TinyLLaDAConfig(vocab_size=len(tok), d_model=16, n_layers=1, n_heads=2, mask_token_id=tok.mask_token_id,
-                          eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, max_sequence_length=512)
-    ref = tmp_path / "ref"
-    TinyLLaDAModelLM(cfg).save_pretrained(ref)
-    tok.save_pretrained(ref)
-    common = ["scripts/train_rcd.py", "--reference", str(ref), "--out", str(tmp_path / "out"), "--work",
-              str(tmp_path / "work"), "--batch", "4", "--eval-every", "2", "--eval-n", "3", "--final-n", "3",
-              "--steps", "6", "--draft-frac", "0.5", "--lr", "0.05", "--warmup", "1"]
-    _run(*common, "--stop-at", "4", cwd=REPO)
-    ck = torch.load(tmp_path / "work" / "ckpt.pt", weights_only=False)
-    assert ck["state"]["step"] == 4 and "opt" in ck
-    out = _run(*common, "--resume", cwd=REPO)
-    assert "resumed from" in out
-    log = json.loads((tmp_path / "out" / "train_log.json").read_text())
-    assert log["steps_done"] == 6 and len(log["command"]) == 2
-    assert [c["step"] for c in log["learning_curve"]] == [0, 2, 4, 6]
-    assert {"test", "fresh_seed"} <= log["final_eval"].keys()
-    model = TinyLLaDAModelLM.from_pretrained(tmp_path / "out")
-    assert model.config.rcd["reference"] == str(ref)
-    # the target really moved away from the reference
-    base = TinyLLaDAModelLM.from_pretrained(ref)
-    assert not torch.allclose(model.wte.weight.float(), base.wte.weight.float(), atol=1e-3)
 
 
 def test_train_tiny_dllm_trains_resumes_and_exports(tmp_path):
@@ -79,7 +51,7 @@ def test_train_tiny_dllm_trains_resumes_and_exports(tmp_path):
 
 def test_problem_stream_group_frac_sets_the_training_mix_only():
     from fastdllm_warmstart.tasks import tinygsm
-    from fastdllm_warmstart.training import ProblemStream
+    from scripts.training import ProblemStream
 
     def frac(stream, n=240):
         probs = [p for _ in range(n // 24) for p in stream.next_batch(24, pool=1)]
@@ -106,7 +78,7 @@ def test_dual_cache_loss_trains_a_block_against_stale_context():
     from fastdllm_warmstart.models import TinyLLaDAConfig, TinyLLaDAModelLM
     from fastdllm_warmstart.tasks import tinygsm
     from fastdllm_warmstart.tokenization import build_dllm_tokenizer
-    from fastdllm_warmstart.training import dllm_cache_loss, dllm_encode_batch
+    from scripts.training import dllm_cache_loss, dllm_encode_batch
 
     tok = build_dllm_tokenizer()
     torch.manual_seed(0)
@@ -139,7 +111,7 @@ def test_grow_state_dict_keeps_the_function_and_trains_the_new_layers(tmp_path):
 
     from fastdllm_warmstart.models import TinyLLaDAConfig, TinyLLaDAModelLM
     from fastdllm_warmstart.tokenization import build_dllm_tokenizer
-    from fastdllm_warmstart.training import grow_state_dict
+    from scripts.training import grow_state_dict
 
     tok = build_dllm_tokenizer()
 
@@ -191,7 +163,7 @@ def test_teacher_forced_order_replays_the_engines_dual_cache_trajectory():
     from fastdllm_warmstart.models import TinyLLaDAModelLM
     from fastdllm_warmstart.tasks import tinygsm
     from fastdllm_warmstart.tokenization import build_dllm_tokenizer
-    from fastdllm_warmstart.training import (BLOCK_LENGTH, GEN_LENGTH, THRESHOLD, dllm_decode_state_loss,
+    from scripts.training import (BLOCK_LENGTH, GEN_LENGTH, THRESHOLD, dllm_decode_state_loss,
                                              dllm_encode_batch, teacher_forced_order)
 
     tok = build_dllm_tokenizer()
@@ -227,7 +199,8 @@ def test_decode_state_loss_draws_several_states_and_skips_filler_blocks(monkeypa
     """dllm_decode_state_loss(states=K): each of the K draws of a row is run against that row's own
     cache (the batched forward equals the row's forward alone), their masks differ, and
     block_choice="content" rarely replays a block that holds only end-of-canvas filler."""
-    from fastdllm_warmstart import training
+    from scripts import training
+    from scripts.training import objectives
     from fastdllm_warmstart.assets import asset_path
     from fastdllm_warmstart.models import TinyLLaDAModelLM
     from fastdllm_warmstart.tasks import tinygsm
@@ -245,7 +218,7 @@ def test_decode_state_loss_draws_several_states_and_skips_filler_blocks(monkeypa
         seen.update(xb=xb, am=am, past=past, s=s)
         return real_block_forward(model_, xb, am, past, s)
 
-    monkeypatch.setattr(training, "block_forward", spy)
+    monkeypatch.setattr(objectives, "block_forward", spy)
     with torch.no_grad():
         loss = training.dllm_decode_state_loss(model, batch, tok.mask_token_id, tok.pad_token_id,
                                                torch.Generator().manual_seed(3), states=3)
@@ -267,7 +240,7 @@ def test_decode_state_loss_draws_several_states_and_skips_filler_blocks(monkeypa
               if (canvas[:, b * training.BLOCK_LENGTH:(b + 1) * training.BLOCK_LENGTH] == canvas[:, -1:]).all()]
     assert filler, "the test needs a batch whose last block is filler only"
     picks = []
-    monkeypatch.setattr(training, "teacher_forced_order",
+    monkeypatch.setattr(objectives, "teacher_forced_order",
                         lambda m, ids, am, s, e, *a, **k: (picks.append((s - P) // training.BLOCK_LENGTH),
                                                            (torch.zeros(ids.shape[0], e - s, dtype=torch.long),
                                                             training.stale_block_cache(m, ids, am, s,
@@ -284,7 +257,7 @@ def test_result_first_boost_weights_only_the_results_of_result_first_equations()
     """dllm_encode_batch marks the result c of every ``c = a op b`` equation of the reference answers
     (and nothing of the other wordings); result_first_boost(W) multiplies by W the cross-entropy of
     exactly those masked results whose "=" is visible, in every loss; W = 1 leaves the loss as it was."""
-    from fastdllm_warmstart import training
+    from scripts import training
     from fastdllm_warmstart.assets import asset_path
     from fastdllm_warmstart.models import TinyLLaDAModelLM
     from fastdllm_warmstart.tasks import tinygsm
@@ -301,7 +274,7 @@ def test_result_first_boost_weights_only_the_results_of_result_first_equations()
         words = tok.convert_ids_to_tokens(batch["ids"][r, P:].tolist())
         for j in range(1, len(words) - 3):  # "<c> = <a> <op> <b>" not preceded by an "... =" equation
             if (words[j] == "=" and words[j - 1].isdigit() and words[j + 1].isdigit()
-                    and words[j + 3].isdigit() and not (j >= 3 and words[j - 2] in training._OP_TOKENS)):
+                    and words[j + 3].isdigit() and not (j >= 3 and words[j - 2] in training.data._OP_TOKENS)):
                 expected[r, j - 1] = True
     assert torch.equal(marked, expected)
 
@@ -357,7 +330,7 @@ def test_probe_decode_order_runs_on_the_embedded_model():
         sys.path.pop(0)
     from fastdllm_warmstart.tasks import tinygsm
     from fastdllm_warmstart.tokenization import build_dllm_tokenizer
-    from fastdllm_warmstart.training import score
+    from scripts.training import score
 
     tok = build_dllm_tokenizer()
     model = probe.load("embedded:tiny-dllm", tok, 96, 3).eval()
