@@ -173,7 +173,17 @@ class NoPadding(torch.nn.Module):
         return self.inner(**kw)
 
 
-def test_auto_batching_refills_only_where_answers_stay_the_same(model32):
+def test_auto_batching_stays_static_on_the_cpu(model32):
+    """On the CPU the static batch was measured faster: auto does not refill there."""
+    prompts = [[5, 6, 7], [8, 9], [10]]
+    assert generate(model32, prompts, batching="auto", **KW).batching == "static"
+    assert generate(model32, prompts, batching="refill", **KW).batching == "refill"
+
+
+def test_auto_batching_refills_only_where_answers_stay_the_same(model32, monkeypatch):
+    from fastdllm_warmstart.engine import rows
+
+    monkeypatch.setattr(rows, "AUTO_REFILL_DEVICES", frozenset({"cpu"}))  # as on an accelerator
     prompts = [[5, 6, 7], [8, 9], [10]]
     assert generate(model32, prompts, batching="auto", **KW).batching == "refill"
     assert generate(NoPadding(model32), prompts, batching="auto", **KW).batching == "static"
@@ -292,8 +302,8 @@ def test_runner_refills_and_reports_each_answers_calls():
     from fastdllm_warmstart.tasks.tinygsm import default_split_path, format_prompt, load_jsonl
 
     prompts = [format_prompt(p["question"]) for p in load_jsonl(default_split_path("test"))[:10]]
-    runner = WarmStartRunner.from_pretrained(None, configs_from_flat(dict(gen_length=64)), device="cpu",
-                                             threads=1)
+    runner = WarmStartRunner.from_pretrained(None, configs_from_flat(dict(gen_length=64, batching="refill")),
+                                             device="cpu", threads=1)
     assert runner.batching() == "refill"
 
     class Bar:

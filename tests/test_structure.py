@@ -15,13 +15,6 @@ NAME = PACKAGE.name
 # The front ends: they may parse a command line; nothing else in the package may import them.
 FRONT_ENDS = {f"{NAME}.cli", f"{NAME}.eval", f"{NAME}.flags", f"{NAME}.commands"}
 MAX_LINES = 500
-# Files still over the limit on this branch, each split by its owner's branch (issue 22).
-OVER_LIMIT_ELSEWHERE = {
-    "lm_eval_model.py": "split by the lm-eval helpers' branch (H1)",
-    "training.py": "moved out of the package by the training branch (H2)",
-    "tasks/tinygsm.py": "split by the tasks branch (H5)",
-    "auxiliary/proposer.py": "split by the proposer branch (H5)",
-}
 
 
 def _module_name(path: Path) -> str:
@@ -159,8 +152,6 @@ def test_imports_run_cli_to_commands_to_library():
 
 
 @pytest.mark.parametrize("path", sorted(str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")))
-def test_no_package_file_over_500_lines(path, request):
-    if path in OVER_LIMIT_ELSEWHERE:
-        request.applymarker(pytest.mark.xfail(reason=OVER_LIMIT_ELSEWHERE[path], strict=False))
+def test_no_package_file_over_500_lines(path):
     lines = len((PACKAGE / path).read_text(encoding="utf-8").splitlines())
     assert lines <= MAX_LINES, f"{path}: {lines} lines (limit {MAX_LINES})"

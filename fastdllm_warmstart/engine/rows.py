@@ -46,10 +46,25 @@ from .transfer import num_transfer_schedule
 logger = logging.getLogger(__name__)
 
 
+# Devices where ``auto`` may refill. A call's cost on an accelerator hardly depends on how many rows
+# it carries, so fewer, fuller calls pay; on the CPU a forward costs per row computed (done rows are
+# skipped anyway), and refill's bookkeeping made it slower than the static batch (median of 5
+# interleaved passes, batch 16, 300 problems: cold 22.9 s vs 16.9 s; results/bench_batching.json).
+AUTO_REFILL_DEVICES = frozenset({"cuda"})
+
+
+def _device_type(model) -> str:
+    try:
+        return next(model.parameters()).device.type
+    except (AttributeError, StopIteration, TypeError):
+        return "cpu"
+
+
 def resolve_batching(config: DecodeConfig, model, hooks: CallbackList, upstream=None) -> str:
     """``static`` or ``refill`` for ``config.batching``.
 
-    ``auto`` picks refill where each answer stays the static batch's: the model ignores padding
+    ``auto`` picks refill on an accelerator (``AUTO_REFILL_DEVICES``; on the CPU the static batch
+    was measured faster) where each answer stays the static batch's: the model ignores padding
     (``supports_padding``; upstream's LLaDA without a mask does not, so a row's answer would depend
     on the prompts it is padded with), greedy commits (sampled draws follow the batch's order),
     every callback ``supports_refill``, and for the dual cache a model that replaces different
@@ -65,7 +80,8 @@ def resolve_batching(config: DecodeConfig, model, hooks: CallbackList, upstream=
     unsupported = [type(cb).__name__ for cb in hooks if not getattr(cb, "supports_refill", False)]
     greedy = config.temperature == 0 and config.remasking == "low_confidence"
     if config.batching == "auto":
-        return "refill" if (pads and row_windows and greedy and not unsupported) else "static"
+        fits = _device_type(model) in AUTO_REFILL_DEVICES
+        return "refill" if (fits and pads and row_windows and greedy and not unsupported) else "static"
     if unsupported:
         raise ValueError(f"batching='refill' needs callbacks that support it; {', '.join(unsupported)} "
                          "does not (supports_refill). Use batching='static' or 'auto'.")

@@ -51,7 +51,7 @@ from .tinygsm_words import (ADD_VERBS, ANSWER_WORDS, CONNECTORS, CONTAINERS, FOO
 _apply = apply_op  # noqa: F401  (the name scripts/probe_decode_order.py uses)
 
 # Events per problem (a group event writes two equations). The default stops at 4: the shipped
-# 0.69M dLLM is right on ~0.89 of 3-4 event problems but ~0.78 of 5-event ones (TRAINING.md);
+# 0.69M dLLM is right on ~0.89 of 3-4 event problems but ~0.78 of 5-event ones (scripts/TRAINING-tiny-dllm.md);
 # ``make-data --max-events 5`` draws the longer variant. Up to LONGEST_EVENTS fit the canvas.
 MIN_EVENTS, MAX_EVENTS = 3, 4
 LONGEST_EVENTS = 6
