@@ -168,17 +168,22 @@ def aux_vocab() -> dict:
     return vocab
 
 
+def wordpiece_decoder() -> decoders.Sequence:
+    """WordPiece decoding (``##`` joins a continuation) that keeps the ``####`` answer marker."""
+    return decoders.Sequence([
+        decoders.Replace("####", _HASH_PLACEHOLDER),
+        decoders.WordPiece(prefix="##", cleanup=True),
+        decoders.Replace(_HASH_PLACEHOLDER, "####"),
+    ])
+
+
 def build_aux_tokenizer() -> PreTrainedTokenizerFast:
     """WordPiece tokenizer of the tiny aux model (digits split: ``"12"`` -> ``"1", "##2"``)."""
     tok = Tokenizer(models.WordPiece(vocab=aux_vocab(), unk_token="<unk>",
                                      continuing_subword_prefix="##", max_input_chars_per_word=100))
     tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = _pre_tokenizer()
-    tok.decoder = decoders.Sequence([
-        decoders.Replace("####", _HASH_PLACEHOLDER),
-        decoders.WordPiece(prefix="##", cleanup=True),
-        decoders.Replace(_HASH_PLACEHOLDER, "####"),
-    ])
+    tok.decoder = wordpiece_decoder()
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>",
@@ -189,4 +194,4 @@ def build_aux_tokenizer() -> PreTrainedTokenizerFast:
     return fast
 
 
-__all__ = ["build_dllm_tokenizer", "build_aux_tokenizer", "dllm_vocab", "aux_vocab"]
+__all__ = ["build_dllm_tokenizer", "build_aux_tokenizer", "dllm_vocab", "aux_vocab", "wordpiece_decoder"]

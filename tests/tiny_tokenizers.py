@@ -17,8 +17,10 @@ from __future__ import annotations
 from typing import Dict, List, Optional
 
 import torch
-from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from fastdllm_warmstart.tokenization import wordpiece_decoder
 
 WORDS: List[str] = [
     "Question", "Answer", "Tom", "Ann", "has", "apples", "pears", "he", "she", "buys", "eats",
@@ -30,7 +32,6 @@ CHAT_TEMPLATE = ("{% for message in messages %}User : {{ message['content'] }}\n
                  "{% if add_generation_prompt %}Assistant :{% endif %}")
 
 _SPLIT_PATTERN = r"####|[0-9]+|[^\W\d_]+|[^\s]"
-_HASH_PLACEHOLDER = "\u241f"  # keeps "####" from being read as a "##" continuation when decoding
 
 
 def _pre_tokenizer() -> pre_tokenizers.PreTokenizer:
@@ -72,11 +73,7 @@ def build_aux_tokenizer(chat_template: Optional[str] = None) -> PreTrainedTokeni
                                      continuing_subword_prefix="##"))
     tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = _pre_tokenizer()
-    tok.decoder = decoders.Sequence([
-        decoders.Replace("####", _HASH_PLACEHOLDER),
-        decoders.WordPiece(prefix="##", cleanup=True),
-        decoders.Replace(_HASH_PLACEHOLDER, "####"),
-    ])
+    tok.decoder = wordpiece_decoder()
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>",
                                    eos_token="</s>", pad_token="<pad>", padding_side="right",
                                    clean_up_tokenization_spaces=False)
