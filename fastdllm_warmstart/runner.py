@@ -5,6 +5,7 @@ The CLI, the benchmark and the lm-eval model all decode through :class:`WarmStar
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -275,7 +276,9 @@ class WarmStartRunner:
         if not prompts:
             return []
         if self.batching(config) == "refill":
-            return self.generate_batch(list(prompts), config, apply_chat_template=apply_chat_template,
+            # Decided once: the engine must not fall back to one static batch of every prompt.
+            refill = dataclasses.replace(config, decode=dataclasses.replace(config.decode, batching="refill"))
+            return self.generate_batch(list(prompts), refill, apply_chat_template=apply_chat_template,
                                        proposer=proposer, batch_size=batch_size, progress=progress)
         results: List[GenerationResult] = []
         for start in range(0, len(prompts), batch_size):

@@ -38,8 +38,9 @@ logger = logging.getLogger(__name__)
 ENV_VAR = "FAST_DLLM_PATH"
 
 
-class UpstreamError(RuntimeError):
-    """The named Fast-dLLM checkout exists but cannot be used."""
+class UpstreamError(ValueError):
+    """The named Fast-dLLM checkout exists but cannot be used (a user's setting: the CLI prints it
+    as one line)."""
 
 
 @dataclass(frozen=True)

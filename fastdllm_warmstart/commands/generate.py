@@ -17,7 +17,11 @@ def format_cli_prompts(tokenizer, prompts: Sequence[str], template: Optional[str
     from ..tasks.tinygsm import format_prompt
 
     if template is not None:
-        return [template.format(prompt=p) for p in prompts]
+        try:
+            return [template.format(prompt=p) for p in prompts]
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"--template {template!r} cannot be filled ({exc!r}); use {{prompt}} for the "
+                             "prompt and double other braces ({{ }}).") from None
     if has_chat_template(tokenizer):
         return list(prompts)
     return [format_prompt(p) for p in prompts]
