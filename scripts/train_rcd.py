@@ -41,6 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from fastdllm_warmstart.compat import save_tokenizer  # noqa: E402
 from fastdllm_warmstart.tasks import tinygsm  # noqa: E402
 from scripts.training import ProblemStream, cosine_lr, dllm_encode_batch, versions  # noqa: E402
 from scripts.training.residual_states import (SoftInputConfig, cache_state_loss, decode_state_loss,  # noqa: E402
@@ -162,7 +163,7 @@ def export(args, target, tok, state, reference_id: str) -> None:
         if f.is_file():
             f.unlink()
     target.to(torch.float16).save_pretrained(out, safe_serialization=True)
-    tok.save_pretrained(out)
+    save_tokenizer(tok, out)
     model, tok2, _ = load(str(out))
     test = tinygsm.load_jsonl(tinygsm.default_split_path("test"))[:args.final_n]
     fresh = tinygsm.generate_problems(FRESH_SEED, len(test))

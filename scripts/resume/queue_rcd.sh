@@ -2,6 +2,7 @@
 # The issue-21 training arms, one after another, one thread each (scripts/TRAINING-rcd.md).
 # Resumable: rerun it; a run with <run>/DONE is skipped, one with <run>/ckpt.pt resumes.
 # A STOP file in the running run's folder stops it (checkpoint written) and ends the queue.
+#   ONLY: a bash regex; runs whose name does not match are skipped (two queues, one per core).
 #   REPO: the repository (run folders under scripts/resume/); CODE: where the code is imported
 #   from (default REPO; a frozen copy while the tree is edited); OUT: exports and logs.
 set -u
@@ -16,6 +17,7 @@ run() {
   local name=$1; shift
   local dir=$REPO/scripts/resume/$name
   [ -f "$dir/DONE" ] && return 0
+  [ -n "${ONLY:-}" ] && [[ ! $name =~ $ONLY ]] && return 0
   mkdir -p "$dir"
   local resume=()
   [ -f "$dir/ckpt.pt" ] && resume=(--resume)
