@@ -44,6 +44,13 @@ def summarize(mode: str, rows: List[Dict[str, Any]], baseline_nfe: Optional[floa
         # canvas tokens committed per forward (Fast-dLLM's tokens/NFE: gen_length / NFE)
         "tokens_per_forward": (gen_length / nfe) if (gen_length and nfe) else None,
     }
+    if len(seeds) == 1:
+        # per problem, in index order: what a paired comparison of two modes (or of two bench
+        # files on the same problems) needs (scripts/paired_compare.py)
+        ordered = sorted(rows, key=lambda r: r["index"])
+        record["per_problem"] = {"index": [r["index"] for r in ordered],
+                                 "strict": [int(r["strict"]) for r in ordered],
+                                 "nfe": [r["nfe"] for r in ordered]}
     if len(seeds) > 1:
         record["per_seed"] = {s: summarize(mode, [r for r in rows if r["seed"] == s],
                                            baseline_nfe, settings, nfe_floor, gen_length) for s in seeds}
