@@ -353,6 +353,26 @@ class ResidualConfig:
 
 
 @dataclass(frozen=True)
+class WinoConfig:
+    """WINO decoding (arXiv 2507.18578, ``fastdllm_warmstart.wino``). Defaults: the authors' LLaDA
+    GSM8K settings (their released configs/gsm8k.yaml)."""
+
+    enabled: bool = setting(False, "WINO decoding: wide-in commits at --wino-tau-in, narrow-out "
+                                   "re-masks below --wino-tau-out (replaces --threshold/--factor)")
+    tau_in: float = setting(0.6, "wino: commit every masked block position whose confidence exceeds this")
+    tau_out: float = setting(0.9, "wino: re-mask a decoded block token its masked shadow gives less than this")
+    # The released code caps a step's commits (min(max(0.7 m, 5), 20)) and re-masks (last commits - 1).
+    cap: bool = setting(True, "wino: the released code's caps on commits and re-masks per step")
+
+    def __post_init__(self) -> None:
+        for name in ("enabled", "cap"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"wino{'' if name == 'enabled' else '_' + name} must be true or false.")
+        _check_range("wino_tau_in", self.tau_in, 0.0, 1.0, lo_open=True, hi_open=True)
+        _check_range("wino_tau_out", self.tau_out, 0.0, 1.0, lo_open=True)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything that decides a decoding run, in one frozen object (saved beside results)."""
 
@@ -361,6 +381,18 @@ class RunConfig:
     remask: RemaskConfig = field(default_factory=RemaskConfig)
     aux: AuxConfig = field(default_factory=AuxConfig)
     residual: ResidualConfig = field(default_factory=ResidualConfig)
+    wino: WinoConfig = field(default_factory=WinoConfig)
+
+    def __post_init__(self) -> None:
+        if not self.wino.enabled:
+            return
+        if self.decode.factor is not None:
+            raise ConfigError("wino=true replaces the commit rule with its wide-in; drop factor.")
+        if self.remask.enabled:
+            raise ConfigError("wino=true judges the draft itself (its narrow-out re-masks weak priors); "
+                              "drop remask, or drop wino.")
+        if self.warm.warm_init == "embed":
+            raise ConfigError("wino=true judges tokens on the canvas; use warm_init=token (or none).")
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -381,14 +413,15 @@ _FLAT["remask"] = ("remask", "enabled")
 for _f in fields(RemaskConfig):
     if _f.name != "enabled":
         _FLAT[f"remask_{_f.name}"] = ("remask", _f.name)
-_FLAT["residual"] = ("residual", "enabled")
-for _f in fields(ResidualConfig):
-    if _f.name != "enabled":
-        _FLAT[f"residual_{_f.name}"] = ("residual", _f.name)
+for _section, _cls in (("residual", ResidualConfig), ("wino", WinoConfig)):
+    _FLAT[_section] = (_section, "enabled")
+    for _f in fields(_cls):
+        if _f.name != "enabled":
+            _FLAT[f"{_section}_{_f.name}"] = (_section, _f.name)
 FLAT_KEYS = tuple(sorted(_FLAT))
 
 _SECTIONS = {"decode": DecodeConfig, "warm": WarmStartConfig, "remask": RemaskConfig,
-             "aux": AuxConfig, "residual": ResidualConfig}
+             "aux": AuxConfig, "residual": ResidualConfig, "wino": WinoConfig}
 
 
 def _coerce(name: str, raw: Any, target_type: Any) -> Any:
