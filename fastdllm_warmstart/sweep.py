@@ -11,6 +11,8 @@
    aux seconds, the resolved config) and draw two panels: accuracy vs mean NFE (the cold threshold
    curve as the reference, the paper's points marked, the Pareto frontier of all points drawn) and
    accuracy vs wall-clock per problem including the aux model.
+4. AUP (:mod:`.aup`) of every series, d3LLM's and with the aux model's cost counted, in each
+   point's record, in the meta line (``aup``) and in the plot's legend.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from .aup import sweep_aup
 from .bench import BenchSettings
 from .input_files import check_settings, line_of, read_json
 from .jsonl_store import InputFileError
@@ -113,7 +116,10 @@ def plot_sweep(records: List[Dict[str, Any]], path: str, title: Optional[str] = 
             ys = [r["accuracy"] for r in rows]
             err = [[r["accuracy"] - r["accuracy_ci95"][0] for r in rows],
                    [r["accuracy_ci95"][1] - r["accuracy"] for r in rows]]
-            ax.errorbar(xs, ys, yerr=err, capsize=2, label=f"{name} ({kind})", **styles[kind])
+            label = f"{name} ({kind})"
+            if rows[0].get("aup") is not None:
+                label += f" AUP {rows[0]['aup']:.0f} / {rows[0]['aup_with_aux']:.0f} incl. aux"
+            ax.errorbar(xs, ys, yerr=err, capsize=2, label=label, **styles[kind])
         front = pareto_front(records, x)
         ax.step([p[x] for p in front], [p["accuracy"] for p in front], where="post", color="grey",
                 alpha=0.5, linewidth=3, label="Pareto frontier")
@@ -153,6 +159,9 @@ def run_sweep(settings: SweepSettings) -> List[Dict[str, Any]]:
         wall = (timed["dllm_s_median"] * len(rec["seeds"]) + rec["aux_s"]) if timed else rec["wall_s"]
         rec["wall_per_problem_s"] = wall / max(1, rec["n"])
         out_records.append(rec)
+    aup = sweep_aup(out_records)
+    for rec in out_records:
+        rec.update({k: aup["series"][rec["series"]][k] for k in ("aup", "aup_with_aux")})
     meta = {k: result[k] for k in ("command", "data", "n_problems", "seeds", "model", "aux_model",
                                    "batch_size", "device", "threads", "versions", "fingerprint", "repeats")
             if k in result}
@@ -160,7 +169,7 @@ def run_sweep(settings: SweepSettings) -> List[Dict[str, Any]]:
     path = Path(settings.out)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as fh:
-        fh.write(json.dumps({"meta": meta, "aux_only": aux}, default=str) + "\n")
+        fh.write(json.dumps({"meta": meta, "aux_only": aux, "aup": aup}, default=str) + "\n")
         for rec in out_records:
             fh.write(json.dumps(rec, default=str) + "\n")
     return out_records
