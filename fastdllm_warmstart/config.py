@@ -14,14 +14,10 @@ Bad values raise :class:`ConfigError` (a ``ValueError``) whose message names the
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-
-class ConfigError(ValueError):
-    """A user-facing configuration mistake; the message says how to fix it."""
-
+from .config_base import ConfigError, _check_choice, _check_int, _check_range, setting  # noqa: F401
 
 CACHE_MODES = ("none", "prefix", "dual")
 REMASKING_RULES = ("low_confidence", "random")
@@ -43,39 +39,6 @@ LOOP_VARIANTS = ("auto", "current", "snapshot-2025-06")
 # through each block together (upstream); "refill" lets every row go at its own pace and gives a
 # finished row the next prompt; "auto" refills where the answers stay the static batch's.
 BATCHING_MODES = ("auto", "static", "refill")
-
-
-def _check_choice(name: str, value: Any, choices: Tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"{name}={value!r} is not valid; choose one of {', '.join(choices)}.")
-
-
-def _check_range(name: str, value: Any, lo: float, hi: float, *, lo_open: bool = False,
-                 hi_open: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-        raise ConfigError(f"{name} must be a number, got {value!r}.")
-    bad_lo = value <= lo if lo_open else value < lo
-    bad_hi = value >= hi if hi_open else value > hi
-    if bad_lo or bad_hi:
-        left = "(" if lo_open else "["
-        right = ")" if hi_open else "]"
-        raise ConfigError(f"{name}={value} is out of range; it must lie in {left}{lo}, {hi}{right}.")
-
-
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{name} must be an integer, got {value!r}.")
-    if value < minimum:
-        raise ConfigError(f"{name}={value} must be >= {minimum}.")
-
-
-def setting(default: Any, help: str, *, choices: Optional[Tuple[str, ...]] = None,
-            unset: Optional[str] = None) -> Any:
-    """A config field with what the command line needs to know about it: ``help`` (one line; the
-    default is added from here, never restated), ``choices``, and ``unset``, what None means when
-    None is the default (e.g. ``"gen_length"``). The flag table (``fastdllm_warmstart.flags``)
-    is generated from these."""
-    return field(default=default, metadata={"help": help, "choices": choices, "unset": unset})
 
 
 @dataclass(frozen=True)
@@ -352,24 +315,7 @@ class ResidualConfig:
                               "RCD model was trained against; 'embedded' for the tiny dLLM).")
 
 
-@dataclass(frozen=True)
-class WinoConfig:
-    """WINO decoding (arXiv 2507.18578, ``fastdllm_warmstart.wino``). Defaults: the authors' LLaDA
-    GSM8K settings (their released configs/gsm8k.yaml)."""
-
-    enabled: bool = setting(False, "WINO decoding: wide-in commits at --wino-tau-in, narrow-out "
-                                   "re-masks below --wino-tau-out (replaces --threshold/--factor)")
-    tau_in: float = setting(0.6, "wino: commit every masked block position whose confidence exceeds this")
-    tau_out: float = setting(0.9, "wino: re-mask a decoded block token its masked shadow gives less than this")
-    # The released code caps a step's commits (min(max(0.7 m, 5), 20)) and re-masks (last commits - 1).
-    cap: bool = setting(True, "wino: the released code's caps on commits and re-masks per step")
-
-    def __post_init__(self) -> None:
-        for name in ("enabled", "cap"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"wino{'' if name == 'enabled' else '_' + name} must be true or false.")
-        _check_range("wino_tau_in", self.tau_in, 0.0, 1.0, lo_open=True, hi_open=True)
-        _check_range("wino_tau_out", self.tau_out, 0.0, 1.0, lo_open=True)
+from .wino.config import WinoConfig  # noqa: E402  (its section; it imports the helpers above)
 
 
 @dataclass(frozen=True)
@@ -384,15 +330,7 @@ class RunConfig:
     wino: WinoConfig = field(default_factory=WinoConfig)
 
     def __post_init__(self) -> None:
-        if not self.wino.enabled:
-            return
-        if self.decode.factor is not None:
-            raise ConfigError("wino=true replaces the commit rule with its wide-in; drop factor.")
-        if self.remask.enabled:
-            raise ConfigError("wino=true judges the draft itself (its narrow-out re-masks weak priors); "
-                              "drop remask, or drop wino.")
-        if self.warm.warm_init == "embed":
-            raise ConfigError("wino=true judges tokens on the canvas; use warm_init=token (or none).")
+        self.wino.check_run(self)
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)

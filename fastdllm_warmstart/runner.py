@@ -224,7 +224,7 @@ class WarmStartRunner:
             callbacks.append(_Progress(progress))
         threshold, transfer_fn = d.threshold, None
         if config.wino.enabled:  # WINO's wide-in is the commit rule
-            from .wino import wide_in_rule
+            from .wino.decoding import wide_in_rule
 
             threshold, transfer_fn = config.wino.tau_in, wide_in_rule(config.wino)
         if self.device.type == "cuda":

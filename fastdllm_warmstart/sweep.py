@@ -2,7 +2,8 @@
 
 1. Read the preset: ``base`` settings for every point, then ``series``, each a name, a ``kind``
    (``reference``: the cold baseline's own trade-off curve, usually a threshold sweep; ``paper``:
-   the paper's configurations; ``ours``: the rules under study; ``control``: an ablation that
+   the paper's configurations; ``peer``: another published method (WINO, APD); ``ours``: the
+   rules under study; ``control``: an ablation that
    separates a method's effect from a confound), fixed ``settings`` and a ``vary``
    grid (the cartesian product of its lists gives the series' points).
 2. Run every point as a bench mode on the same problems with the same proposals (drafted once and
@@ -28,7 +29,7 @@ from .bench import BenchSettings
 from .input_files import check_settings, line_of, read_json
 from .jsonl_store import InputFileError
 
-KINDS = ("reference", "paper", "ours", "control")
+KINDS = ("reference", "paper", "peer", "ours", "control")
 
 
 def _format_value(v: Any) -> str:
@@ -47,7 +48,7 @@ def expand_preset(preset: Dict[str, Any], path: Optional[str] = None) -> List[Di
 
     if not isinstance(preset, dict) or not isinstance(preset.get("series"), list) or not preset["series"]:
         raise bad('A sweep preset is a JSON object {"base": {...}, "series": [{"name": ..., '
-                  '"kind": "reference|paper|ours|control", "settings": {...}, "vary": {key: [values]}}]}.',
+                  '"kind": "reference|paper|peer|ours|control", "settings": {...}, "vary": {key: [values]}}]}.',
                   preset)
     base = preset.get("base", {})
     points, seen = [], set()
@@ -103,7 +104,7 @@ def plot_sweep(records: List[Dict[str, Any]], path: str, title: Optional[str] = 
     fig, axes = plt.subplots(1, 2, figsize=(12, 5))
     styles = {"reference": dict(marker="o", color="black", linestyle="-"),
               "paper": dict(marker="*", markersize=12, linestyle="none"),
-              "ours": dict(marker="s", linestyle=":"), "control": dict(marker="x", color="gray", linestyle="--")}
+              "peer": dict(marker="^", linestyle="-."), "ours": dict(marker="s", linestyle=":"), "control": dict(marker="x", color="gray", linestyle="--")}
     for ax, x, xlabel in ((axes[0], "mean_nfe", "mean NFE (forward passes per answer)"),
                           (axes[1], "wall_per_problem_s", "wall-clock per problem, s (dLLM + aux)")):
         series: Dict[str, List[Dict[str, Any]]] = {}

@@ -298,7 +298,7 @@ def build_callbacks(config: RunConfig, proposals: Optional[torch.Tensor],
         if config.remask.enabled:
             callbacks.append(_remask_callback(config, proposals))
     if config.wino.enabled:  # after the warm start: priors it lays are judged on the shadow
-        from .wino import NarrowOut
+        from .wino.decoding import NarrowOut
 
         callbacks.append(NarrowOut(tau_out=config.wino.tau_out, cap=config.wino.cap))
     if config.residual.enabled:

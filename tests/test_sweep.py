@@ -26,7 +26,7 @@ def test_expand_preset_is_a_cartesian_grid_with_base_settings():
 @pytest.mark.parametrize("preset, message", [
     ({"series": []}, "JSON object"),
     ({"series": [{"settings": {}}]}, "needs a .name."),
-    ({"series": [{"name": "a", "kind": "mine"}]}, "choose one of reference, paper, ours"),
+    ({"series": [{"name": "a", "kind": "mine"}]}, "choose one of reference, paper, peer, ours"),
     ({"series": [{"name": "a", "vary": {"rho": 0.3}}]}, "non-empty list"),
     ({"series": [{"name": "a"}, {"name": "a"}]}, "appears twice"),
 ])

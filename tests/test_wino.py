@@ -10,7 +10,7 @@ from fastdllm_warmstart import DecodeCallback, generate
 from fastdllm_warmstart.config import ConfigError, WinoConfig, configs_from_flat
 from fastdllm_warmstart.engine.transfer import get_transfer_index_wide_in, wide_in_cap
 from fastdllm_warmstart.warmstart import TokenInjection, build_callbacks
-from fastdllm_warmstart.wino import NarrowOut, wide_in_rule
+from fastdllm_warmstart.wino.decoding import NarrowOut, wide_in_rule
 
 NEG = float("-inf")
 
@@ -290,6 +290,13 @@ def test_settings_build_the_mode_and_bad_ones_name_the_fix():
                       ({"wino": True, "warm_init": "embed"}, "warm_init=token")):
         with pytest.raises(ConfigError, match=hint):
             configs_from_flat(bad)
+
+
+def test_lm_eval_model_args_take_the_wino_settings():
+    from fastdllm_warmstart.lm_eval_utils import EvalSettings
+
+    run = EvalSettings.from_model_args({"wino": "true", "wino_tau_in": "0.5", "wino_cap": "false"}).run
+    assert (run.wino.enabled, run.wino.tau_in, run.wino.cap) == (True, 0.5, False)
 
 
 def test_runner_decodes_with_wino_on_the_embedded_model():

@@ -47,11 +47,11 @@ from typing import Optional
 
 import torch
 
+from ..engine.callbacks import DecodeCallback
+from ..engine.state import DecodeState, TransientInputs
+from ..engine.transfer import get_transfer_index_wide_in
+from ..priors.spec import model_positions
 from .config import WinoConfig
-from .engine.callbacks import DecodeCallback
-from .engine.state import DecodeState, TransientInputs
-from .engine.transfer import get_transfer_index_wide_in
-from .priors.spec import model_positions
 
 # WINO's "previous step's commits" at a block's first step (its code's ``last_accept = 30``).
 FIRST_LAST_ACCEPT = 30
