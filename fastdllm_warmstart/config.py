@@ -17,7 +17,8 @@ import dataclasses
 from dataclasses import dataclass, field, fields
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-from .config_base import ConfigError, _check_choice, _check_int, _check_range, setting  # noqa: F401
+from .config_fields import ConfigError, _check_choice, _check_int, _check_range, setting
+from .wino.config import WinoConfig
 
 CACHE_MODES = ("none", "prefix", "dual")
 REMASKING_RULES = ("low_confidence", "random")
@@ -313,9 +314,6 @@ class ResidualConfig:
         if self.start == "reference" and not self.reference:
             raise ConfigError("residual_start=reference needs residual_reference=PATH (the model the "
                               "RCD model was trained against; 'embedded' for the tiny dLLM).")
-
-
-from .wino.config import WinoConfig  # noqa: E402  (its section; it imports the helpers above)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..config_base import ConfigError, _check_range, setting
+from ..config_fields import ConfigError, _check_range, setting
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
-"""The pieces every config section is built from: :class:`ConfigError`, the range and choice checks,
-and :func:`setting` (a field with what the flag table needs). A leaf module, so that a method's
-own section (``wino/config.py``) can use them without importing ``config.py``, which imports it."""
+"""The pieces every config section is built from: :class:`ConfigError`, the range checks and
+:func:`setting` (a field with what the command line needs to know). A leaf module, so that a
+method's own section (``fastdllm_warmstart.apd.config``) can use them without an import circle."""
 
 from __future__ import annotations
 
@@ -44,3 +44,6 @@ def setting(default: Any, help: str, *, choices: Optional[Tuple[str, ...]] = Non
     None is the default (e.g. ``"gen_length"``). The flag table (``fastdllm_warmstart.flags``)
     is generated from these."""
     return field(default=default, metadata={"help": help, "choices": choices, "unset": unset})
+
+
+__all__ = ["ConfigError", "setting"]
