@@ -15,9 +15,12 @@ here that point is dropped like any other (and counted), so every series gets a 
 
 A sweep reports two AUPs per series (:func:`sweep_aup`): d3LLM's, ``rho`` = answer tokens per dLLM
 forward; and one with the aux model's cost counted, ``rho`` = answer tokens per (dLLM forwards +
-the aux drafting converted to dLLM-forward equivalents by measured time: aux seconds divided by
-the seconds one dLLM forward of an answer took on the sweep's reference points). The second is
-only as good as its timing: on a contended machine it is noise.
+the aux model's forwards in dLLM-forward equivalents, by measured time). ``t_f``, the seconds one
+dLLM forward of an answer takes, is measured on the sweep's reference points (cold decoding). The
+aux drafting before decoding (warm starts) counts ``aux seconds / t_f``; aux forwards made while
+decoding (APD's scoring, ``aux_forwards_mean``; their time is inside the decode's) count the time
+the decode took beyond its dLLM forwards at ``t_f``, ``max(0, dllm_s / t_f - NFE)``. The second AUP
+is only as good as its timing: on a contended machine it is noise.
 """
 
 from __future__ import annotations
@@ -81,7 +84,11 @@ def sweep_aup(records: List[Dict[str, Any]]) -> Dict[str, Any]:
     for r in records:
         forwards = r["mean_nfe"] * r["n"]
         r["rho"] = r["answer_tokens"] / forwards
-        aux_equiv = (r.get("aux_s") or 0.0) / t_fwd if t_fwd else 0.0
+        aux_equiv = 0.0
+        if t_fwd:
+            aux_equiv = (r.get("aux_s") or 0.0) / t_fwd  # drafting before decoding
+            if r.get("aux_forwards_mean"):  # forwards while decoding: the decode's extra time
+                aux_equiv += max(0.0, r["dllm_s"] / t_fwd - forwards)
         r["aux_forward_equivalents"] = aux_equiv / max(r["n"], 1)  # per answer
         r["rho_with_aux"] = r["answer_tokens"] / (forwards + aux_equiv)
     series: Dict[str, Dict[str, Any]] = {}

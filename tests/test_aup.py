@@ -65,3 +65,18 @@ def test_sweep_aup_counts_the_aux_as_dllm_forwards_by_time():
     assert s["series"]["warm"]["aup_with_aux"] == pytest.approx(0.8 * 78.0)
     text = format_aup(s)
     assert "warm" in text and "10.00 ms" in text and "1.000 dLLM forwards" in text
+
+
+def test_aux_forwards_while_decoding_count_the_decodes_extra_time():
+    """An APD-like point: 10 answers, 10 dLLM forwards each (100 at 0.01 s = 1 s) but 1.5 s of
+    decoding with its aux scoring inside: the extra 0.5 s is 50 dLLM-forward equivalents."""
+    records = [
+        {"series": "cold", "kind": "reference", "accuracy": 0.8, "n": 10, "mean_nfe": 20.0,
+         "answer_tokens": 400, "dllm_s": 2.0, "aux_s": 0.0},
+        {"series": "apd", "kind": "peer", "accuracy": 0.8, "n": 10, "mean_nfe": 10.0,
+         "answer_tokens": 400, "dllm_s": 1.5, "aux_s": 0.0, "aux_forwards_mean": 6.0},
+    ]
+    s = sweep_aup(records)
+    assert records[1]["rho"] == pytest.approx(4.0)
+    assert records[1]["rho_with_aux"] == pytest.approx(400 / 150)
+    assert s["series"]["apd"]["aup_with_aux"] == pytest.approx(400 / 150 * 80.0)
