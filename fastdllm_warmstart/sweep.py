@@ -110,8 +110,14 @@ def plot_sweep(records: List[Dict[str, Any]], path: str, title: Optional[str] = 
         series: Dict[str, List[Dict[str, Any]]] = {}
         for r in records:
             series.setdefault(r["series"], []).append(r)
+        references = 0
         for name, rows in series.items():
             kind = rows[0]["kind"]
+            style = dict(styles[kind])
+            if kind == "reference":  # the first reference curve black, further ones grey and dashed
+                if references:
+                    style.update(color="grey", marker="D", linestyle="--")
+                references += 1
             rows = sorted(rows, key=lambda r: r[x])
             xs = [r[x] for r in rows]
             ys = [r["accuracy"] for r in rows]
@@ -120,7 +126,7 @@ def plot_sweep(records: List[Dict[str, Any]], path: str, title: Optional[str] = 
             label = f"{name} ({kind})"
             if rows[0].get("aup") is not None:
                 label += f" AUP {rows[0]['aup']:.0f} / {rows[0]['aup_with_aux']:.0f} incl. aux"
-            ax.errorbar(xs, ys, yerr=err, capsize=2, label=label, **styles[kind])
+            ax.errorbar(xs, ys, yerr=err, capsize=2, label=label, **style)
         front = pareto_front(records, x)
         ax.step([p[x] for p in front], [p["accuracy"] for p in front], where="post", color="grey",
                 alpha=0.5, linewidth=3, label="Pareto frontier")

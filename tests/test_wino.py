@@ -236,10 +236,10 @@ def test_shadow_sees_everything_but_its_own_column_and_leaves_the_canvas_alone()
 GE, BE = 24, 8
 
 
-def _wino(model, prompts, cache="dual", tau_in=0.6, tau_out=0.9, cap=True, **kw):
+def _wino(model, prompts, cache="dual", tau_in=0.6, tau_out=0.9, cap=True, extra=(), **kw):
     cfg = WinoConfig(enabled=True, tau_in=tau_in, tau_out=tau_out, cap=cap)
     return generate(model, prompts, steps=GE, gen_length=GE, block_length=BE, threshold=tau_in, cache=cache,
-                    transfer_fn=wide_in_rule(cfg), callbacks=[NarrowOut(tau_out, cap)],
+                    transfer_fn=wide_in_rule(cfg), callbacks=[*extra, NarrowOut(tau_out, cap)],
                     mask_id=MASK, eos_id=EOS, pad_id=PAD, use_upstream=False, **kw)
 
 
@@ -257,18 +257,31 @@ def test_a_shadow_that_never_judges_changes_nothing(cache):
 
 
 @pytest.mark.parametrize("cache", ["none", "prefix", "dual"])
-def test_batch_one_by_one_and_refill_agree(cache):
+@pytest.mark.parametrize("drafts", [False, True])
+def test_batch_one_by_one_and_refill_agree(cache, drafts):
+    """Cold, and with drafts laid as priors (some the model's own answer, some random): each row's
+    tokens, NFE and re-masks are the same in a batch, alone, and refilled two rows at a time."""
     model = make_tiny_model(seed=3, dtype=torch.float64)
     g = torch.Generator().manual_seed(1)
     prompts = [torch.randint(5, 48, (k,), generator=g).tolist() for k in (3, 5, 2, 6, 4)]
-    batch = _wino(model, prompts, cache, tau_in=0.3, skip_done_rows=True)
+    draft = None
+    if drafts:
+        draft = _wino(model, prompts, cache, tau_in=0.3).generated.clone()
+        draft[1::2] = torch.randint(5, 48, draft[1::2].shape, generator=g)
+
+    def run(rows, **kw):
+        extra = [] if draft is None else [TokenInjection(draft[rows], rho=1.0)]
+        return _wino(model, [prompts[i] for i in rows], cache, tau_in=0.3, extra=extra, **kw)
+
+    every = list(range(len(prompts)))
+    batch = run(every, skip_done_rows=True)
     assert int(batch.stats["wino_remasked"].sum()) > 0  # the narrow-out does work here
     assert len(set(batch.nfe.tolist())) > 1  # rows at their own pace
-    refill = _wino(model, prompts, cache, tau_in=0.3, batching="refill", batch_size=2)
+    refill = run(every, batching="refill", batch_size=2)
     assert torch.equal(refill.generated, batch.generated) and torch.equal(refill.nfe, batch.nfe)
     assert torch.equal(refill.stats["wino_remasked"], batch.stats["wino_remasked"])
-    for i, p in enumerate(prompts):
-        one = _wino(model, [p], cache, tau_in=0.3)
+    for i in every:
+        one = run([i])
         assert torch.equal(one.generated[0], batch.generated[i]) and one.nfe[0] == batch.nfe[i]
 
 
