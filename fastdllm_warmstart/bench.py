@@ -319,7 +319,9 @@ def run_bench(settings: BenchSettings, modes: Optional[List[Dict[str, Any]]] = N
                 rows.append({"mode": mode, "seed": seed, "index": i, "answer": r.text, "strict": strict,
                              "flexible": flexible, "nfe": r.nfe, "gen_tokens": r.gen_tokens,
                              "dllm_s": r.dllm_seconds, "aux_s": by_prompt[prompts[i]].aux_seconds
-                             if prompts[i] in by_prompt else 0.0, "fallback": r.fallback,
+                             if prompts[i] in by_prompt else 0.0,
+                             "aux_tokens": getattr(by_prompt.get(prompts[i]), "aux_tokens", 0) or 0,
+                             "fallback": r.fallback,
                              "injected": r.injected, "revoked": r.revoked, "accepted": r.accepted,
                              "model_calls": r.model_calls})
             progress.add(rows)

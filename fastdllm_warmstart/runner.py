@@ -222,12 +222,18 @@ class WarmStartRunner:
         callbacks = build_callbacks(config, proposals, self.reference_model(config)) + self.extra_callbacks
         if progress is not None:
             callbacks.append(_Progress(progress))
+        threshold, transfer_fn = d.threshold, None
+        if config.wino.enabled:  # WINO's wide-in is the commit rule
+            from .wino.decoding import wide_in_rule
+
+            threshold, transfer_fn = config.wino.tau_in, wide_in_rule(config.wino)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         start = time.perf_counter()
         out = generate(self.model, input_ids, steps=d.steps, gen_length=d.gen_length,
                        block_length=d.block_length, temperature=d.temperature, remasking=d.remasking,
-                       mask_id=self.mask_id, threshold=d.threshold, factor=d.factor, cache=d.cache,
+                       mask_id=self.mask_id, threshold=threshold, factor=d.factor, cache=d.cache,
+                       transfer_fn=transfer_fn,
                        callbacks=callbacks, loop_variant=d.loop_variant, eos_id=self.eos_id,
                        pad_id=self.pad_id, early_stop=d.early_stop, skip_done_rows=d.skip_done_rows,
                        seed=config.warm.seed, fast_dllm_path=self.fast_dllm_path,

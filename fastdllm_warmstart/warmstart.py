@@ -297,6 +297,10 @@ def build_callbacks(config: RunConfig, proposals: Optional[torch.Tensor],
                                                     schedule=warm.embed_schedule, seed=warm.seed))
         if config.remask.enabled:
             callbacks.append(_remask_callback(config, proposals))
+    if config.wino.enabled:  # after the warm start: priors it lays are judged on the shadow
+        from .wino.decoding import NarrowOut
+
+        callbacks.append(NarrowOut(tau_out=config.wino.tau_out, cap=config.wino.cap))
     if config.residual.enabled:
         from .residual import ResidualContext
 

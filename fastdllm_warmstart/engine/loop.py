@@ -225,7 +225,9 @@ def _commit(state: DecodeState, transfer_fn, config: DecodeConfig, schedule: Opt
 
 
 def _call_rule(transfer_fn, state: DecodeState, config: DecodeConfig, logits, mask_index, x_win, k, last):
-    if transfer_fn in BUILTIN_RULES:
+    # A built-in rule (or a functools.partial of one, e.g. wide-in without its cap) takes our
+    # seeded generator; upstream's functions do not.
+    if getattr(transfer_fn, "func", transfer_fn) in BUILTIN_RULES:
         return transfer_fn(logits, config.temperature, config.remasking, mask_index, x_win, k, last,
                            generator=state.generator)
     return transfer_fn(logits, config.temperature, config.remasking, mask_index, x_win, k, last)
