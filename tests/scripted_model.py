@@ -47,7 +47,8 @@ class ScriptedLM(torch.nn.Module):
         with torch.no_grad():
             self.emb.weight.copy_(torch.eye(vocab))
         self.rows: Optional[torch.Tensor] = None  # which target rows the batch holds (default all)
-        self.logit_shift = shift
+        self.shift = shift          # its beliefs: column c speaks about c + 1
+        self.logit_shift = shift    # what it tells the engine (protocol_for)
 
     def get_input_embeddings(self):
         return self.emb
@@ -66,7 +67,7 @@ class ScriptedLM(torch.nn.Module):
         in_gen = (g >= 0) & (g < self.target.shape[1])
         masked = (ids == mask_id) & in_gen.view(1, -1)
         before = masked.long().cumsum(1) - masked.long()  # masked generation columns before c
-        if self.logit_shift:  # column c speaks about c + 1: the masks up to and including c
+        if self.shift:  # column c speaks about c + 1: the masks up to and including c
             g, before = g + 1, masked.long().cumsum(1)
         p = (self.p0 * self.decay ** before.double())  # (B, T)
         probs = torch.full((B, T, self.V), 1e-6, dtype=torch.float64)

@@ -17,6 +17,9 @@ from .tiny_llada import TinyLLaDAConfig, TinyLLaDAModelLM
 class TinyDreamConfig(TinyLLaDAConfig):
     model_type = "tiny_dream"
 
+    def __init__(self, **kwargs):  # transformers 5 would otherwise give a subclass a new __init__
+        super().__init__(**kwargs)
+
 
 class TinyDreamModelLM(TinyLLaDAModelLM):
     """The tiny bidirectional transformer, read as a Dream-protocol model (shifted logits)."""
