@@ -9,8 +9,9 @@ Tested range: transformers 4.49 (Fast-dLLM v1's pin) through 5.x. What differs b
   ``use_cache``; Fast-dLLM's ``LLaDAModelLM`` never calls ``post_init``, takes no keywords and
   reads ``config.use_cache`` (:func:`post_init_compatible`);
 * Fast-dLLM's Dream model (:func:`dream_module_shims`): transformers 5 dropped the ``default``
-  rotary initialiser its ``DreamRotaryEmbedding`` looks up, and calls ``GenerationConfig.validate``
-  with a keyword its ``DreamGenerationConfig.validate`` does not take;
+  rotary initialiser its ``DreamRotaryEmbedding`` looks up, calls ``GenerationConfig.validate``
+  with a keyword its ``DreamGenerationConfig.validate`` does not take, and reads
+  ``_tied_weights_keys`` as a mapping where ``DreamModel`` declares a list;
 * tokenizer files: transformers 5 saves fast tokenizers as ``TokenizersBackend``, a class name 4.x
   does not know; :func:`save_tokenizer` writes ``PreTrainedTokenizerFast``, which both read.
 
@@ -97,6 +98,13 @@ def dream_module_shims(modeling: Any, *generation_modules: Any) -> None:
             "validate": lambda self, *args, **kwargs: None, "_fdw_validate_shim": True,
             "__module__": base.__module__, "__qualname__": base.__qualname__})
         module.DreamGenerationConfig = shim
+    model_class = getattr(modeling, "DreamModel", None)
+    tied = getattr(model_class, "_tied_weights_keys", None)
+    if isinstance(tied, (list, tuple)) and TRANSFORMERS_VERSION.major >= 5:
+        # transformers 5: {tied parameter: its source}; tied only when the config says so.
+        modeling.DreamModel = type(model_class.__name__, (model_class,), {
+            "_tied_weights_keys": {name: "model.embed_tokens.weight" for name in tied},
+            "__module__": model_class.__module__, "__qualname__": model_class.__qualname__})
 
 
 def save_tokenizer(tokenizer: Any, directory: Union[str, Path]) -> None:
