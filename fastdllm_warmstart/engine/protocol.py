@@ -151,3 +151,10 @@ def protocol_for(model: Any) -> MaskPredictor:
 def is_shifted(model: Any) -> bool:
     """Whether ``model`` follows the Dream protocol (its logit at ``p`` predicts ``p + 1``)."""
     return protocol_for(model).shifted
+
+
+def canvas_logits(model: Any, input_ids: torch.Tensor) -> torch.Tensor:
+    """(B, L, V) logits of the tokens at each position of a whole canvas ``input_ids`` (B, L):
+    one forward, read by the model's protocol (a Dream-protocol model's moved one column)."""
+    protocol = protocol_for(model)
+    return protocol.full_logits(protocol.call(model, {"input_ids": input_ids}).logits)
