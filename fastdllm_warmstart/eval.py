@@ -236,7 +236,7 @@ def _package_logging() -> Iterator[None]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run lm-eval with ``llada_warmstart``; returns the exit status."""
-    from . import lm_eval_model  # noqa: F401  (registers llada_warmstart)
+    from . import lm_eval_dream  # noqa: F401  (registers dream_warmstart and llada_warmstart)
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["run"]:  # accept `lm-eval run`-style invocations too

@@ -16,6 +16,9 @@ upstream's Dream commands carry over with only ``--model`` changed:
   classifier_free_guidance, sampling_eps, parallelize, autogptq, escape_until``) are accepted at
   upstream's default value only; ``trust_remote_code`` is accepted and left to the loader;
 * every other key is ``llada_warmstart``'s (our flags: ``warm_init, rho, remask, aux_model, ...``).
+
+Importing this module registers both names (``fastdllm-warmstart eval`` does); from Python,
+``import fastdllm_warmstart.lm_eval_dream`` before ``lm_eval.simple_evaluate(model="dream_warmstart")``.
 """
 
 from __future__ import annotations

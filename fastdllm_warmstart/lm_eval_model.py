@@ -491,6 +491,3 @@ class LLaDAWarmStartLM(LM):
             f"{MODEL_NAME} does not compute rolling log-likelihoods (perplexity tasks such as "
             "wikitext): a masked diffusion model has no left-to-right factorisation to roll. Use "
             "generate_until tasks (gsm8k, tinygsm, ...) or loglikelihood / multiple-choice tasks.")
-
-
-from . import lm_eval_dream  # noqa: E402,F401  (registers dream_warmstart, a subclass of the above)
