@@ -21,6 +21,11 @@ Algorithm (the numbers recur as comments in :func:`generate`):
    f. ``on_block_end``; with ``early_stop``, rows whose answer ended in EOS are closed.
 3. ``on_finish``; return the canvas and per-row NFE.
 
+The model's family (:mod:`.protocol`, read from its config) says how to call it and read its
+logits: a Dream-protocol model's logit at ``p`` predicts ``p + 1``, so step 2b reads them one column
+on; its block-opening forward commits the block's first position alone (2c) and its cached blocks
+cost at least two forwards (2e), as Dream's own loop.
+
 A row's NFE counts the forwards it needed: those while its block still had masks, plus the
 strategy's minimum per block; ``total_nfe`` counts forward calls for the whole batch, which is
 upstream's counter (for a batch of one the two are equal). Rows carried along by a batch after
