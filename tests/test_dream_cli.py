@@ -52,9 +52,11 @@ def test_bench_and_trace_take_a_dream_dir(dream_dir, random_model_dirs, tmp_path
     # two blocks of 16, each its full forward and at least one cached forward (Dream's loop)
     assert all(r["nfe_floor"] == 4 and r["mean_nfe"] >= 4 for r in records[1:])
     capsys.readouterr()
+    raw = tmp_path / "trace.json"
     assert main(["trace", "--model", dream_dir, "--prompt", "What is 3 + 4?", "--gen-length", "32",
-                 "--block-length", "16"]) == 0
-    assert capsys.readouterr().out.strip()
+                 "--block-length", "16", "--device", "cpu", "--json", str(raw)]) == 0
+    forwards = json.loads(raw.read_text())["traces"][0]["forwards"]
+    assert len(forwards) >= 4  # two blocks, each its full forward and a cached one at least
 
 
 @pytest.mark.skipif(not os.environ.get("FAST_DLLM_PATH"), reason="set FAST_DLLM_PATH to a Fast-dLLM checkout")
