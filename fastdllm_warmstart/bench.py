@@ -32,6 +32,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .config import RunConfig, configs_from_flat
 from .engine.cache import make_cache_strategy
+from .engine.protocol import protocol_for
 from .input_files import load_bench_preset
 from .tasks.tinygsm_files import load_jsonl as load_problems
 from .jsonl_store import JsonlStore
@@ -337,7 +338,10 @@ def run_bench(settings: BenchSettings, modes: Optional[List[Dict[str, Any]]] = N
     for m in modes:
         rows = [r for k, r in progress.done.items() if k[0] == m["mode"]]
         cfg = mode_configs[m["mode"]]
-        floor = cfg.decode.num_blocks * make_cache_strategy(cfg.decode.cache, loop_variants[m["mode"]]).min_block_steps
+        per_block = make_cache_strategy(  # a Dream-protocol model's blocks cost one more cached forward
+            cfg.decode.cache, loop_variants[m["mode"]], min_cached_block_steps=protocol_for(
+                runner_for(mode_models[m["mode"]]).model).min_cached_block_steps).min_block_steps
+        floor = cfg.decode.num_blocks * per_block
         rec = summarize(m["mode"], rows, baseline_nfe, m.get("settings", {}), floor, cfg.decode.gen_length)
         if m["mode"] == modes[0]["mode"] and not mode_configs[m["mode"]].warm.enabled:
             baseline_nfe, baseline_wall = rec["mean_nfe"], rec["wall_s"]

@@ -45,6 +45,7 @@ from lm_eval.api.registry import register_model
 from . import __version__
 from .chat_template import use_chat_template
 from .config import ConfigError
+from .engine.protocol import canvas_logits
 from .lm_eval_utils import (MODEL_NAME, SPEED_FIELDS, UPSTREAM_ARGS, AnswerStore, EvalSettings,
                             all_gather, answer_record, barrier, format_speed_table, gather_object,
                             hook_variables, init_distributed, launcher_ranks, request_key,
@@ -447,7 +448,7 @@ class LLaDAWarmStartLM(LM):
             is_mask = order < counts.unsqueeze(1)  # (b, C)
             noisy = seq.repeat(b, 1)  # (b, L)
             noisy[:, n_ctx:][is_mask] = self.mask_id
-            logits = self.model(input_ids=noisy.to(self._device)).logits[:, n_ctx:]  # (b, C, V)
+            logits = canvas_logits(self.model, noisy.to(self._device))[:, n_ctx:]  # (b, C, V)
             logp = F.log_softmax(logits.float(), dim=-1).cpu()
             token_logp = logp.gather(-1, target.expand(b, -1).unsqueeze(-1)).squeeze(-1)  # (b, C)
             # 3. Importance weight C / l.
@@ -463,7 +464,7 @@ class LLaDAWarmStartLM(LM):
                            device=self._device).unsqueeze(0)  # (1, L)
         for _ in range(len(cont)):
             masked = seq[0] == self.mask_id  # (L,)
-            probs = torch.softmax(self.model(input_ids=seq).logits[0].float(), dim=-1)  # (L, V)
+            probs = torch.softmax(canvas_logits(self.model, seq)[0].float(), dim=-1)  # (L, V)
             conf, pred = probs.max(dim=-1)  # (L,)
             conf = conf.masked_fill(~masked, -1.0)
             pos = int(conf.argmax())

@@ -21,6 +21,11 @@ Algorithm (the numbers recur as comments in :func:`generate`):
    f. ``on_block_end``; with ``early_stop``, rows whose answer ended in EOS are closed.
 3. ``on_finish``; return the canvas and per-row NFE.
 
+The model's family (:mod:`.protocol`, read from its config) says how to call it and read its
+logits: a Dream-protocol model's logit at ``p`` predicts ``p + 1``, so step 2b reads them one column
+on; its block-opening forward commits the block's first position alone (2c) and its cached blocks
+cost at least two forwards (2e), as Dream's own loop.
+
 A row's NFE counts the forwards it needed: those while its block still had masks, plus the
 strategy's minimum per block; ``total_nfe`` counts forward calls for the whole batch, which is
 upstream's counter (for a batch of one the two are equal). Rows carried along by a batch after
@@ -41,6 +46,7 @@ import torch
 from ..config import DecodeConfig
 from .cache import make_cache_strategy
 from .callbacks import CallbackList, DecodeCallback, as_callback_list
+from .protocol import protocol_for
 from .rows import RefillLoop, resolve_batching
 from .state import DecodeState, row_stats
 from .transfer import (BUILTIN_RULES, num_transfer_schedule, resolve_transfer_fn,
@@ -161,7 +167,7 @@ def _prepare_prompt(prompt, attention_mask, pad_token: int, device):
 def _with_transient(state: DecodeState) -> dict:
     """Model inputs for a forward with transient queries (``state.transient``)."""
     tr = state.transient
-    if not getattr(state.model, "supports_transient_queries", False):
+    if not (getattr(state.model, "supports_transient_queries", False) and state.protocol.supports_transient):
         raise ValueError(f"{type(state.model).__name__} does not take transient queries "
                          "(supports_transient_queries); use another rule with this model.")
     window = state.inputs_embeds if state.inputs_embeds is not None else state.embed(state.window_view(state.x))
@@ -201,6 +207,9 @@ def _commit(state: DecodeState, transfer_fn, config: DecodeConfig, schedule: Opt
     w0, w1 = state.window
     x_win = state.window_view(state.x)  # (B, W) view into the canvas
     b0, b1 = max(state.block_start, w0) - w0, min(state.block_end, w1) - w0  # block columns in the window
+    only = state.protocol.commit_columns(state)  # Dream's block-opening forward: its first column
+    if only is not None:
+        b0, b1 = b0 + only.start, min(b1, b0 + only.stop)
     sel = (slice(None) if rows is None else rows, slice(b0, b1))
     x_blk = x_win[sel]  # (B or B_a, Wb) copy
     mask_blk = x_blk == state.mask_id
@@ -215,6 +224,8 @@ def _commit(state: DecodeState, transfer_fn, config: DecodeConfig, schedule: Opt
         k, last = None, config.factor  # upstream passes no counts to the factor rule
     else:
         last = config.threshold
+    if k is not None and state.protocol.forced_commit(state):
+        k = torch.ones_like(k)  # committed whatever the schedule's count
     if k is not None and rows is not None:
         k = k[rows]
     x0_blk, transfer_blk = _call_rule(transfer_fn, state, config, logits, mask_blk, x_blk, k, last)
@@ -303,7 +314,13 @@ def generate(model, prompt: Union[torch.Tensor, Sequence[Sequence[int]]], steps:
     hooks = as_callback_list(callbacks)
     if step_callback is not None:  # upstream's hook runs after every other after_commit
         hooks = CallbackList(list(hooks) + [StepCallback(step_callback)])
+    protocol = protocol_for(model)  # the model family, from its config
     mode = resolve_batching(config, model, hooks, upstream)
+    if mode == "refill" and not protocol.supports_refill:
+        if config.batching == "refill":
+            raise ValueError(f"batching='refill' is not available for {type(model).__name__} "
+                             f"({protocol.name} protocol); use batching='static' or 'auto'.")
+        mode = "static"
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1.")
     B = N if (mode == "static" or batch_size is None) else min(batch_size, N)
@@ -328,13 +345,15 @@ def generate(model, prompt: Union[torch.Tensor, Sequence[Sequence[int]]], steps:
         prompt_lengths=(prompt_mask[:B].sum(1) if prompt_mask is not None
                         else torch.full((B,), P, device=device)),
         gen_length=config.gen_length, block_length=config.block_length, mask_id=mask,
-        eos_id=eos, pad_id=pad, generator=generator,
+        eos_id=eos, pad_id=pad, generator=generator, protocol=protocol,
         nfe=torch.zeros(B, dtype=torch.long, device=device),
         finished=torch.zeros(B, dtype=torch.bool, device=device),
         problem=torch.arange(B, device=device),
     )
     hooks.reset()
-    strategy = make_cache_strategy(config.cache, variant, _replace_position_rows(model, upstream))
+    strategy = make_cache_strategy(config.cache, variant,
+                                   protocol.replace_position_rows or _replace_position_rows(model, upstream),
+                                   protocol.kv_seq_dim, protocol.min_cached_block_steps)
     # Never commit [MASK]; nor a dedicated [PAD] (LLaDA's pad *is* its EOS, which must stay).
     banned = sorted({mask} | ({pad} if pad is not None and pad != eos else set()))
     hooks.fire("on_init", state)
@@ -410,6 +429,7 @@ def _run_static(state: DecodeState, hooks: CallbackList, strategy, config: Decod
             if state.transient is not None:
                 n = state.transient.embeds.shape[1]
                 state.logits, state.transient_logits = state.logits[:, :-n], state.logits[:, -n:]
+            state.logits = state.protocol.position_logits(state, state.logits)  # (B, W, V) per position
             state.inputs_embeds, state.transient = None, None
             state.nfe += state.active.long()
             state.total_nfe += 1

@@ -7,6 +7,8 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
+from .protocol import MaskPredictor
+
 
 @dataclass
 class TransientInputs:
@@ -48,6 +50,9 @@ class DecodeState:
     eos_id: Optional[int]
     pad_id: Optional[int]
     generator: torch.Generator            # seeded randomness for callbacks
+    # The model family's protocol (:mod:`.protocol`): how to call the model and read its logits.
+    # ``logits`` below are always per position (already shifted for a Dream-protocol model).
+    protocol: Any = field(default_factory=MaskPredictor)
 
     # Prior bookkeeping, filled by warm-start callbacks.
     prior_ids: Optional[torch.Tensor] = None   # (B, L) long proposal ids, -1 where none
