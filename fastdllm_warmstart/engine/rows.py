@@ -147,6 +147,8 @@ class RefillLoop:
         self.nfe = torch.zeros(N, dtype=torch.long, device=dev)
         self.calls = torch.zeros(N, dtype=torch.float64, device=dev)
         self.stats: Dict[str, torch.Tensor] = {}
+        # Per call slot of a tick: the (B, W, V) logits tensor and the rows it holds (_spread).
+        self._logit_buffers: Dict[int, tuple] = {}
 
     # -- 2a-2b. groups ----------------------------------------------------------------------
     def _enter(self, block: int, block_step: int, rows: torch.Tensor) -> None:
@@ -286,15 +288,32 @@ class RefillLoop:
                 s.total_nfe += 1
                 self.share[rows] += 1.0 / rows.numel()
         results = []
-        for part, (rows, _, inputs, _) in zip(logits, prepared):
-            out = part.new_empty((s.batch_size,) + tuple(part.shape[1:]))
-            out[rows] = part
-            left_out = torch.ones(s.batch_size, dtype=torch.bool, device=part.device)
-            left_out[rows] = False
-            out[left_out] = 0  # rows the call did not compute (nothing reads them)
+        for slot, (part, (rows, _, inputs, _)) in enumerate(zip(logits, prepared)):
+            out = self._spread(slot, part, rows)  # (B, W (+T), V)
             n = inputs.get("n_transient", 0)
             results.append((out[:, :-n], out[:, -n:]) if n else (out, None))
         return results
+
+    def _spread(self, slot: int, part: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """The call's logits ``part`` (R, W, V) as the batch's (B, W, V), zeros in the rows the call
+        did not compute (nothing reads them). The tensor is kept for the tick's ``slot``-th call of
+        the next ticks: only the rows written now are copied and only the rows written last time
+        and not now are zeroed, instead of a fresh (B, W, V) tensor per call (profiled: the copy was
+        refill's largest host cost in a cold run). Hooks read it during their event; one that keeps
+        logits for later must clone them."""
+        B = self.state.batch_size
+        shape = (B,) + tuple(part.shape[1:])
+        buf, written = self._logit_buffers.get(slot, (None, None))
+        if buf is None or buf.shape != shape or buf.dtype != part.dtype or buf.device != part.device:
+            buf, written = part.new_zeros(shape), torch.zeros(B, dtype=torch.bool, device=part.device)
+        now = torch.zeros(B, dtype=torch.bool, device=part.device)
+        now[rows] = True
+        stale = written & ~now
+        if bool(stale.any()):
+            buf[stale] = 0
+        buf.index_copy_(0, rows, part)
+        self._logit_buffers[slot] = (buf, now)
+        return buf
 
     # -- 2e-2f. block ends, answers, refills ------------------------------------------------
     def _end_blocks(self, stepped: torch.Tensor) -> None:
