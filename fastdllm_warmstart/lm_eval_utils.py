@@ -318,16 +318,7 @@ def request_key(prompt: str, chat: bool, fingerprint: str) -> str:
 
 def answer_record(key: str, result: Any) -> Dict[str, Any]:
     """One generation (a runner result) as the answer store keeps it."""
-    return {
-        "key": key, "prompt": result.prompt, "text": result.text,
-        "token_ids": [int(t) for t in result.token_ids],
-        "nfe": int(result.nfe), "gen_tokens": int(result.gen_tokens),
-        "dllm_seconds": float(result.dllm_seconds), "aux_seconds": float(result.aux_seconds),
-        "warm": bool(result.warm), "fallback": result.fallback,
-        "proposal_text": result.proposal_text,
-        "injected": int(getattr(result, "injected", 0) or 0),
-        "revoked": int(getattr(result, "revoked", 0) or 0),
-    }
+    return {"key": key, **result.to_record()}
 
 
 # --------------------------------------------------------------------------------------------

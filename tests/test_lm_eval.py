@@ -289,6 +289,53 @@ def test_resume_after_kill_reuses_saved_answers(model_path, tmp_path, monkeypatc
     assert len(AnswerStore(str(save), 0).load()) == 5
 
 
+def test_refill_takes_every_request_at_once_and_saves_answers_as_they_complete(model_path, tmp_path,
+                                                                               monkeypatch):
+    """With batching=refill, generate_until hands every pending request to the runner in one
+    continuous batch (not in chunks of batch_size) and saves each answer when its row hands it
+    in; a run cut off after two saves resumes with the rest and gives the static batches' answers."""
+    prompts = tinygsm_prompts(6)
+    expected = make_lm(model_path, batching="static", batch_size=2).generate_until(gen_requests(prompts))
+    save = tmp_path / "answers"
+    first = make_lm(model_path, save_dir=str(save), batching="refill", batch_size=2)
+    calls, appends = [], []
+    real_generate, real_append = first.runner.generate, AnswerStore.append
+
+    def spy(batch, *args, **kwargs):
+        calls.append(list(batch))
+        return real_generate(batch, *args, **kwargs)
+
+    def cut_after_two(store, records):
+        real_append(store, records)
+        appends.append(len(records))
+        if len(appends) == 2:
+            raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(first.runner, "generate", spy)
+    monkeypatch.setattr(AnswerStore, "append", cut_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        first.generate_until(gen_requests(prompts))
+    assert calls == [prompts]  # every request in one call
+    saved = sum(appends)
+    assert 2 <= saved < 6  # two hand-ins were saved before the cut; the rest were still in flight
+    assert len(AnswerStore(str(save), 0).load()) == saved
+    monkeypatch.setattr(AnswerStore, "append", real_append)
+
+    second = make_lm(model_path, save_dir=str(save), batching="refill", batch_size=2)
+    decoded = []
+    real_second = second.runner.generate
+
+    def spy_second(batch, *args, **kwargs):
+        decoded.extend(batch)
+        return real_second(batch, *args, **kwargs)
+
+    monkeypatch.setattr(second.runner, "generate", spy_second)
+    assert second.generate_until(gen_requests(prompts)) == expected
+    assert len(decoded) == 6 - saved and set(decoded) <= set(prompts)
+    speed = second.get_model_info()["llada_warmstart"]["speed"]["tinygsm"]
+    assert speed["samples"] == 6 and speed["cached"] == saved
+
+
 def test_changed_settings_do_not_reuse_answers(model_path, tmp_path):
     save = str(tmp_path / "answers")
     prompts = tinygsm_prompts(2)

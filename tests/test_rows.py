@@ -314,9 +314,31 @@ def test_runner_refills_and_reports_each_answers_calls():
 
     bar = Bar()
     static = runner.generate(prompts, configs_from_flat(dict(gen_length=64, batching="static")), batch_size=4)
-    refill = runner.generate(prompts, batch_size=4, progress=bar)
+    handed_in = []
+    refill = runner.generate(prompts, batch_size=4, progress=bar, on_results=handed_in.append)
+    # on_results hears of the answers as rows hand them in, several times, each answer once
+    assert len(handed_in) > 2 and sorted(i for done in handed_in for i, _ in done) == list(range(10))
+    assert all(refill[i] is r for done in handed_in for i, r in done)
     assert [r.text for r in refill] == [r.text for r in static]
     assert [r.nfe for r in refill] == [r.nfe for r in static]
     assert bar.n == len(prompts)
     assert sum(r.model_calls for r in refill) < sum(r.model_calls for r in static)
     assert all(0 < r.model_calls < r.nfe for r in refill)
+
+
+def test_call_logits_keep_zeros_in_rows_the_call_left_out():
+    """A call's logits fill the batch's (B, W, V) tensor kept per call slot: the rows it computed
+    hold its logits, every other row zeros, also the rows an earlier call of that slot wrote."""
+    from types import SimpleNamespace
+
+    from fastdllm_warmstart.engine.rows import RefillLoop
+
+    loop = SimpleNamespace(state=SimpleNamespace(batch_size=4), _logit_buffers={})
+    a = torch.randn(2, 3, 5)
+    out = RefillLoop._spread(loop, 0, a, torch.tensor([2, 0]))
+    assert torch.equal(out[[2, 0]], a) and not out[[1, 3]].any()
+    b = torch.randn(1, 3, 5)
+    out = RefillLoop._spread(loop, 0, b, torch.tensor([1]))
+    assert torch.equal(out[1], b[0]) and not out[[0, 2, 3]].any()  # rows 0 and 2 were zeroed
+    other = RefillLoop._spread(loop, 1, torch.randn(4, 7, 5), torch.tensor([3, 1, 0, 2]))
+    assert other.shape == (4, 7, 5) and torch.equal(loop._logit_buffers[0][0], out)  # one per slot

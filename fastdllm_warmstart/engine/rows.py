@@ -20,7 +20,7 @@ the batch's cost follows its slowest row. Here each row has its own block and bl
    e. A row whose block is done (no mask left, and the strategy's minimum forwards ran):
       ``on_block_end`` (per block); early stop closes rows that ended with EOS.
    f. A row with no block left (or closed) hands in its answer (canvas row, NFE, per-row stats,
-      its share of the calls) and takes the next problem from the queue: its prompt and [MASK]s
+      its share of the calls; ``on_answers`` gets them at once, so a caller can save it) and takes the next problem from the queue: its prompt and [MASK]s
       are laid into the row, its cache rows are rewritten by its next full forward, the row's
       prior bookkeeping is cleared and ``on_refill`` lets callbacks set up the new problem.
 3. ``on_finish``; outputs are indexed by problem.
@@ -34,7 +34,7 @@ of the static batch. A call's cost is shared equally among the rows it computed
 from __future__ import annotations
 
 import logging
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
 
@@ -123,8 +123,10 @@ class RefillLoop:
     """The continuous-batching schedule for one :func:`~.loop.generate` call (see the module doc)."""
 
     def __init__(self, state: DecodeState, hooks, strategy, config, commit, close_finished,
-                 ids: torch.Tensor, prompt_mask: Optional[torch.Tensor]):
+                 ids: torch.Tensor, prompt_mask: Optional[torch.Tensor],
+                 on_answers: Optional[Callable[..., None]] = None):
         self.state, self.hooks, self.strategy, self.config = state, hooks, strategy, config
+        self.on_answers = on_answers  # called at each hand-in (see :func:`~.loop.generate`)
         self._commit, self._close_finished = commit, close_finished
         self.ids, self.prompt_mask = ids, prompt_mask  # (N, P) every problem's prompt
         B, dev = state.batch_size, state.x.device
@@ -349,6 +351,10 @@ class RefillLoop:
                 self.stats[key] = torch.zeros((self.ids.shape[0],) + tuple(value.shape[1:]),
                                               dtype=value.dtype, device=value.device)
             self.stats[key][problems] = value[rows]
+        if self.on_answers is not None:
+            stats = {key: value[problems] for key, value in self.stats.items()}
+            stats["model_calls"] = self.calls[problems]
+            self.on_answers(problems, self.sequences[problems], self.nfe[problems], stats)
         N = self.ids.shape[0]
         take = min(rows.numel(), N - self.next_problem)
         refill, empty = rows[:take], rows[take:]
