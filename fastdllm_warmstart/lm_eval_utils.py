@@ -22,6 +22,7 @@ import torch
 
 from .config import FLAT_KEYS, ConfigError, RunConfig, configs_from_flat
 from .jsonl_store import JsonlStore
+from .loading import resolve_device as checked_device
 
 logger = logging.getLogger(__name__)
 
@@ -219,17 +220,16 @@ def launcher_ranks() -> Tuple[int, int, int]:
 
 
 def resolve_device(requested: Optional[str], world_size: int, local_rank: int) -> torch.device:
-    has_cuda = torch.cuda.is_available()
-    if requested is None:
-        requested = "cuda" if has_cuda else "cpu"
-    if requested.startswith("cuda"):
-        if not has_cuda:
-            # lm-eval's CLI passes device=cuda:0 unless told otherwise.
-            logger.warning("device=%s requested but CUDA is not available; using cpu.", requested)
-            return torch.device("cpu")
-        if world_size > 1:
-            return torch.device(f"cuda:{local_rank}")
-    return torch.device(requested)
+    """:func:`fastdllm_warmstart.loading.resolve_device` as lm-eval asks for a device: CUDA that
+    is not there falls back to the CPU with a warning (lm-eval's CLI passes ``device=cuda:0``
+    unless told otherwise), and with several processes each takes the GPU of its local rank."""
+    if requested and requested.startswith("cuda") and not torch.cuda.is_available():
+        logger.warning("device=%s requested but CUDA is not available; using cpu.", requested)
+        return torch.device("cpu")
+    device = checked_device(requested)
+    if device.type == "cuda" and world_size > 1:
+        return torch.device(f"cuda:{local_rank}")
+    return device
 
 
 def init_distributed(device: torch.device, world_size: int) -> None:

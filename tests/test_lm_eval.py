@@ -256,6 +256,18 @@ def test_gsm8k_style_text_goes_through(lm):
 # save_dir: incremental saving and resume
 # ----------------------------------------------------------------------------------------------
 
+def spy_on_runner(lm, monkeypatch):
+    """The prompt lists ``lm``'s runner is asked to decode, call by call."""
+    calls, real = [], lm.runner.generate
+
+    def spy(batch, *args, **kwargs):
+        calls.append(list(batch))
+        return real(batch, *args, **kwargs)
+
+    monkeypatch.setattr(lm.runner, "generate", spy)
+    return calls
+
+
 def test_resume_after_kill_reuses_saved_answers(model_path, tmp_path, monkeypatch):
     prompts = tinygsm_prompts(5)
     save = tmp_path / "answers"
@@ -270,16 +282,9 @@ def test_resume_after_kill_reuses_saved_answers(model_path, tmp_path, monkeypatc
     # A kill while writing the third answer: two whole lines and half of the third remain.
     Path(files[0]).write_text("".join(lines[:2]) + lines[2][: len(lines[2]) // 2], encoding="utf-8")
     second = make_lm(model_path, save_dir=str(save), batch_size=1)
-    decoded = []
-    real_generate = second.runner.generate
-
-    def spy(batch, *args, **kwargs):
-        decoded.extend(batch)
-        return real_generate(batch, *args, **kwargs)
-
-    monkeypatch.setattr(second.runner, "generate", spy)
+    calls = spy_on_runner(second, monkeypatch)
     assert second.generate_until(gen_requests(prompts)) == expected
-    assert decoded == prompts[2:]  # the two saved answers were not decoded again
+    assert sum(calls, []) == prompts[2:]  # the two saved answers were not decoded again
     speed = second.get_model_info()["llada_warmstart"]["speed"]["tinygsm"]
     assert speed["samples"] == 5 and speed["cached"] == 2
 
@@ -298,12 +303,7 @@ def test_refill_takes_every_request_at_once_and_saves_answers_as_they_complete(m
     expected = make_lm(model_path, batching="static", batch_size=2).generate_until(gen_requests(prompts))
     save = tmp_path / "answers"
     first = make_lm(model_path, save_dir=str(save), batching="refill", batch_size=2)
-    calls, appends = [], []
-    real_generate, real_append = first.runner.generate, AnswerStore.append
-
-    def spy(batch, *args, **kwargs):
-        calls.append(list(batch))
-        return real_generate(batch, *args, **kwargs)
+    calls, appends, real_append = spy_on_runner(first, monkeypatch), [], AnswerStore.append
 
     def cut_after_two(store, records):
         real_append(store, records)
@@ -311,7 +311,6 @@ def test_refill_takes_every_request_at_once_and_saves_answers_as_they_complete(m
         if len(appends) == 2:
             raise KeyboardInterrupt("killed")
 
-    monkeypatch.setattr(first.runner, "generate", spy)
     monkeypatch.setattr(AnswerStore, "append", cut_after_two)
     with pytest.raises(KeyboardInterrupt):
         first.generate_until(gen_requests(prompts))
@@ -322,16 +321,9 @@ def test_refill_takes_every_request_at_once_and_saves_answers_as_they_complete(m
     monkeypatch.setattr(AnswerStore, "append", real_append)
 
     second = make_lm(model_path, save_dir=str(save), batching="refill", batch_size=2)
-    decoded = []
-    real_second = second.runner.generate
-
-    def spy_second(batch, *args, **kwargs):
-        decoded.extend(batch)
-        return real_second(batch, *args, **kwargs)
-
-    monkeypatch.setattr(second.runner, "generate", spy_second)
+    resumed = spy_on_runner(second, monkeypatch)
     assert second.generate_until(gen_requests(prompts)) == expected
-    assert len(decoded) == 6 - saved and set(decoded) <= set(prompts)
+    assert len(resumed) == 1 and len(resumed[0]) == 6 - saved and set(resumed[0]) <= set(prompts)
     speed = second.get_model_info()["llada_warmstart"]["speed"]["tinygsm"]
     assert speed["samples"] == 6 and speed["cached"] == saved
 
@@ -395,6 +387,24 @@ def test_hook_variables_are_named_once_and_not_applied(model_path, monkeypatch, 
     warnings = [r.getMessage() for r in caplog.records if "FASTDLLM_WARMSTART_WARM_INIT" in r.getMessage()]
     assert len(warnings) == 1 and "--model_args" in warnings[0]
     assert not first.settings.run.warm.enabled
+
+
+def test_harness_device_falls_back_to_the_cpu_and_follows_the_local_rank(monkeypatch, caplog):
+    """lm-eval passes device=cuda:0 by default: without CUDA that is the CPU with a warning; a bad
+    device string is the loader's one-line error; with CUDA each process takes its local rank's GPU."""
+    from fastdllm_warmstart.loading import ModelLoadError
+    from fastdllm_warmstart.lm_eval_utils import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with caplog.at_level("WARNING"):
+        assert resolve_device("cuda:0", 1, 0) == torch.device("cpu")
+    assert "CUDA is not available" in caplog.text
+    assert resolve_device(None, 2, 1) == resolve_device("auto", 1, 0) == torch.device("cpu")
+    with pytest.raises(ModelLoadError, match="use cpu, cuda, cuda:0 or auto"):
+        resolve_device("gpu0", 1, 0)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("cuda", 2, 1) == torch.device("cuda:1")
+    assert resolve_device("cuda:0", 1, 0) == torch.device("cuda:0")
 
 
 def test_summarize_speed_by_hand():
