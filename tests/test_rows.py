@@ -342,3 +342,38 @@ def test_call_logits_keep_zeros_in_rows_the_call_left_out():
     assert torch.equal(out[1], b[0]) and not out[[0, 2, 3]].any()  # rows 0 and 2 were zeroed
     other = RefillLoop._spread(loop, 1, torch.randn(4, 7, 5), torch.tensor([3, 1, 0, 2]))
     assert other.shape == (4, 7, 5) and torch.equal(loop._logit_buffers[0][0], out)  # one per slot
+
+
+def test_rows_past_a_blocks_first_step_share_events_unless_a_callback_reads_the_step(model32):
+    """Where no callback uses_block_step, the rows past a block's first step fire their per-step
+    events together (fewer events, the same answers); one callback that reads the exact step (the
+    default), or the fixed schedule's commit rule, keeps an event per (block, step)."""
+    prompts, drafts = mixed_batch(model32, n=9, seed=7)
+    chain = dict(warm_init="token", remask=True, remask_rule="chain")
+
+    class Count(DecodeCallback):
+        supports_refill, uses_block_step = True, False
+
+        def __init__(self):
+            self.steps = []
+
+        def after_commit(self, state):
+            self.steps.append((state.block, state.block_step, int(state.active.sum())))
+
+    class CountEachStep(Count):
+        uses_block_step = True
+
+    def run(counter, **kw):
+        out = generate(model32, prompts, callbacks=callbacks(chain, drafts) + [counter], batching="refill",
+                       batch_size=4, **{**KW, **kw})
+        return out, counter.steps
+
+    merged, few = run(Count())
+    exact, many = run(CountEachStep())
+    same_answers(merged, exact)
+    assert len(few) < len(many)
+    assert sum(n for *_, n in few) == sum(n for *_, n in many) == int(exact.nfe.sum())  # each row-step once
+    schedule = dict(threshold=None)
+    _, sched_few = run(Count(), **schedule)
+    _, sched_many = run(CountEachStep(), **schedule)
+    assert sched_few == sched_many

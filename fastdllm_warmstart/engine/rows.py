@@ -10,6 +10,8 @@ the batch's cost follows its slowest row. Here each row has its own block and bl
    a. Rows entering a block: ``on_block_start`` (per block); the fixed schedule's counts.
    b. Group the rows by (block, block step). Each group is one step of the static loop for its
       rows: its ``before_forward`` hooks run with the group's window and ``active`` = its rows.
+      Where no callback ``uses_block_step`` (and the commit rule is not the fixed schedule), the
+      rows past a block's first step form one group: their windows and hook calls are the same.
    c. The forwards: the rows that open a block share a full forward, all other rows one cached
       forward (dual: each row replaces its own block's columns; prefix: one per block, its width
       depends on it; no cache: every row in one). A model with ``forward_packed`` (the embedded
@@ -140,6 +142,11 @@ class RefillLoop:
         self.fill, self.patience = FILL, PATIENCE
         # A model with forward_packed takes the tick's full and cached forwards in one call.
         self.packed = bool(getattr(state.model, "supports_packed_calls", False))
+        # Rows past a block's first step share their hook events where no callback reads the
+        # exact step and the commit rule does not (the fixed schedule does): the hooks' per-group
+        # work over the whole batch was the largest host cost of a verifier's run (profiled).
+        self.merge_steps = (config.commit_rule != "schedule"
+                            and not any(getattr(cb, "uses_block_step", True) for cb in hooks))
         self.schedule: Optional[torch.Tensor] = None  # (B, steps_per_block) fixed schedule
         self.steps_per_block = config.resolved_steps // config.num_blocks
         self.max_block_steps = (self.steps_per_block + 2 * config.block_length
@@ -183,9 +190,18 @@ class RefillLoop:
         self.entering &= ~live
 
     def _groups(self, live: torch.Tensor) -> List[_Group]:
+        """The live rows by (block, block step); with ``merge_steps`` by (block, first step or
+        not), a group past the first step reporting its rows' smallest step."""
         n_steps = self.max_block_steps + 1
-        key = self.row_block * n_steps + self.row_step
-        return [_Group(k // n_steps, k % n_steps, rows) for k, rows in self._split(key, live)]
+        step = self.row_step.clamp(max=1) if self.merge_steps else self.row_step
+        key = self.row_block * n_steps + step
+        groups = []
+        for k, rows in self._split(key, live):
+            block_step = k % n_steps
+            if self.merge_steps and block_step > 0:
+                block_step = int(self.row_step[rows].min())
+            groups.append(_Group(k // n_steps, block_step, rows))
+        return groups
 
     def _pick(self, groups: List[_Group], live: torch.Tensor) -> List[_Group]:
         """The groups whose call runs this tick: the largest call, and every call that carries at
