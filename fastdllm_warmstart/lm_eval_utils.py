@@ -332,8 +332,11 @@ def summarize_speed(rows: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
     """Per-task speed summary from one row per generated request.
 
     ``gen_tokens`` counts answer tokens only (no prompt, no EOS padding); ``tokens_per_second``
-    divides them by dLLM plus aux time. Rows reused from ``save_dir`` keep the numbers measured
-    when they were generated and are counted in ``cached``.
+    divides them by dLLM plus aux time. ``calls_per_answer`` is the batch forward calls per
+    answer (each call split among the rows it computed; None when a row has no count, as answers
+    saved by an older version): beside ``nfe_mean`` it shows what the batch structure costs.
+    Rows reused from ``save_dir`` keep the numbers measured when they were generated and are
+    counted in ``cached``.
     """
     n = len(rows)
     totals = {f: float(sum(r[f] for r in rows)) for f in SPEED_FIELDS}
@@ -349,6 +352,8 @@ def summarize_speed(rows: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
         "gen_tokens_total": int(totals["gen_tokens"]),
         "gen_tokens_mean": totals["gen_tokens"] / n if n else 0.0,
         "tokens_per_nfe": totals["gen_tokens"] / totals["nfe"] if totals["nfe"] else 0.0,
+        "calls_per_answer": (sum(r["model_calls"] for r in rows) / n if n and all(
+            r.get("model_calls") is not None for r in rows) else None),
         "dllm_seconds": totals["dllm_seconds"],
         "aux_seconds": totals["aux_seconds"],
         "tokens_per_second": totals["gen_tokens"] / seconds if seconds > 0 else 0.0,
@@ -364,11 +369,13 @@ def summarize_speed(rows: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
 
 def format_speed_table(speed: Mapping[str, Mapping[str, Any]]) -> str:
     """A markdown table of :func:`summarize_speed` results by task, then any fallback reasons."""
-    header = ["Task", "n", "NFE mean", "gen tokens mean", "tokens/NFE", "dLLM s", "aux s",
-              "tokens/s", "warm", "fallbacks", "cached"]
+    header = ["Task", "n", "NFE mean", "calls/answer", "gen tokens mean", "tokens/NFE", "dLLM s",
+              "aux s", "tokens/s", "warm", "fallbacks", "cached"]
     rows = [header, ["---"] * len(header)]
     for task, s in speed.items():
-        rows.append([task, str(s["samples"]), f"{s['nfe_mean']:.2f}", f"{s['gen_tokens_mean']:.2f}",
+        calls = s.get("calls_per_answer")
+        rows.append([task, str(s["samples"]), f"{s['nfe_mean']:.2f}",
+                     "-" if calls is None else f"{calls:.2f}", f"{s['gen_tokens_mean']:.2f}",
                      f"{s['tokens_per_nfe']:.3f}", f"{s['dllm_seconds']:.2f}",
                      f"{s['aux_seconds']:.2f}", f"{s['tokens_per_second']:.1f}", str(s["warm"]),
                      str(s["fallbacks"]), str(s["cached"])])

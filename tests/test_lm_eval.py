@@ -30,7 +30,7 @@ from fastdllm_warmstart.config import ConfigError  # noqa: E402
 from fastdllm_warmstart.eval import main as eval_main  # noqa: E402
 from fastdllm_warmstart.lm_eval_model import LLaDAWarmStartLM  # noqa: E402
 from fastdllm_warmstart.lm_eval_utils import (  # noqa: E402
-    AnswerStore, EvalSettings, summarize_speed, valid_model_args)
+    AnswerStore, EvalSettings, format_speed_table, summarize_speed, valid_model_args)
 
 TASK_DIR = Path(__file__).resolve().parents[1] / "fastdllm_warmstart" / "tasks"
 
@@ -417,6 +417,12 @@ def test_summarize_speed_by_hand():
     assert s["tokens_per_nfe"] == 1.0 and s["tokens_per_second"] == 2.5
     assert (s["warm"], s["fallbacks"], s["cached"]) == (1, 1, 1)
     assert s["fallback_reasons"] == {"empty proposal": 1}
+    assert s["calls_per_answer"] is None  # rows saved without a count
+    rows[0]["model_calls"], rows[1]["model_calls"] = 1.5, 2.5
+    s = summarize_speed(rows)
+    assert s["calls_per_answer"] == 2.0
+    table = format_speed_table({"tinygsm": s})
+    assert "calls/answer" in table.splitlines()[0] and "| 2.00 " in table.splitlines()[2]
 
 
 # ----------------------------------------------------------------------------------------------
