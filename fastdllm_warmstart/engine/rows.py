@@ -114,8 +114,10 @@ def _row_block_masks(state: DecodeState, block: torch.Tensor) -> torch.Tensor:
 class _Group:
     """Rows at one (block, block step): one step of the static loop for them."""
 
-    def __init__(self, block: int, block_step: int, rows: torch.Tensor):
+    def __init__(self, block: int, block_step: int, rows: torch.Tensor, batch_size: int):
         self.block, self.block_step, self.rows = block, block_step, rows
+        self.active = torch.zeros(batch_size, dtype=torch.bool, device=rows.device)  # (B,)
+        self.active[rows] = True
         self.window = (0, 0)
         self.inputs_embeds: Optional[torch.Tensor] = None
         self.transient: Optional[TransientInputs] = None
@@ -160,14 +162,18 @@ class RefillLoop:
         self._logit_buffers: Dict[int, tuple] = {}
 
     # -- 2a-2b. groups ----------------------------------------------------------------------
-    def _enter(self, block: int, block_step: int, rows: torch.Tensor) -> None:
-        """Point the state's scalar loop position at one group, ``active`` at its rows."""
+    def _enter(self, block: int, block_step: int, rows: torch.Tensor,
+               active: Optional[torch.Tensor] = None) -> None:
+        """Point the state's scalar loop position at one group, ``active`` at its rows (the
+        group's own (B,) mask when given: made once per group, not once per event)."""
         s, cfg = self.state, self.config
         s.block, s.block_step = block, block_step
         s.block_start = s.prompt_width + block * cfg.block_length
         s.block_end = s.block_start + cfg.block_length
-        s.active = torch.zeros(s.batch_size, dtype=torch.bool, device=s.x.device)
-        s.active[rows] = True
+        if active is None:
+            active = torch.zeros(s.batch_size, dtype=torch.bool, device=s.x.device)
+            active[rows] = True
+        s.active = active.clone()  # a hook may change state.active; the group's mask stays
 
     def _split(self, keys: torch.Tensor, live: torch.Tensor) -> List[tuple]:
         """(key, rows) for each distinct value of ``keys`` (B,) among ``live`` rows, in order."""
@@ -200,7 +206,7 @@ class RefillLoop:
             block_step = k % n_steps
             if self.merge_steps and block_step > 0:
                 block_step = int(self.row_step[rows].min())
-            groups.append(_Group(k // n_steps, block_step, rows))
+            groups.append(_Group(k // n_steps, block_step, rows, self.state.batch_size))
         return groups
 
     def _pick(self, groups: List[_Group], live: torch.Tensor) -> List[_Group]:
@@ -422,7 +428,7 @@ class RefillLoop:
             # 2b. The calls worth making this tick, then each of their groups' before_forward.
             groups = self._pick(self._groups(live), live)
             for g in groups:
-                self._enter(g.block, g.block_step, g.rows)
+                self._enter(g.block, g.block_step, g.rows, g.active)
                 g.window = s.window = self.strategy.window(s)
                 s.inputs_embeds, s.transient, s.transient_logits = None, None, None
                 self.hooks.fire("before_forward", s)
@@ -436,7 +442,7 @@ class RefillLoop:
                                                            self._run_calls(list(calls.values()))):
                 for same in self._commit_sets(members):
                     for g in same:
-                        self._enter(g.block, g.block_step, g.rows)
+                        self._enter(g.block, g.block_step, g.rows, g.active)
                         s.window = g.window
                         s.logits, s.transient_logits = logits, transient_logits
                         s.nfe[g.rows] += 1
@@ -445,7 +451,7 @@ class RefillLoop:
                     self._commit(s, self.schedule, torch.cat([g.rows for g in same]))
                     x0, transfer = s.x0, s.transfer
                     for g in same:
-                        self._enter(g.block, g.block_step, g.rows)
+                        self._enter(g.block, g.block_step, g.rows, g.active)
                         s.window = g.window
                         s.logits, s.transient_logits = logits, transient_logits
                         s.x0, s.transfer, s.revoked = x0, transfer, None
@@ -455,7 +461,7 @@ class RefillLoop:
             # 2e-2f. Blocks done, answers handed in, rows refilled.
             stepped = torch.zeros_like(live)
             for g in groups:
-                stepped[g.rows] = True
+                stepped |= g.active
             self._end_blocks(stepped)
         s.logits, s.transient_logits = None, None
         self.hooks.fire("on_finish", s)
