@@ -335,13 +335,13 @@ def test_call_logits_keep_zeros_in_rows_the_call_left_out():
 
     loop = SimpleNamespace(state=SimpleNamespace(batch_size=4), _logit_buffers={})
     a = torch.randn(2, 3, 5)
-    out = RefillLoop._spread(loop, 0, a, torch.tensor([2, 0]))
+    out = RefillLoop._spread(loop, "s", a, torch.tensor([2, 0]))
     assert torch.equal(out[[2, 0]], a) and not out[[1, 3]].any()
     b = torch.randn(1, 3, 5)
-    out = RefillLoop._spread(loop, 0, b, torch.tensor([1]))
+    out = RefillLoop._spread(loop, "s", b, torch.tensor([1]))
     assert torch.equal(out[1], b[0]) and not out[[0, 2, 3]].any()  # rows 0 and 2 were zeroed
-    other = RefillLoop._spread(loop, 1, torch.randn(4, 7, 5), torch.tensor([3, 1, 0, 2]))
-    assert other.shape == (4, 7, 5) and torch.equal(loop._logit_buffers[0][0], out)  # one per slot
+    other = RefillLoop._spread(loop, "t", torch.randn(4, 7, 5), torch.tensor([3, 1, 0, 2]))
+    assert other.shape == (4, 7, 5) and torch.equal(loop._logit_buffers["s"][0], out)  # one per slot
 
 
 def test_rows_past_a_blocks_first_step_share_events_unless_a_callback_reads_the_step(model32):

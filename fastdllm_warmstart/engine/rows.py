@@ -159,7 +159,7 @@ class RefillLoop:
         self.calls = torch.zeros(N, dtype=torch.float64, device=dev)
         self.stats: Dict[str, torch.Tensor] = {}
         # Per call slot of a tick: the (B, W, V) logits tensor and the rows it holds (_spread).
-        self._logit_buffers: Dict[int, tuple] = {}
+        self._logit_buffers: Dict[tuple, tuple] = {}
 
     # -- 2a-2b. groups ----------------------------------------------------------------------
     def _enter(self, block: int, block_step: int, rows: torch.Tensor,
@@ -312,19 +312,24 @@ class RefillLoop:
                 s.total_nfe += 1
                 self.share[rows] += 1.0 / rows.numel()
         results = []
-        for slot, (part, (rows, _, inputs, _)) in enumerate(zip(logits, prepared)):
+        seen: Dict[tuple, int] = {}
+        for part, (rows, _, inputs, _) in zip(logits, prepared):
+            shape = tuple(part.shape[1:])
+            slot = (shape, seen.setdefault(shape, 0))  # the tick's first, second... call of a shape
+            seen[shape] += 1
             out = self._spread(slot, part, rows)  # (B, W (+T), V)
             n = inputs.get("n_transient", 0)
             results.append((out[:, :-n], out[:, -n:]) if n else (out, None))
         return results
 
-    def _spread(self, slot: int, part: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    def _spread(self, slot: tuple, part: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """The call's logits ``part`` (R, W, V) as the batch's (B, W, V), zeros in the rows the call
-        did not compute (nothing reads them). The tensor is kept for the tick's ``slot``-th call of
-        the next ticks: only the rows written now are copied and only the rows written last time
-        and not now are zeroed, instead of a fresh (B, W, V) tensor per call (profiled: the copy was
-        refill's largest host cost in a cold run). Hooks read it during their event; one that keeps
-        logits for later must clone them."""
+        did not compute (nothing reads them). The tensor is kept for the calls of the next ticks
+        with the same ``slot`` (their shape, and which call of that shape in the tick): only the
+        rows written now are copied and only the rows written last time and not now are zeroed,
+        instead of a fresh (B, W, V) tensor per call (profiled: the copy was refill's largest host
+        cost in a cold run). Hooks read it during their event; one that keeps logits for later
+        must clone them."""
         B = self.state.batch_size
         shape = (B,) + tuple(part.shape[1:])
         buf, written = self._logit_buffers.get(slot, (None, None))
