@@ -327,8 +327,10 @@ class LLaDAWarmStartLM(LM):
 
         1. Key each request (prompt + run settings); identical requests are decoded once (lm-eval
            pads ranks with repeated requests).
-        2. Reuse answers found in ``save_dir``; decode the rest in batches of ``batch_size``,
-           appending each finished batch to ``save_dir``.
+        2. Reuse answers found in ``save_dir``; hand the rest to the runner at once: one
+           continuous batch of ``batch_size`` rows where it refills (``batching``), else static
+           batches of ``batch_size``. Each answer is appended to ``save_dir`` as it completes
+           (a static batch's at its end), so an interrupted run loses at most the rows in flight.
         3. Cut each answer by its request's ``max_gen_toks`` / ``until``.
         4. Record one speed row per distinct decode of each task and merge them on rank 0.
         """
@@ -351,18 +353,18 @@ class LLaDAWarmStartLM(LM):
                 logger.info("save_dir: reusing %d of %d answers from %s.", len(done), len(unique),
                             self._store.dir)
         pending = [k for k in unique if k not in done]
-        bs = self.settings.batch_size
-        batches = [pending[i:i + bs] for i in range(0, len(pending), bs)]
-        bar = tqdm(total=len(pending), desc=f"{MODEL_NAME} generate (rank {self._rank})",
-                   disable=disable_tqdm or self._rank != 0 or not pending)
-        for batch in batches:
-            results = self.runner.generate([unique[k] for k in batch], batch_size=bs,
-                                           apply_chat_template=chat)
-            records = [answer_record(k, r) for k, r in zip(batch, results)]
+
+        def save(results: List[Tuple[int, Any]]) -> None:
+            records = [answer_record(pending[i], r) for i, r in results]
             if self._store is not None:
                 self._store.append(records)
             done.update((r["key"], r) for r in records)
-            bar.update(len(batch))
+
+        bar = tqdm(total=len(pending), desc=f"{MODEL_NAME} generate (rank {self._rank})",
+                   disable=disable_tqdm or self._rank != 0 or not pending)
+        if pending:
+            self.runner.generate([unique[k] for k in pending], batch_size=self.settings.batch_size,
+                                 apply_chat_template=chat, progress=bar, on_results=save)
         bar.close()
         # 3. Answers.
         answers = [self._finish_answer(done[k], req.args[1]) for k, req in zip(keys, requests)]
@@ -376,7 +378,8 @@ class LLaDAWarmStartLM(LM):
             row = {f: done[key][f] for f in SPEED_FIELDS}
             row.update(warm=done[key]["warm"], fallback=done[key]["fallback"],
                        cached=bool(done[key].get("cached")),
-                       injected=done[key].get("injected", 0), revoked=done[key].get("revoked", 0))
+                       injected=done[key].get("injected", 0), revoked=done[key].get("revoked", 0),
+                       model_calls=done[key].get("model_calls"))
             local_rows[str(req.task_name)].append(row)
         self._merge_speed(local_rows)
         return answers

@@ -96,6 +96,7 @@ class _PriorCallback(DecodeCallback):
 
     stream = 0
     supports_refill = True
+    uses_block_step = False  # the embedding schedule asks only whether block_step is 0
 
     def __init__(self, proposals: torch.Tensor, seed: int = 0):
         if proposals.dim() != 2:
@@ -192,6 +193,7 @@ class ConfidenceRemask(DecodeCallback):
 
     stream = 1
     supports_refill = True  # per-row state lives on the DecodeState, which the loop clears
+    uses_block_step = False
 
     def __init__(self, config: RemaskConfig):
         self.config = config

@@ -39,11 +39,7 @@ def run(args: argparse.Namespace) -> int:
     wall = time.perf_counter() - start
     if args.json:
         payload = {"config": config.to_dict(), "wall_s": wall,
-                   "results": [{"prompt": r.prompt, "answer": r.text, "nfe": r.nfe,
-                                "gen_tokens": r.gen_tokens, "dllm_s": r.dllm_seconds,
-                                "aux_s": r.aux_seconds, "warm": r.warm, "fallback": r.fallback,
-                                "proposal": r.proposal_text, "injected": r.injected,
-                                "revoked": r.revoked} for r in results]}
+                   "results": [{"prompt": r.prompt, **r.to_row()} for r in results]}
         print(json.dumps(payload, indent=2))
         return 0
     for r in results:

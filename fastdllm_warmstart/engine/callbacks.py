@@ -16,7 +16,9 @@ The loop calls, per generation::
 Stateful callbacks reset their state in ``reset()``; the loop calls it before ``on_init``.
 
 In a continuous batch (``batching="refill"``) rows advance at their own pace: each event fires
-once per group of rows in the same block and block step (``state.active`` marks the group), and a
+once per group of rows in the same block and block step (``state.active`` marks the group; where
+no callback ``uses_block_step``, the rows past the first step of a block form one group, which
+reports its smallest step), and a
 row whose answer is done receives the next problem: the loop lays its prompt and [MASK]s into the
 canvas, clears the row in the prior bookkeeping (``prior_ids`` -1, ``injected`` / ``confirmed``
 False, ``revisions`` 0, every ``(B, ...)`` tensor in ``extras`` zero), then fires ``on_refill``
@@ -42,6 +44,10 @@ class DecodeCallback:
     # True once the callback handles a continuous batch: per-row state only, set up again for the
     # rows ``on_refill`` announces, and nothing of a row left out of ``state.active`` changed.
     supports_refill = False
+    # False when the per-step events (before_forward, after_forward, after_commit) read
+    # ``state.block_step`` at most to tell a block's first forward (0) from later ones: then a
+    # continuous batch may serve rows at different later steps of one block in one event.
+    uses_block_step = True
 
     def reset(self) -> None:
         pass

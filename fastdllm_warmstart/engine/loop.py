@@ -255,7 +255,8 @@ def generate(model, prompt: Union[torch.Tensor, Sequence[Sequence[int]]], steps:
              eos_id: Optional[int] = None, pad_id: Optional[int] = None, early_stop: bool = False,
              skip_done_rows: bool = True, seed: int = 0, use_upstream: bool = True,
              fast_dllm_path: Optional[str] = None, transfer_fn=None, batching: str = "static",
-             batch_size: Optional[int] = None) -> GenerateOutput:
+             batch_size: Optional[int] = None, on_answers: Optional[Callable[..., None]] = None
+             ) -> GenerateOutput:
     """Fast-dLLM decoding with callbacks; upstream's argument names, order and defaults.
 
     Args:
@@ -289,6 +290,10 @@ def generate(model, prompt: Union[torch.Tensor, Sequence[Sequence[int]]], steps:
             most ``batch_size`` rows at once, a finished row refilled with the next prompt) or
             ``'auto'`` (refill where it gives the static batch's answers: :func:`resolve_batching`).
         batch_size: rows decoded at once with refill; None = every prompt.
+        on_answers: called as ``on_answers(problems, sequences, nfe, stats)`` with the answers
+            that are complete (rows of the output's fields, for prompts ``problems`` (R,)): at each
+            hand-in with refill, so a caller can save them before the call ends; once at the end
+            for a static batch.
 
     Returns a :class:`GenerateOutput`; ``x, nfe = generate(...)`` also works, as upstream.
     """
@@ -361,7 +366,8 @@ def generate(model, prompt: Union[torch.Tensor, Sequence[Sequence[int]]], steps:
         loop = RefillLoop(state, hooks, strategy, config,
                           commit=lambda st, schedule, rows: _commit(st, transfer_fn, config, schedule,
                                                                     banned, rows),
-                          close_finished=_close_finished_rows, ids=ids, prompt_mask=prompt_mask)
+                          close_finished=_close_finished_rows, ids=ids, prompt_mask=prompt_mask,
+                          on_answers=on_answers)
         loop.run()
         stats = dict(loop.stats)
         stats["model_calls"] = loop.calls
@@ -375,6 +381,8 @@ def generate(model, prompt: Union[torch.Tensor, Sequence[Sequence[int]]], steps:
     share = _run_static(state, hooks, strategy, config, transfer_fn, banned)
     stats = row_stats(state)
     stats["model_calls"] = share
+    if on_answers is not None:
+        on_answers(state.problem, state.x, state.nfe, stats)
     return GenerateOutput(sequences=state.x, nfe=state.nfe, total_nfe=state.total_nfe,
                           prompt_width=P, attention_mask=full_mask, stats=stats, loop_variant=variant,
                           batching=mode)

@@ -34,7 +34,8 @@ class DecodeState:
     In a continuous batch (``batching="refill"``, :mod:`fastdllm_warmstart.engine.rows`) the rows
     sit in different blocks and steps, and a finished row takes the next problem. Hooks still see
     one block at a time: every event is fired once per group of rows that share a block and a
-    block step, with ``block``/``block_start``/``block_end``/``block_step``/``window`` those of the
+    block step (or, where no callback ``uses_block_step``, that share a block and are all at its
+    first step or all past it; the group reports its smallest step), with ``block``/``block_start``/``block_end``/``block_step``/``window`` those of the
     group and ``active`` marking its rows; ``problem`` says which problem each row holds, and
     ``on_refill`` announces the rows (``refilled``) that just received a new one.
     """
