@@ -14,14 +14,11 @@ Bad values raise :class:`ConfigError` (a ``ValueError``) whose message names the
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-
-class ConfigError(ValueError):
-    """A user-facing configuration mistake; the message says how to fix it."""
-
+from .apd.config import ApdConfig
+from .config_fields import ConfigError, _check_choice, _check_int, _check_range, setting
 
 CACHE_MODES = ("none", "prefix", "dual")
 REMASKING_RULES = ("low_confidence", "random")
@@ -43,39 +40,6 @@ LOOP_VARIANTS = ("auto", "current", "snapshot-2025-06")
 # through each block together (upstream); "refill" lets every row go at its own pace and gives a
 # finished row the next prompt; "auto" refills where the answers stay the static batch's.
 BATCHING_MODES = ("auto", "static", "refill")
-
-
-def _check_choice(name: str, value: Any, choices: Tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"{name}={value!r} is not valid; choose one of {', '.join(choices)}.")
-
-
-def _check_range(name: str, value: Any, lo: float, hi: float, *, lo_open: bool = False,
-                 hi_open: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-        raise ConfigError(f"{name} must be a number, got {value!r}.")
-    bad_lo = value <= lo if lo_open else value < lo
-    bad_hi = value >= hi if hi_open else value > hi
-    if bad_lo or bad_hi:
-        left = "(" if lo_open else "["
-        right = ")" if hi_open else "]"
-        raise ConfigError(f"{name}={value} is out of range; it must lie in {left}{lo}, {hi}{right}.")
-
-
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{name} must be an integer, got {value!r}.")
-    if value < minimum:
-        raise ConfigError(f"{name}={value} must be >= {minimum}.")
-
-
-def setting(default: Any, help: str, *, choices: Optional[Tuple[str, ...]] = None,
-            unset: Optional[str] = None) -> Any:
-    """A config field with what the command line needs to know about it: ``help`` (one line; the
-    default is added from here, never restated), ``choices``, and ``unset``, what None means when
-    None is the default (e.g. ``"gen_length"``). The flag table (``fastdllm_warmstart.flags``)
-    is generated from these."""
-    return field(default=default, metadata={"help": help, "choices": choices, "unset": unset})
 
 
 @dataclass(frozen=True)
@@ -352,6 +316,8 @@ class ResidualConfig:
                               "RCD model was trained against; 'embedded' for the tiny dLLM).")
 
 
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Everything that decides a decoding run, in one frozen object (saved beside results)."""
@@ -361,6 +327,12 @@ class RunConfig:
     remask: RemaskConfig = field(default_factory=RemaskConfig)
     aux: AuxConfig = field(default_factory=AuxConfig)
     residual: ResidualConfig = field(default_factory=ResidualConfig)
+    apd: ApdConfig = field(default_factory=ApdConfig)
+
+    def __post_init__(self) -> None:
+        if self.apd.enabled and (self.warm.enabled or self.remask.enabled):
+            raise ConfigError("apd is a decoding mode of its own (the aux verifies the dLLM's tokens, it "
+                              "drafts nothing): drop warm_init / remask, or apd.")
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -385,10 +357,14 @@ _FLAT["residual"] = ("residual", "enabled")
 for _f in fields(ResidualConfig):
     if _f.name != "enabled":
         _FLAT[f"residual_{_f.name}"] = ("residual", _f.name)
+_FLAT["apd"] = ("apd", "enabled")
+for _f in fields(ApdConfig):
+    if _f.name != "enabled":
+        _FLAT[f"apd_{_f.name}"] = ("apd", _f.name)
 FLAT_KEYS = tuple(sorted(_FLAT))
 
 _SECTIONS = {"decode": DecodeConfig, "warm": WarmStartConfig, "remask": RemaskConfig,
-             "aux": AuxConfig, "residual": ResidualConfig}
+             "aux": AuxConfig, "residual": ResidualConfig, "apd": ApdConfig}
 
 
 def _coerce(name: str, raw: Any, target_type: Any) -> Any:
