@@ -321,7 +321,7 @@ def run_bench(settings: BenchSettings, modes: Optional[List[Dict[str, Any]]] = N
                              "dllm_s": r.dllm_seconds, "aux_s": by_prompt[prompts[i]].aux_seconds
                              if prompts[i] in by_prompt else 0.0, "fallback": r.fallback,
                              "injected": r.injected, "revoked": r.revoked, "accepted": r.accepted,
-                             "model_calls": r.model_calls})
+                             "model_calls": r.model_calls, "aux_forwards": r.aux_forwards})
             progress.add(rows)
             bar.update(len(idx))
     bar.close()

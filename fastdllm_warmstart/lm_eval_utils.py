@@ -327,6 +327,7 @@ def answer_record(key: str, result: Any) -> Dict[str, Any]:
         "proposal_text": result.proposal_text,
         "injected": int(getattr(result, "injected", 0) or 0),
         "revoked": int(getattr(result, "revoked", 0) or 0),
+        "aux_forwards": int(getattr(result, "aux_forwards", 0) or 0),  # APD's aux scoring forwards
     }
 
 

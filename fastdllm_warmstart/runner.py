@@ -42,6 +42,7 @@ class GenerationResult:
     injected: int = 0               # prior tokens put on the canvas (token injection)
     revoked: int = 0                # priors revoked by the remask step
     accepted: int = 0               # draft tokens committed by a verification rule
+    aux_forwards: int = 0           # aux forwards that scored this row while decoding (APD)
     extra: dict = field(default_factory=dict)
 
 
@@ -220,6 +221,8 @@ class WarmStartRunner:
         proposals, records = self._proposals(prompts, config, proposer)
         warn_unread_soft_inputs(self.model, config)
         callbacks = build_callbacks(config, proposals, self.reference_model(config)) + self.extra_callbacks
+        if config.apd.enabled:
+            callbacks.append(self._apd(config, prompts))
         if progress is not None:
             callbacks.append(_Progress(progress))
         if self.device.type == "cuda":
@@ -241,6 +244,7 @@ class WarmStartRunner:
         injected = out.stats.get("injected")
         revoked = out.stats.get("revoked")
         accepted = out.stats.get("accepted")
+        aux_forwards = out.stats.get("aux_forwards")
         calls = out.stats["model_calls"].tolist()
         results = []
         for i, prompt in enumerate(prompts):
@@ -258,8 +262,22 @@ class WarmStartRunner:
                 injected=int(injected[i]) if injected is not None else 0,
                 accepted=int(accepted[i]) if accepted is not None else 0,
                 revoked=int(revoked[i]) if revoked is not None else 0,
+                aux_forwards=int(aux_forwards[i]) if aux_forwards is not None else 0,
             ))
         return results
+
+    def _apd(self, config: RunConfig, prompts: Sequence[str]) -> DecodeCallback:
+        """APD's commit callback, with the aux model of ``config.aux`` as its AR verifier."""
+        from .apd.decoding import build_apd
+        from .chat_template import as_user_turn
+        from .config import ConfigError
+
+        aux = self.proposer_for(config.aux)
+        if getattr(aux, "model", None) is None:
+            raise ConfigError("apd needs an aux model to score the dLLM's runs; unset proposals "
+                              "(a file of drafts cannot score anything) and set aux_model if needed.")
+        render = (lambda text: as_user_turn(aux.tokenizer, text)) if aux.use_chat_template else None
+        return build_apd(config, aux.model, aux.tokenizer, self.tokenizer, list(prompts), render=render)
 
     def generate(self, prompts: Sequence[str], config: Optional[RunConfig] = None, *,
                  batch_size: int = 8, apply_chat_template: Optional[bool] = None, progress: Any = None,
