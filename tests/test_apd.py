@@ -140,8 +140,9 @@ def test_the_first_token_is_kept_even_when_the_ar_disagrees(problem):
 
 
 def test_r1_accepts_every_token_the_dllm_proposed(problem):
-    out, commits, _, _ = run_apd(problem, disagree=[0, 3, 5, 11], mixture=1.0)
+    out, commits, ar, _ = run_apd(problem, disagree=[0, 3, 5, 11], mixture=1.0)
     assert [c[0] for c in commits] == [8, 8] and out.nfe.tolist() == [2, 2]
+    assert ar.calls == 0 and out.stats["aux_forwards"].tolist() == [0, 0]  # the aux has no say
 
 
 def test_r1_with_sampling_keeps_the_dllm_sample_whatever_it_is(problem):

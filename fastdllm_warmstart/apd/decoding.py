@@ -13,8 +13,8 @@ step 2c, owned by :class:`AdaptiveParallelDecoding` (numbers as in :meth:`~.comm
    bounds it too). Everything before the run is decided: APD fills each block from the left.
 3. **Score.** One aux forward per row with a run of two or more: the row's prompt, its decided
    answer and the run (``scorers``). No aux forward for a run of one (its first token is kept
-   anyway) nor after the answer's EOS (the AR model has no text to score there: the dLLM's
-   sample stands, as APD stops at EOS).
+   anyway), nor at R = 1 (the mixture is the dLLM alone), nor after the answer's EOS (the AR
+   model has no text to score there: the dLLM's sample stands, as APD stops at EOS).
 4. **Agree.** Shared vocabulary: the mixture ``R * log p_dLLM + (1 - R) * log p_AR`` is sampled
    with the same ``g``; a position agrees when that sample is ``x0``. Across the tokenizer
    bridge: a position agrees when the aux gives the dLLM token's text probability
@@ -115,6 +115,8 @@ class AdaptiveParallelDecoding(DecodeCallback):
         # 3-4. score and agree
         agree = torch.ones_like(run)
         need = run.sum(dim=1) >= 2  # (R,) a run of one is accepted without the aux
+        if self.mixture == 1.0 and getattr(self.scorer, "shared_vocab", False):
+            need &= False  # R = 1: the mixture is the dLLM's own logits, the aux has no say
         if bool(need.any()):
             canvas = state.x[rows].clone()  # (R, L) with the proposal written over the run
             blk = canvas[:, state.block_start:state.block_start + W]
