@@ -277,7 +277,9 @@ def test_apd_end_to_end_through_the_runner_the_cli_and_model_args(random_model_d
     cfg = configs_from_flat(apd=True, apd_max_parallel=4, aux_model=random_model_dirs["aux"], gen_length=32,
                             block_length=16)
     runner = WarmStartRunner.from_pretrained(random_model_dirs["dllm"], cfg, threads=1)
-    res = runner.generate(["Question: Tom has 3 apples. How many?\nAnswer:", "Question: Leo has 5 pens.\nAnswer:"])
+    prompts = ["Question: Tom has 3 apples. How many?\nAnswer:", "Question: Leo has 5 pens.\nAnswer:",
+               "Question: Ann has 2 cats and 4 dogs. How many pets?\nAnswer:"]
+    res = runner.generate(prompts, batch_size=2)
     for r in res:
         assert r.nfe >= 32 / 4 and 0 < r.aux_forwards <= r.nfe  # at most one aux forward per step
     args = EvalSettings.from_model_args({"apd": "true", "apd_mixture": "0.5", "apd_max_parallel": "8"})
@@ -285,6 +287,21 @@ def test_apd_end_to_end_through_the_runner_the_cli_and_model_args(random_model_d
     proc = subprocess.run([sys.executable, "-m", "fastdllm_warmstart.cli", "generate", "--apd",
                            "--apd-max-parallel", "0", "--prompt", "x"], capture_output=True, text=True)
     assert proc.returncode == 2 and "apd_max_parallel" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_continuous_batch_decodes_each_row_as_the_static_batch():
+    """Refill commits several groups' rows in one call (rows at other block steps of the same
+    block): every row gets its tokens, NFE and aux forwards of the static batch."""
+    from fastdllm_warmstart.runner import WarmStartRunner
+    from fastdllm_warmstart.tasks import tinygsm
+
+    prompts = [tinygsm.format_prompt(p["question"]) for p in tinygsm.generate_problems(3, 8)]
+    runner = WarmStartRunner.from_pretrained(None, threads=1)
+    got = {}
+    for batching in ("static", "refill"):
+        cfg = configs_from_flat(apd=True, apd_mixture=0.5, batching=batching)
+        got[batching] = [(r.token_ids, r.nfe, r.aux_forwards) for r in runner.generate(prompts, cfg, batch_size=3)]
+    assert got["refill"] == got["static"]
 
 
 def test_only_one_callback_may_own_the_commit(problem):

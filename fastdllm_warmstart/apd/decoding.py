@@ -98,7 +98,10 @@ class AdaptiveParallelDecoding(DecodeCallback):
     def commit(self, state: DecodeState, logits, mask_index, x, rows):
         R, W, V = logits.shape
         dev = x.device
-        rows = torch.arange(state.batch_size, device=dev) if rows is None else rows  # canvas rows
+        if rows is None:  # every canvas row: those the forward counts for may decode
+            rows, act = torch.arange(state.batch_size, device=dev), state.active
+        else:  # the loop commits for exactly these rows (a continuous batch: several groups at once)
+            act = torch.ones(rows.shape, dtype=torch.bool, device=dev)
         banned = [state.mask_id] + ([state.pad_id] if state.pad_id not in (None, state.eos_id) else [])
         logp = logits.double()
         logp[..., banned] = float("-inf")
@@ -108,7 +111,7 @@ class AdaptiveParallelDecoding(DecodeCallback):
         x0 = torch.where(mask_index, (logp + noise).argmax(dim=-1), x)  # (R, W)
         # 2. run: the first open position and the masked ones right after it, at most k
         col = torch.arange(W, device=dev).view(1, -1)
-        open_ = mask_index & state.active[rows].view(-1, 1)
+        open_ = mask_index & act.view(-1, 1)
         first = torch.where(open_.any(dim=1), open_.long().argmax(dim=1), torch.full_like(rows, W))  # (R,)
         after = col >= first.view(-1, 1)
         run = (open_ | ~after).long().cumprod(dim=1).bool() & after & (col < first.view(-1, 1) + self.max_parallel)
