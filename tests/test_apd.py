@@ -50,7 +50,8 @@ def test_the_mixture_is_of_log_probabilities_with_shared_noise():
     zero = torch.zeros(1, 1, 2, dtype=torch.float64)
     # R log 0.6 + (1 - R) log 0.3 >= R log 0.4 + (1 - R) log 0.7  <=>  R >= R*, by hand:
     r_star = math.log(7 / 3) / (math.log(7 / 3) + math.log(6 / 4))
-    assert bool(mixture_agrees(x0, d, a, zero, r_star + 0.01)) and not bool(mixture_agrees(x0, d, a, zero, r_star - 0.01))
+    assert bool(mixture_agrees(x0, d, a, zero, r_star + 0.01))
+    assert not bool(mixture_agrees(x0, d, a, zero, r_star - 0.01))
     assert bool(mixture_agrees(x0, d, a, zero, 1.0)) and not bool(mixture_agrees(x0, d, a, zero, 0.0))
     # R = 1 keeps whatever the noise made the dLLM sample, even an unlikely token (shared noise)
     noise = torch.tensor([[[0.0, 5.0]]], dtype=torch.float64)

@@ -118,7 +118,8 @@ class BridgeScorer:
         self.model, self.aux, self.dllm = model, aux_tokenizer, dllm_tokenizer
         self.prompts, self.log_tau = list(prompts), math.log(tau)
         self.render = render or (lambda text: text)
-        self.pad_id = aux_tokenizer.pad_token_id if aux_tokenizer.pad_token_id is not None else aux_tokenizer.eos_token_id
+        pad = aux_tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else aux_tokenizer.eos_token_id
 
     def _row(self, state: DecodeState, problem: int, ids: List[int], run_cols: List[int], block_start: int):
         """Aux ids of prompt + answer (+ EOS), the index of the first answer token, and for every
