@@ -17,6 +17,7 @@ import dataclasses
 from dataclasses import dataclass, field, fields
 from typing import Any, Dict, Mapping, Optional, Tuple
 
+from .apd.config import ApdConfig
 from .config_fields import ConfigError, _check_choice, _check_int, _check_range, setting
 from .wino.config import WinoConfig
 
@@ -316,6 +317,8 @@ class ResidualConfig:
                               "RCD model was trained against; 'embedded' for the tiny dLLM).")
 
 
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Everything that decides a decoding run, in one frozen object (saved beside results)."""
@@ -326,8 +329,12 @@ class RunConfig:
     aux: AuxConfig = field(default_factory=AuxConfig)
     residual: ResidualConfig = field(default_factory=ResidualConfig)
     wino: WinoConfig = field(default_factory=WinoConfig)
+    apd: ApdConfig = field(default_factory=ApdConfig)
 
     def __post_init__(self) -> None:
+        if self.apd.enabled and (self.warm.enabled or self.remask.enabled or self.wino.enabled):
+            raise ConfigError("apd is a decoding mode of its own (the aux verifies the dLLM's tokens, it "
+                              "drafts nothing): drop warm_init / remask / wino, or apd.")
         self.wino.check_run(self)
 
     def to_dict(self) -> Dict[str, Any]:
@@ -349,7 +356,7 @@ _FLAT["remask"] = ("remask", "enabled")
 for _f in fields(RemaskConfig):
     if _f.name != "enabled":
         _FLAT[f"remask_{_f.name}"] = ("remask", _f.name)
-for _section, _cls in (("residual", ResidualConfig), ("wino", WinoConfig)):
+for _section, _cls in (("residual", ResidualConfig), ("wino", WinoConfig), ("apd", ApdConfig)):
     _FLAT[_section] = (_section, "enabled")
     for _f in fields(_cls):
         if _f.name != "enabled":
@@ -357,7 +364,7 @@ for _section, _cls in (("residual", ResidualConfig), ("wino", WinoConfig)):
 FLAT_KEYS = tuple(sorted(_FLAT))
 
 _SECTIONS = {"decode": DecodeConfig, "warm": WarmStartConfig, "remask": RemaskConfig,
-             "aux": AuxConfig, "residual": ResidualConfig, "wino": WinoConfig}
+             "aux": AuxConfig, "residual": ResidualConfig, "wino": WinoConfig, "apd": ApdConfig}
 
 
 def _coerce(name: str, raw: Any, target_type: Any) -> Any:

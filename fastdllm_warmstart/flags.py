@@ -18,7 +18,8 @@ from .config import ConfigError, RunConfig, configs_from_flat, flat_fields, pars
 
 SECTION_TITLES = {"decode": "decoding (Fast-dLLM)", "warm": "warm start", "remask": "confidence remask",
                   "aux": "auxiliary proposer", "residual": "residual context (RCD)",
-                  "wino": "WINO decoding (wide-in, narrow-out)"}
+                  "wino": "WINO decoding (wide-in, narrow-out)",
+                  "apd": "adaptive parallel decoding (APD)"}
 
 
 def flag_name(key: str, rename: Optional[Mapping[str, str]] = None) -> str:

@@ -43,6 +43,7 @@ class GenerationResult:
     injected: int = 0               # prior tokens put on the canvas (token injection)
     revoked: int = 0                # priors revoked by the remask step
     accepted: int = 0               # draft tokens committed by a verification rule
+    aux_forwards: int = 0           # aux forwards that scored this row while decoding (APD)
     extra: dict = field(default_factory=dict)
 
     def to_record(self) -> Dict[str, Any]:
@@ -57,7 +58,8 @@ class GenerationResult:
         return {"answer": self.text, "nfe": self.nfe, "gen_tokens": self.gen_tokens,
                 "dllm_s": self.dllm_seconds, "aux_s": self.aux_seconds, "model_calls": self.model_calls,
                 "warm": self.warm, "fallback": self.fallback, "proposal": self.proposal_text,
-                "injected": self.injected, "revoked": self.revoked, "accepted": self.accepted}
+                "injected": self.injected, "revoked": self.revoked, "accepted": self.accepted,
+                "aux_forwards": self.aux_forwards}
 
 
 class PromptTooLongError(ValueError):
@@ -250,7 +252,8 @@ class WarmStartRunner:
                 torch.cuda.synchronize(self.device)
             now = time.perf_counter()
             seconds, clock[0] = (now - clock[0]) / max(len(problems), 1), now
-            counts = {k: stats[k].tolist() for k in ("injected", "revoked", "accepted") if k in stats}
+            counts = {k: stats[k].tolist() for k in ("injected", "revoked", "accepted", "aux_forwards")
+                      if k in stats}
             done = [(i, self._result(prompts[i], row, n, calls, seconds, records[i],
                                      proposals is not None and bool((proposals[i] >= 0).any()), config,
                                      {k: int(v[j]) for k, v in counts.items()}))
@@ -263,6 +266,8 @@ class WarmStartRunner:
             if on_results is not None:
                 on_results(done)
 
+        if config.apd.enabled:  # APD owns the commit: the aux accepts the dLLM's agreeing prefix
+            callbacks.append(self._apd(config, prompts))
         threshold, transfer_fn = d.threshold, None
         if config.wino.enabled:  # WINO's wide-in is the commit rule
             from .wino.decoding import wide_in_rule
@@ -292,6 +297,19 @@ class WarmStartRunner:
             dllm_seconds=seconds, model_calls=float(model_calls),
             aux_seconds=float(getattr(record, "aux_seconds", 0.0) or 0.0), warm=warm,
             fallback=fallback, proposal_text=getattr(record, "text", None), **counts)
+
+    def _apd(self, config: RunConfig, prompts: Sequence[str]) -> DecodeCallback:
+        """APD's commit callback, with the aux model of ``config.aux`` as its AR verifier."""
+        from .apd.decoding import build_apd
+        from .chat_template import as_user_turn
+        from .config import ConfigError
+
+        aux = self.proposer_for(config.aux)
+        if getattr(aux, "model", None) is None:
+            raise ConfigError("apd needs an aux model to score the dLLM's runs; unset proposals "
+                              "(a file of drafts cannot score anything) and set aux_model if needed.")
+        render = (lambda text: as_user_turn(aux.tokenizer, text)) if aux.use_chat_template else None
+        return build_apd(config, aux.model, aux.tokenizer, self.tokenizer, list(prompts), render=render)
 
     def generate(self, prompts: Sequence[str], config: Optional[RunConfig] = None, *,
                  batch_size: int = 8, apply_chat_template: Optional[bool] = None, progress: Any = None,

@@ -194,6 +194,7 @@ def test_nothing_under_results_is_a_leftover():
     ("fresh2026.jsonl", 2026, None), ("fresh2026_5events.jsonl", 2026, 5),
     ("seed8675309.jsonl", 8675309, None), ("seed31337.jsonl", 31337, None), ("seed5.jsonl", 5, None),
     ("seed99.jsonl", 99, None), ("seed123456.jsonl", 123456, None), ("fresh2027.jsonl", 2027, None),
+    ("fresh2424.jsonl", 2424, None),
 ])
 def test_result_inputs_are_what_their_make_data_command_draws(name, seed, max_events):
     from fastdllm_warmstart.tasks import tinygsm

@@ -49,7 +49,9 @@ def run(args: argparse.Namespace) -> int:
         if r.fallback:
             print(f"(warm start fell back to cold: {r.fallback})")
         print(f"Answer: {r.text}")
-        print(f"NFE: {r.nfe}   dLLM: {r.dllm_seconds:.3f} s   aux: {r.aux_seconds:.3f} s")
+        # APD's aux scores while the dLLM decodes: its forwards are counted, its time is in dLLM's
+        aux = f"{r.aux_forwards} aux forwards (time in dLLM's)" if config.apd.enabled else f"aux: {r.aux_seconds:.3f} s"
+        print(f"NFE: {r.nfe}   dLLM: {r.dllm_seconds:.3f} s   {aux}")
         print()
     print(f"Total wall-clock: {wall:.3f} s for {len(results)} prompt(s)")
     return 0

@@ -11,7 +11,8 @@ Algorithm (the numbers recur as comments in :func:`generate`):
       hooks may supply input embeddings; one forward (one NFE); ``after_forward``.
    c. Commit by upstream's rule among the block's masked positions (factor: the top n while the
       n-th confidence clears 1 - factor/(n+1); threshold: all with confidence >= threshold, at
-      least the most confident one; else the schedule's top-k). [MASK]/[PAD] are never committed.
+      least the most confident one; else the schedule's top-k), or by the callback that owns the
+      commit (``owns_commit``: APD). [MASK]/[PAD] are never committed.
    d. ``after_commit`` hooks may revoke prior tokens back to [MASK] (an upstream-style
       ``step_callback(step_idx)`` runs last, here).
    e. Stop the block once no row has a mask left in it and the strategy's minimum number of
@@ -228,7 +229,10 @@ def _commit(state: DecodeState, transfer_fn, config: DecodeConfig, schedule: Opt
         k = torch.ones_like(k)  # committed whatever the schedule's count
     if k is not None and rows is not None:
         k = k[rows]
-    x0_blk, transfer_blk = _call_rule(transfer_fn, state, config, logits, mask_blk, x_blk, k, last)
+    if isinstance(transfer_fn, DecodeCallback):  # a callback owns the commit (APD)
+        x0_blk, transfer_blk = transfer_fn.commit(state, logits, mask_blk, x_blk, rows)
+    else:
+        x0_blk, transfer_blk = _call_rule(transfer_fn, state, config, logits, mask_blk, x_blk, k, last)
     x0, transfer = x_win.clone(), torch.zeros_like(x_win, dtype=torch.bool)
     x0[sel], transfer[sel] = x0_blk, transfer_blk & mask_blk
     x_win[transfer] = x0[transfer]
@@ -326,6 +330,9 @@ def generate(model, prompt: Union[torch.Tensor, Sequence[Sequence[int]]], steps:
             raise ValueError(f"batching='refill' is not available for {type(model).__name__} "
                              f"({protocol.name} protocol); use batching='static' or 'auto'.")
         mode = "static"
+    owner = hooks.commit_owner()
+    if owner is not None:  # step 2c is the callback's, in place of upstream's rule
+        transfer_fn = owner
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1.")
     B = N if (mode == "static" or batch_size is None) else min(batch_size, N)
