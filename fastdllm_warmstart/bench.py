@@ -288,7 +288,8 @@ def run_bench(settings: BenchSettings, modes: Optional[List[Dict[str, Any]]] = N
     # A mode whose model was trained from another base than this table's: not under its name.
     modes = drop_stale_modes(modes, mode_models, settings.model, runner.model_id,
                              default_table=default_table)
-    mode_configs = {m["mode"]: mode_configs[m["mode"]] for m in modes}
+    # each mode's model-dependent defaults made explicit (the auto remask rule), as it decodes
+    mode_configs = {m["mode"]: runner_for(mode_models[m["mode"]]).resolve(mode_configs[m["mode"]]) for m in modes}
     model_ids = {mode: runner_for(mode_models[mode]).model_id for mode in mode_configs}
     shuffle_seed = settings.shuffle_proposals
     permutation = shuffle_permutation(len(problems), shuffle_seed) if shuffle_seed is not None else None

@@ -18,6 +18,7 @@ from .chat_template import as_user_turn, use_chat_template
 from .config import RunConfig
 from .engine import CallbackList, DecodeCallback, generate
 from .engine.loop import resolve_special_ids
+from .engine.protocol import protocol_for
 from .engine.rows import resolve_batching
 from .loading import check_cache_support, load_dllm, model_max_length, tune_cpu_threads
 from .warmstart import build_callbacks, proposals_to_tensor, warn_unread_soft_inputs
@@ -205,12 +206,21 @@ class WarmStartRunner:
     def _config(self, config: Optional[RunConfig]) -> RunConfig:
         """``config``, or the runner's own for None; anything else is refused in one line."""
         if config is None:
-            return self.config
+            return self.resolve(self.config)
         if not isinstance(config, RunConfig):
             raise TypeError(f"config must be a RunConfig (or None for the runner's own), got "
                             f"{type(config).__name__}; pass batch_size= by keyword.")
         check_cache_support(self.model, config.decode.cache)
-        return config
+        return self.resolve(config)
+
+    def resolve(self, config: RunConfig) -> RunConfig:
+        """``config`` with its model-dependent defaults made explicit for this model: the
+        ``auto`` remask rule (spec where the model takes transient queries, else chain) and the
+        rule's own ``tau_accept``; what decodes, and what result files record."""
+        transient = (bool(getattr(self.model, "supports_transient_queries", False))
+                     and protocol_for(self.model).supports_transient)
+        remask = config.remask.resolved(transient)
+        return config if remask is config.remask else dataclasses.replace(config, remask=remask)
 
     def batching(self, config: Optional[RunConfig] = None) -> str:
         """``static`` or ``refill``: how :meth:`generate` decodes with ``config`` (its

@@ -271,7 +271,9 @@ class ConfidenceRemask(DecodeCallback):
 
 def _remask_callback(config: RunConfig, proposals: torch.Tensor) -> DecodeCallback:
     """``--remask`` with its rule: the paper-style revoke step, or a draft-verification rule."""
-    rm = config.remask
+    # A config the runner has not resolved for its model (RemaskConfig.resolved): "auto" picks the
+    # rule every model supports.
+    rm = config.remask.resolved(transient_queries=False)
     if rm.rule == "revoke":
         return ConfidenceRemask(rm)
     from .priors import build_verifier
