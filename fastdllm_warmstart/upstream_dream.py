@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import logging
 import sys
 import types
 from dataclasses import dataclass
@@ -22,9 +21,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Optional
 
-from .upstream import ENV_VAR, UpstreamError, candidate_roots
+from .upstream import ENV_VAR, UpstreamError, first_checkout
 
-logger = logging.getLogger(__name__)
 
 _MODEL_FILES = ("modeling_dream.py", "configuration_dream.py", "generation_utils_block.py")
 
@@ -76,14 +74,5 @@ def _import_dream(root: Path) -> UpstreamDream:
 
 def find_upstream_dream(explicit: Optional[str] = None) -> Optional[UpstreamDream]:
     """The Dream model of the user's Fast-dLLM checkout, imported; None when there is none."""
-    for path, named in candidate_roots(explicit):
-        root = dream_dir(path)
-        if root is None:
-            if named:
-                raise UpstreamError(f"No Fast-dLLM Dream model at {path!r}: expected dream/model/"
-                                    f"{{{', '.join(_MODEL_FILES)}}} (or v1/dream/...). Fix the path "
-                                    f"or unset {ENV_VAR}.")
-            continue
-        logger.info("Using Fast-dLLM's Dream at %s", root)
-        return _import_dream(root)
-    return None
+    return first_checkout(explicit, dream_dir, _import_dream, "Dream model",
+                          f"dream/model/{{{', '.join(_MODEL_FILES)}}} (or v1/dream/...)")

@@ -85,3 +85,27 @@ class ScriptedLM(torch.nn.Module):
 
     def parameters(self, recurse: bool = True):
         return self.emb.parameters(recurse)
+
+
+# The scripted-decoding problem the rule tests share (tests/test_priors.py, tests/test_dream.py):
+# B rows, a P-token prompt, a G-token canvas in blocks of BLOCK.
+B, P, G, BLOCK = 3, 5, 16, 8
+
+
+def scripted_problem():
+    """(target (B, G), prompt (B, P)): random ids away from the special ones, seed 0."""
+    gen = torch.Generator().manual_seed(0)
+    target = torch.randint(10, 40, (B, G), generator=gen)
+    prompt = torch.randint(10, 40, (B, P), generator=gen)
+    return target, prompt
+
+
+def verifier_rules():
+    """The draft-verification rules with the settings the rule tests use, by name."""
+    from fastdllm_warmstart.priors.accept import ThresholdAccept
+    from fastdllm_warmstart.priors.chain import ChainAccept
+    from fastdllm_warmstart.priors.prefix import AgreeingPrefix
+
+    return {"accept": lambda d: ThresholdAccept(d, tau_accept=0.3),
+            "chain": lambda d: ChainAccept(d),
+            "prefix": lambda d: AgreeingPrefix(d)}

@@ -8,29 +8,18 @@ from conftest import EOS, MASK, PAD, VOCAB
 from fastdllm_warmstart import DecodeCallback, configs_from_flat, generate
 from fastdllm_warmstart.engine.protocol import MaskPredictor, ShiftedPredictor, UpstreamDream, protocol_for
 from fastdllm_warmstart.models import TinyDreamConfig, TinyDreamModelLM, TinyLLaDAConfig
-from fastdllm_warmstart.priors.accept import ThresholdAccept
-from fastdllm_warmstart.priors.chain import ChainAccept
-from fastdllm_warmstart.priors.prefix import AgreeingPrefix
 from fastdllm_warmstart.priors.spec import SpeculativeAccept
 from fastdllm_warmstart.residual import ResidualContext
 from fastdllm_warmstart.warmstart import build_callbacks
-from scripted_model import ScriptedLM
+from scripted_model import BLOCK, B, G, P, ScriptedLM, scripted_problem, verifier_rules
 
-B, P, G, BLOCK = 3, 5, 16, 8
 CACHES = ("none", "prefix", "dual")
-RULES = {
-    "accept": lambda d: ThresholdAccept(d, tau_accept=0.3),
-    "chain": lambda d: ChainAccept(d),
-    "prefix": lambda d: AgreeingPrefix(d),
-}
+RULES = verifier_rules()
 
 
 @pytest.fixture(scope="module")
 def problem():
-    gen = torch.Generator().manual_seed(0)
-    target = torch.randint(10, 40, (B, G), generator=gen)
-    prompt = torch.randint(10, 40, (B, P), generator=gen)
-    return target, prompt
+    return scripted_problem()
 
 
 def decode(model, prompt, cache, callbacks=(), block=BLOCK):
