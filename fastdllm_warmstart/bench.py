@@ -4,7 +4,8 @@
    file is checked first (:mod:`fastdllm_warmstart.input_files`).
 2. Draft every proposal once with the aux model (timed), and score the aux model alone.
 3. Decode every problem in every mode of the preset (baseline, token, token+remask, embed,
-   embed+remask by default) for every seed, saving each batch's rows to a JSONL store as it goes;
+   embed+remask by default) for every seed, saving each answer's row to a JSONL store as soon as
+   it is complete (a static batch's at its end, a continuous batch's as each row hands it in);
    ``resume`` continues an interrupted run from that store.
 4. With ``repeats`` N > 1, time N more passes of every mode (its first seed), interleaved: pass 1
    of every mode, then pass 2 of every mode, and so on, so that a slow spell of a shared machine
@@ -27,11 +28,13 @@ import shlex
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .config import RunConfig, configs_from_flat
 from .engine.cache import make_cache_strategy
+from .engine.protocol import protocol_for
 from .input_files import load_bench_preset
 from .tasks.tinygsm_files import load_jsonl as load_problems
 from .jsonl_store import JsonlStore
@@ -219,6 +222,21 @@ def _timed_pass(runner: Any, cfg: RunConfig, prompts: List[str], proposer: Any,
     return dllm_s, cpu_s, answers
 
 
+def _save_rows(progress: "_Progress", mode: str, seed: int, indices: Sequence[int], golds: Sequence[str],
+               aux_tokens: Sequence[int], done: List[Tuple[int, Any]]) -> None:
+    """Score and save answers as they complete (``done``: (position in ``indices``, result) pairs);
+    ``aux_tokens``: the tokens the aux wrote for each problem's draft (AUP with the aux counted)."""
+    from .scoring import score
+
+    rows = []
+    for j, r in done:
+        i = indices[j]
+        strict, flexible = score(r.text, golds[i])
+        rows.append({"mode": mode, "seed": seed, "index": i, "strict": strict, "flexible": flexible,
+                     "aux_tokens": aux_tokens[i], **r.to_row()})
+    progress.add(rows)
+
+
 def _aux_record(proposals: List[Any], golds: List[str], seconds: float, model_id: Optional[str]) -> Dict[str, Any]:
     """The aux model on its own: its drafts scored as answers."""
     from .scoring import score, wilson_interval
@@ -240,7 +258,6 @@ def run_bench(settings: BenchSettings, modes: Optional[List[Dict[str, Any]]] = N
     from .bench_report import summarize, summarize_timing
     from .lineage import drop_stale_modes
     from .runner import WarmStartRunner
-    from .scoring import score
     from .tasks.tinygsm import format_prompt
 
     # 1. Problems, modes, models.
@@ -271,7 +288,8 @@ def run_bench(settings: BenchSettings, modes: Optional[List[Dict[str, Any]]] = N
     # A mode whose model was trained from another base than this table's: not under its name.
     modes = drop_stale_modes(modes, mode_models, settings.model, runner.model_id,
                              default_table=default_table)
-    mode_configs = {m["mode"]: mode_configs[m["mode"]] for m in modes}
+    # each mode's model-dependent defaults made explicit (the auto remask rule), as it decodes
+    mode_configs = {m["mode"]: runner_for(mode_models[m["mode"]]).resolve(mode_configs[m["mode"]]) for m in modes}
     model_ids = {mode: runner_for(mode_models[mode]).model_id for mode in mode_configs}
     shuffle_seed = settings.shuffle_proposals
     permutation = shuffle_permutation(len(problems), shuffle_seed) if shuffle_seed is not None else None
@@ -300,8 +318,9 @@ def run_bench(settings: BenchSettings, modes: Optional[List[Dict[str, Any]]] = N
         if permutation is not None:  # each problem gets another problem's draft
             by_prompt = {prompts[i]: proposals[permutation[i]] for i in range(len(prompts))}
         static_proposer = StaticProposer(by_prompt)  # every mode decodes from the same drafts
+    aux_tokens = [getattr(by_prompt.get(p), "aux_tokens", 0) or 0 for p in prompts]
 
-    # 3. Every mode x seed, saved batch by batch.
+    # 3. Every mode x seed, saved answer by answer.
     todo = [(m["mode"], s) for m in modes for s in (seeds if mode_configs[m["mode"]].warm.enabled else seeds[:1])]
     bar = tqdm(total=len(todo) * len(problems), desc="bench", unit="answer", disable=settings.quiet)
     bar.update(sum(1 for k in progress.done if (k[0], k[1]) in set(todo)))
@@ -311,19 +330,11 @@ def run_bench(settings: BenchSettings, modes: Optional[List[Dict[str, Any]]] = N
         runner = runner_for(mode_models[mode])
         pending = [i for i in range(len(problems)) if (mode, seed, i) not in progress.done]
         for idx in _batches(runner, cfg, pending, settings.batch_size):
-            results = runner.generate_batch([prompts[i] for i in idx], cfg, proposer=static_proposer,
-                                            batch_size=settings.batch_size)
-            rows = []
-            for i, r in zip(idx, results):
-                strict, flexible = score(r.text, golds[i])
-                rows.append({"mode": mode, "seed": seed, "index": i, "answer": r.text, "strict": strict,
-                             "flexible": flexible, "nfe": r.nfe, "gen_tokens": r.gen_tokens,
-                             "dllm_s": r.dllm_seconds, "aux_s": by_prompt[prompts[i]].aux_seconds
-                             if prompts[i] in by_prompt else 0.0, "fallback": r.fallback,
-                             "injected": r.injected, "revoked": r.revoked, "accepted": r.accepted,
-                             "model_calls": r.model_calls})
-            progress.add(rows)
-            bar.update(len(idx))
+            # Rows are saved as answers complete: with continuous batching while the call runs.
+            runner.generate_batch([prompts[i] for i in idx], cfg, proposer=static_proposer,
+                                  batch_size=settings.batch_size, progress=bar,
+                                  on_results=partial(_save_rows, progress, mode, seed, idx, golds,
+                                                     aux_tokens))
     bar.close()
 
     # 4. Timed passes, interleaved across modes.
@@ -335,7 +346,10 @@ def run_bench(settings: BenchSettings, modes: Optional[List[Dict[str, Any]]] = N
     for m in modes:
         rows = [r for k, r in progress.done.items() if k[0] == m["mode"]]
         cfg = mode_configs[m["mode"]]
-        floor = cfg.decode.num_blocks * make_cache_strategy(cfg.decode.cache, loop_variants[m["mode"]]).min_block_steps
+        per_block = make_cache_strategy(  # a Dream-protocol model's blocks cost one more cached forward
+            cfg.decode.cache, loop_variants[m["mode"]], min_cached_block_steps=protocol_for(
+                runner_for(mode_models[m["mode"]]).model).min_cached_block_steps).min_block_steps
+        floor = cfg.decode.num_blocks * per_block
         rec = summarize(m["mode"], rows, baseline_nfe, m.get("settings", {}), floor, cfg.decode.gen_length)
         if m["mode"] == modes[0]["mode"] and not mode_configs[m["mode"]].warm.enabled:
             baseline_nfe, baseline_wall = rec["mean_nfe"], rec["wall_s"]

@@ -39,10 +39,16 @@ def summarize(mode: str, rows: List[Dict[str, Any]], baseline_nfe: Optional[floa
         "injected_mean": sum(r.get("injected", 0) for r in rows) / max(n, 1),
         "revoked_mean": sum(r.get("revoked", 0) for r in rows) / max(n, 1),
         "accepted_mean": sum(r.get("accepted", 0) for r in rows) / max(n, 1),
+        # aux forwards that scored an answer while it decoded (APD; counted apart from the dLLM's
+        # forwards, whose cost they do not share; their time is inside dllm_s)
+        "aux_forwards_mean": sum(r.get("aux_forwards", 0) for r in rows) / max(n, 1),
         "nfe_floor": nfe_floor,
         "nfe_over_floor": (nfe / nfe_floor) if nfe_floor else None,
         # canvas tokens committed per forward (Fast-dLLM's tokens/NFE: gen_length / NFE)
         "tokens_per_forward": (gen_length / nfe) if (gen_length and nfe) else None,
+        # answer tokens (up to EOS) and aux forwards (drafted tokens): AUP's rho (aup.py)
+        "answer_tokens": tokens,
+        "aux_tokens": sum(r.get("aux_tokens", 0) for r in rows) if warm else 0,
     }
     if len(seeds) == 1:
         # per problem, in index order: what a paired comparison of two modes (or of two bench

@@ -8,6 +8,10 @@ Tested range: transformers 4.49 (Fast-dLLM v1's pin) through 5.x. What differs b
   (``all_tied_weights_keys``) and calls ``tie_weights`` with keywords, and its configs drop
   ``use_cache``; Fast-dLLM's ``LLaDAModelLM`` never calls ``post_init``, takes no keywords and
   reads ``config.use_cache`` (:func:`post_init_compatible`);
+* Fast-dLLM's Dream model (:func:`dream_module_shims`): transformers 5 dropped the ``default``
+  rotary initialiser its ``DreamRotaryEmbedding`` looks up, calls ``GenerationConfig.validate``
+  with a keyword its ``DreamGenerationConfig.validate`` does not take, and reads
+  ``_tied_weights_keys`` as a mapping where ``DreamModel`` declares a list;
 * tokenizer files: transformers 5 saves fast tokenizers as ``TokenizersBackend``, a class name 4.x
   does not know; :func:`save_tokenizer` writes ``PreTrainedTokenizerFast``, which both read.
 
@@ -64,6 +68,43 @@ def post_init_compatible(model_class: type) -> type:
     return type(model_class.__name__, (model_class,), {
         "__init__": __init__, "tie_weights": tie_weights, "_fdw_post_init_shim": True,
         "__module__": model_class.__module__, "__qualname__": model_class.__qualname__})
+
+
+def _default_rope(config: Any, device: Any = None, seq_len: Any = None, **_: Any):
+    """Plain rotary frequencies ``theta ** (-2i / d)`` and no scaling (transformers 4.x ``default``)."""
+    theta = getattr(config, "rope_theta", None)
+    if theta is None:
+        theta = (getattr(config, "rope_parameters", None) or {}).get("rope_theta", 10000.0)
+    dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    exponents = torch.arange(0, dim, 2, dtype=torch.int64).to(device=device, dtype=torch.float) / dim
+    return 1.0 / (theta ** exponents), 1.0
+
+
+def dream_module_shims(modeling: Any, *generation_modules: Any) -> None:
+    """Let a private import of Fast-dLLM's Dream modules run on the installed transformers.
+
+    Only the namespaces of the modules passed are changed (the checkout's files and transformers'
+    own tables are not): ``modeling.ROPE_INIT_FUNCTIONS`` gains the ``default`` entry transformers 5
+    removed, and each module's ``DreamGenerationConfig`` becomes a subclass whose ``validate``
+    accepts the keywords transformers 5 passes. Idempotent; nothing changes on 4.x."""
+    table = getattr(modeling, "ROPE_INIT_FUNCTIONS", None)
+    if table is not None and "default" not in table:
+        modeling.ROPE_INIT_FUNCTIONS = {**table, "default": _default_rope}
+    for module in generation_modules:
+        base = getattr(module, "DreamGenerationConfig", None)
+        if base is None or getattr(base, "_fdw_validate_shim", False) or TRANSFORMERS_VERSION.major < 5:
+            continue
+        shim = type(base.__name__, (base,), {
+            "validate": lambda self, *args, **kwargs: None, "_fdw_validate_shim": True,
+            "__module__": base.__module__, "__qualname__": base.__qualname__})
+        module.DreamGenerationConfig = shim
+    model_class = getattr(modeling, "DreamModel", None)
+    tied = getattr(model_class, "_tied_weights_keys", None)
+    if isinstance(tied, (list, tuple)) and TRANSFORMERS_VERSION.major >= 5:
+        # transformers 5: {tied parameter: its source}; tied only when the config says so.
+        modeling.DreamModel = type(model_class.__name__, (model_class,), {
+            "_tied_weights_keys": {name: "model.embed_tokens.weight" for name in tied},
+            "__module__": model_class.__module__, "__qualname__": model_class.__qualname__})
 
 
 def save_tokenizer(tokenizer: Any, directory: Union[str, Path]) -> None:

@@ -124,6 +124,7 @@ def _config_file(path: Optional[str]) -> Dict[str, Any]:
 
 def prepare_namespace(ns: argparse.Namespace) -> argparse.Namespace:
     """Apply our defaults and flags to lm-eval's parsed arguments; validate our model args."""
+    from .lm_eval_dream import DREAM_MODEL_NAME, dream_model_args
     from .lm_eval_model import MODEL_NAME, UPSTREAM_ARGS, EvalSettings
 
     overrides = _our_overrides(ns)
@@ -139,10 +140,10 @@ def prepare_namespace(ns: argparse.Namespace) -> argparse.Namespace:
     if ns.include_path:
         include.append(ns.include_path)
     ns.include_path = include
-    if ns.model != MODEL_NAME:
+    if ns.model not in (MODEL_NAME, DREAM_MODEL_NAME):
         if overrides:
             raise UsageError(f"{', '.join(_flag(k) for k in overrides)} only apply to "
-                             f"--model {MODEL_NAME}, not {ns.model}.")
+                             f"--model {MODEL_NAME} or {DREAM_MODEL_NAME}, not {ns.model}.")
         return ns
     model_args = dict(ns.model_args or {})
     if "cache" in overrides:  # the flag wins over upstream's booleans in --model_args
@@ -158,6 +159,8 @@ def prepare_namespace(ns: argparse.Namespace) -> argparse.Namespace:
     merged = {"batch_size": ns.batch_size, "device": ns.device, "max_batch_size": ns.max_batch_size}
     merged = {k: v for k, v in merged.items() if v is not None}
     merged.update(model_args)
+    if ns.model == DREAM_MODEL_NAME:  # Dream eval.py's names -> ours
+        merged = dream_model_args(merged)[0]
     EvalSettings.from_model_args(merged)  # raises ConfigError before anything is loaded
     return ns
 
@@ -233,7 +236,7 @@ def _package_logging() -> Iterator[None]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run lm-eval with ``llada_warmstart``; returns the exit status."""
-    from . import lm_eval_model  # noqa: F401  (registers llada_warmstart)
+    from . import lm_eval_dream  # noqa: F401  (registers dream_warmstart and llada_warmstart)
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["run"]:  # accept `lm-eval run`-style invocations too

@@ -17,7 +17,9 @@ from typing import Any, Callable, Dict, Mapping, Optional
 from .config import ConfigError, RunConfig, configs_from_flat, flat_fields, parse_flat_value
 
 SECTION_TITLES = {"decode": "decoding (Fast-dLLM)", "warm": "warm start", "remask": "confidence remask",
-                  "aux": "auxiliary proposer", "residual": "residual context (RCD)"}
+                  "aux": "auxiliary proposer", "residual": "residual context (RCD)",
+                  "wino": "WINO decoding (wide-in, narrow-out)",
+                  "apd": "adaptive parallel decoding (APD)"}
 
 
 def flag_name(key: str, rename: Optional[Mapping[str, str]] = None) -> str:

@@ -45,6 +45,7 @@ from lm_eval.api.registry import register_model
 from . import __version__
 from .chat_template import use_chat_template
 from .config import ConfigError
+from .engine.protocol import canvas_logits
 from .lm_eval_utils import (MODEL_NAME, SPEED_FIELDS, UPSTREAM_ARGS, AnswerStore, EvalSettings,
                             all_gather, answer_record, barrier, format_speed_table, gather_object,
                             hook_variables, init_distributed, launcher_ranks, request_key,
@@ -326,8 +327,10 @@ class LLaDAWarmStartLM(LM):
 
         1. Key each request (prompt + run settings); identical requests are decoded once (lm-eval
            pads ranks with repeated requests).
-        2. Reuse answers found in ``save_dir``; decode the rest in batches of ``batch_size``,
-           appending each finished batch to ``save_dir``.
+        2. Reuse answers found in ``save_dir``; hand the rest to the runner at once: one
+           continuous batch of ``batch_size`` rows where it refills (``batching``), else static
+           batches of ``batch_size``. Each answer is appended to ``save_dir`` as it completes
+           (a static batch's at its end), so an interrupted run loses at most the rows in flight.
         3. Cut each answer by its request's ``max_gen_toks`` / ``until``.
         4. Record one speed row per distinct decode of each task and merge them on rank 0.
         """
@@ -350,18 +353,18 @@ class LLaDAWarmStartLM(LM):
                 logger.info("save_dir: reusing %d of %d answers from %s.", len(done), len(unique),
                             self._store.dir)
         pending = [k for k in unique if k not in done]
-        bs = self.settings.batch_size
-        batches = [pending[i:i + bs] for i in range(0, len(pending), bs)]
-        bar = tqdm(total=len(pending), desc=f"{MODEL_NAME} generate (rank {self._rank})",
-                   disable=disable_tqdm or self._rank != 0 or not pending)
-        for batch in batches:
-            results = self.runner.generate([unique[k] for k in batch], batch_size=bs,
-                                           apply_chat_template=chat)
-            records = [answer_record(k, r) for k, r in zip(batch, results)]
+
+        def save(results: List[Tuple[int, Any]]) -> None:
+            records = [answer_record(pending[i], r) for i, r in results]
             if self._store is not None:
                 self._store.append(records)
             done.update((r["key"], r) for r in records)
-            bar.update(len(batch))
+
+        bar = tqdm(total=len(pending), desc=f"{MODEL_NAME} generate (rank {self._rank})",
+                   disable=disable_tqdm or self._rank != 0 or not pending)
+        if pending:
+            self.runner.generate([unique[k] for k in pending], batch_size=self.settings.batch_size,
+                                 apply_chat_template=chat, progress=bar, on_results=save)
         bar.close()
         # 3. Answers.
         answers = [self._finish_answer(done[k], req.args[1]) for k, req in zip(keys, requests)]
@@ -375,7 +378,8 @@ class LLaDAWarmStartLM(LM):
             row = {f: done[key][f] for f in SPEED_FIELDS}
             row.update(warm=done[key]["warm"], fallback=done[key]["fallback"],
                        cached=bool(done[key].get("cached")),
-                       injected=done[key].get("injected", 0), revoked=done[key].get("revoked", 0))
+                       injected=done[key].get("injected", 0), revoked=done[key].get("revoked", 0),
+                       model_calls=done[key].get("model_calls"))
             local_rows[str(req.task_name)].append(row)
         self._merge_speed(local_rows)
         return answers
@@ -447,7 +451,7 @@ class LLaDAWarmStartLM(LM):
             is_mask = order < counts.unsqueeze(1)  # (b, C)
             noisy = seq.repeat(b, 1)  # (b, L)
             noisy[:, n_ctx:][is_mask] = self.mask_id
-            logits = self.model(input_ids=noisy.to(self._device)).logits[:, n_ctx:]  # (b, C, V)
+            logits = canvas_logits(self.model, noisy.to(self._device))[:, n_ctx:]  # (b, C, V)
             logp = F.log_softmax(logits.float(), dim=-1).cpu()
             token_logp = logp.gather(-1, target.expand(b, -1).unsqueeze(-1)).squeeze(-1)  # (b, C)
             # 3. Importance weight C / l.
@@ -463,7 +467,7 @@ class LLaDAWarmStartLM(LM):
                            device=self._device).unsqueeze(0)  # (1, L)
         for _ in range(len(cont)):
             masked = seq[0] == self.mask_id  # (L,)
-            probs = torch.softmax(self.model(input_ids=seq).logits[0].float(), dim=-1)  # (L, V)
+            probs = torch.softmax(canvas_logits(self.model, seq)[0].float(), dim=-1)  # (L, V)
             conf, pred = probs.max(dim=-1)  # (L,)
             conf = conf.masked_fill(~masked, -1.0)
             pos = int(conf.argmax())

@@ -22,6 +22,7 @@ import torch
 
 from .config import FLAT_KEYS, ConfigError, RunConfig, configs_from_flat
 from .jsonl_store import JsonlStore
+from .loading import resolve_device as checked_device
 
 logger = logging.getLogger(__name__)
 
@@ -219,17 +220,16 @@ def launcher_ranks() -> Tuple[int, int, int]:
 
 
 def resolve_device(requested: Optional[str], world_size: int, local_rank: int) -> torch.device:
-    has_cuda = torch.cuda.is_available()
-    if requested is None:
-        requested = "cuda" if has_cuda else "cpu"
-    if requested.startswith("cuda"):
-        if not has_cuda:
-            # lm-eval's CLI passes device=cuda:0 unless told otherwise.
-            logger.warning("device=%s requested but CUDA is not available; using cpu.", requested)
-            return torch.device("cpu")
-        if world_size > 1:
-            return torch.device(f"cuda:{local_rank}")
-    return torch.device(requested)
+    """:func:`fastdllm_warmstart.loading.resolve_device` as lm-eval asks for a device: CUDA that
+    is not there falls back to the CPU with a warning (lm-eval's CLI passes ``device=cuda:0``
+    unless told otherwise), and with several processes each takes the GPU of its local rank."""
+    if requested and requested.startswith("cuda") and not torch.cuda.is_available():
+        logger.warning("device=%s requested but CUDA is not available; using cpu.", requested)
+        return torch.device("cpu")
+    device = checked_device(requested)
+    if device.type == "cuda" and world_size > 1:
+        return torch.device(f"cuda:{local_rank}")
+    return device
 
 
 def init_distributed(device: torch.device, world_size: int) -> None:
@@ -318,16 +318,7 @@ def request_key(prompt: str, chat: bool, fingerprint: str) -> str:
 
 def answer_record(key: str, result: Any) -> Dict[str, Any]:
     """One generation (a runner result) as the answer store keeps it."""
-    return {
-        "key": key, "prompt": result.prompt, "text": result.text,
-        "token_ids": [int(t) for t in result.token_ids],
-        "nfe": int(result.nfe), "gen_tokens": int(result.gen_tokens),
-        "dllm_seconds": float(result.dllm_seconds), "aux_seconds": float(result.aux_seconds),
-        "warm": bool(result.warm), "fallback": result.fallback,
-        "proposal_text": result.proposal_text,
-        "injected": int(getattr(result, "injected", 0) or 0),
-        "revoked": int(getattr(result, "revoked", 0) or 0),
-    }
+    return {"key": key, **result.to_record()}
 
 
 # --------------------------------------------------------------------------------------------
@@ -341,8 +332,11 @@ def summarize_speed(rows: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
     """Per-task speed summary from one row per generated request.
 
     ``gen_tokens`` counts answer tokens only (no prompt, no EOS padding); ``tokens_per_second``
-    divides them by dLLM plus aux time. Rows reused from ``save_dir`` keep the numbers measured
-    when they were generated and are counted in ``cached``.
+    divides them by dLLM plus aux time. ``calls_per_answer`` is the batch forward calls per
+    answer (each call split among the rows it computed; None when a row has no count, as answers
+    saved by an older version): beside ``nfe_mean`` it shows what the batch structure costs.
+    Rows reused from ``save_dir`` keep the numbers measured when they were generated and are
+    counted in ``cached``.
     """
     n = len(rows)
     totals = {f: float(sum(r[f] for r in rows)) for f in SPEED_FIELDS}
@@ -358,6 +352,8 @@ def summarize_speed(rows: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
         "gen_tokens_total": int(totals["gen_tokens"]),
         "gen_tokens_mean": totals["gen_tokens"] / n if n else 0.0,
         "tokens_per_nfe": totals["gen_tokens"] / totals["nfe"] if totals["nfe"] else 0.0,
+        "calls_per_answer": (sum(r["model_calls"] for r in rows) / n if n and all(
+            r.get("model_calls") is not None for r in rows) else None),
         "dllm_seconds": totals["dllm_seconds"],
         "aux_seconds": totals["aux_seconds"],
         "tokens_per_second": totals["gen_tokens"] / seconds if seconds > 0 else 0.0,
@@ -373,11 +369,13 @@ def summarize_speed(rows: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
 
 def format_speed_table(speed: Mapping[str, Mapping[str, Any]]) -> str:
     """A markdown table of :func:`summarize_speed` results by task, then any fallback reasons."""
-    header = ["Task", "n", "NFE mean", "gen tokens mean", "tokens/NFE", "dLLM s", "aux s",
-              "tokens/s", "warm", "fallbacks", "cached"]
+    header = ["Task", "n", "NFE mean", "calls/answer", "gen tokens mean", "tokens/NFE", "dLLM s",
+              "aux s", "tokens/s", "warm", "fallbacks", "cached"]
     rows = [header, ["---"] * len(header)]
     for task, s in speed.items():
-        rows.append([task, str(s["samples"]), f"{s['nfe_mean']:.2f}", f"{s['gen_tokens_mean']:.2f}",
+        calls = s.get("calls_per_answer")
+        rows.append([task, str(s["samples"]), f"{s['nfe_mean']:.2f}",
+                     "-" if calls is None else f"{calls:.2f}", f"{s['gen_tokens_mean']:.2f}",
                      f"{s['tokens_per_nfe']:.3f}", f"{s['dllm_seconds']:.2f}",
                      f"{s['aux_seconds']:.2f}", f"{s['tokens_per_second']:.1f}", str(s["warm"]),
                      str(s["fallbacks"]), str(s["cached"])])

@@ -1,8 +1,12 @@
-"""Loading the diffusion LM: the embedded tiny model, or a LLaDA checkpoint.
+"""Loading the diffusion LM: the embedded tiny model, or a LLaDA or Dream checkpoint.
 
 A LLaDA checkpoint (``model_type: llada``) is loaded with the ``LLaDAModelLM`` class of the user's
 Fast-dLLM checkout when one is found (it has the KV cache the prefix/dual strategies need), else
-with the checkpoint's own remote code (``trust_remote_code``), which may lack a KV cache.
+with the checkpoint's own remote code (``trust_remote_code``), which may lack a KV cache. A Dream
+checkpoint (``model_type: Dream``) likewise with the checkout's ``DreamModel`` (``dream/`` or
+``v1/dream/``), else its remote code (no cache: ``cache='none'`` only). ``model_type: tiny_dream``
+is the tiny Dream-protocol test model. The engine reads the family from the loaded model's config
+(:func:`fastdllm_warmstart.engine.protocol.protocol_for`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import torch
 
 from .assets import DLLM_NAME, asset_path
 from .compat import dtype_kwargs, post_init_compatible
+from .engine.protocol import DREAM_MODEL_TYPES
 from .upstream import find_upstream
 from .verbosity import quiet_loading
 
@@ -81,7 +86,7 @@ def load_dllm(model_path: Optional[str] = None, *, device: Optional[str] = "cpu"
 def _load_dllm(model_path, *, device, dtype, fast_dllm_path):
     from transformers import AutoTokenizer
 
-    from .models import TinyLLaDAModelLM
+    from .models import TinyDreamModelLM, TinyLLaDAModelLM
 
     # None / "embedded": the embedded tiny dLLM; "embedded:NAME": another embedded model
     # (e.g. "embedded:tiny-dllm-rcd"); anything else: a checkpoint folder.
@@ -100,10 +105,13 @@ def _load_dllm(model_path, *, device, dtype, fast_dllm_path):
     config = _read_config(path)
     dev = resolve_device(device)
     model_type = config.get("model_type")
-    if model_type == "tiny_llada":
+    if model_type in ("tiny_llada", "tiny_dream"):
         torch_dtype = resolve_dtype(dtype, dev, large=False)
-        model = TinyLLaDAModelLM.from_pretrained(str(path), **dtype_kwargs(torch_dtype))
+        cls = TinyLLaDAModelLM if model_type == "tiny_llada" else TinyDreamModelLM
+        model = cls.from_pretrained(str(path), **dtype_kwargs(torch_dtype))
         tokenizer = AutoTokenizer.from_pretrained(str(path))
+    elif model_type in DREAM_MODEL_TYPES:
+        model, tokenizer = _load_dream(path, resolve_dtype(dtype, dev, large=True), fast_dllm_path)
     elif model_type == "llada":
         torch_dtype = resolve_dtype(dtype, dev, large=True)
         upstream = find_upstream(fast_dllm_path)
@@ -120,8 +128,8 @@ def _load_dllm(model_path, *, device, dtype, fast_dllm_path):
                                               **dtype_kwargs(torch_dtype))
         tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=True)
     else:
-        raise ModelLoadError(f"{path} holds a {model_type!r} model; expected a masked-diffusion LM "
-                             "(model_type 'llada' or 'tiny_llada').")
+        raise ModelLoadError(f"{path} holds a {model_type!r} model; expected a diffusion LM "
+                             "(model_type 'llada', 'Dream', 'tiny_llada' or 'tiny_dream').")
     model = model.to(dev).eval()
     model_id = embedded_model_id(name, path) if embedded else str(model_path)
     asked = str(model_path).split("@", 1)[1] if embedded and model_path and "@" in str(model_path) else None
@@ -130,6 +138,23 @@ def _load_dllm(model_path, *, device, dtype, fast_dllm_path):
                        "since that id was written); results will differ from those recorded with it.",
                        model_path, model_id)
     return model, tokenizer, model_id
+
+
+def _load_dream(path: Path, torch_dtype: torch.dtype, fast_dllm_path: Optional[str]):
+    """A Dream checkpoint with the checkout's ``DreamModel`` when one is found, else its remote code."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from .upstream_dream import find_upstream_dream
+
+    upstream = find_upstream_dream(fast_dllm_path)
+    if upstream is not None:
+        logger.info("Loading %s with DreamModel from %s", path, upstream.root)
+        model = upstream.model_class.from_pretrained(str(path), **dtype_kwargs(torch_dtype))
+    else:
+        logger.warning("No Fast-dLLM checkout found: loading %s with its own remote code; prefix/dual "
+                       "cache need Fast-dLLM's DreamModel (set FAST_DLLM_PATH).", path)
+        model = AutoModel.from_pretrained(str(path), trust_remote_code=True, **dtype_kwargs(torch_dtype))
+    return model, AutoTokenizer.from_pretrained(str(path), trust_remote_code=True)
 
 
 def embedded_model_id(name: str, path: Path) -> str:
@@ -186,6 +211,12 @@ def check_cache_support(model, cache: str) -> None:
     """Clear error when the model cannot run the asked-for cache strategy."""
     if cache == "none":
         return
+    module = getattr(type(model), "__module__", "") or ""
+    if getattr(getattr(model, "config", None), "model_type", None) in DREAM_MODEL_TYPES and \
+            not module.startswith("fast_dllm_dream_"):
+        raise ModelLoadError(f"cache={cache!r} needs Fast-dLLM's DreamModel (its keys/values and dual "
+                             "cache); this Dream model was loaded from its own code. Use --cache none, or "
+                             "set FAST_DLLM_PATH / --fast-dllm-path to a Fast-dLLM checkout.")
     params = inspect.signature(model.forward).parameters
     missing = [name for name in ("past_key_values", "use_cache") if name not in params]
     if cache == "dual" and "replace_position" not in params:

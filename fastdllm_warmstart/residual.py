@@ -59,6 +59,7 @@ class ResidualContext(DecodeCallback):
     """Feeds entropy-weighted soft residuals of the previous prediction at masked positions."""
 
     supports_refill = True  # a refilled row's stream starts afresh (on_refill)
+    uses_block_step = False
 
     def __init__(self, t_res: float = 1.0, start: str = "zeros", reference: Optional[Any] = None):
         if not 0.0 < t_res <= 10.0:

@@ -9,7 +9,8 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, List, Optional, Sequence
+from functools import partial
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -17,6 +18,7 @@ from .chat_template import as_user_turn, use_chat_template
 from .config import RunConfig
 from .engine import CallbackList, DecodeCallback, generate
 from .engine.loop import resolve_special_ids
+from .engine.protocol import protocol_for
 from .engine.rows import resolve_batching
 from .loading import check_cache_support, load_dllm, model_max_length, tune_cpu_threads
 from .warmstart import build_callbacks, proposals_to_tensor, warn_unread_soft_inputs
@@ -42,7 +44,23 @@ class GenerationResult:
     injected: int = 0               # prior tokens put on the canvas (token injection)
     revoked: int = 0                # priors revoked by the remask step
     accepted: int = 0               # draft tokens committed by a verification rule
+    aux_forwards: int = 0           # aux forwards that scored this row while decoding (APD)
     extra: dict = field(default_factory=dict)
+
+    def to_record(self) -> Dict[str, Any]:
+        """Every field but ``extra``, under its own name (the lm-eval answer store's record)."""
+        record = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        record["token_ids"] = [int(t) for t in self.token_ids]
+        return record
+
+    def to_row(self) -> Dict[str, Any]:
+        """The answer and its costs under the short names of the bench's rows and of
+        ``generate --json`` (``answer``, ``dllm_s``, ``aux_s``, ``proposal``)."""
+        return {"answer": self.text, "nfe": self.nfe, "gen_tokens": self.gen_tokens,
+                "dllm_s": self.dllm_seconds, "aux_s": self.aux_seconds, "model_calls": self.model_calls,
+                "warm": self.warm, "fallback": self.fallback, "proposal": self.proposal_text,
+                "injected": self.injected, "revoked": self.revoked, "accepted": self.accepted,
+                "aux_forwards": self.aux_forwards}
 
 
 class PromptTooLongError(ValueError):
@@ -188,12 +206,21 @@ class WarmStartRunner:
     def _config(self, config: Optional[RunConfig]) -> RunConfig:
         """``config``, or the runner's own for None; anything else is refused in one line."""
         if config is None:
-            return self.config
+            return self.resolve(self.config)
         if not isinstance(config, RunConfig):
             raise TypeError(f"config must be a RunConfig (or None for the runner's own), got "
                             f"{type(config).__name__}; pass batch_size= by keyword.")
         check_cache_support(self.model, config.decode.cache)
-        return config
+        return self.resolve(config)
+
+    def resolve(self, config: RunConfig) -> RunConfig:
+        """``config`` with its model-dependent defaults made explicit for this model: the
+        ``auto`` remask rule (spec where the model takes transient queries, else chain) and the
+        rule's own ``tau_accept``; what decodes, and what result files record."""
+        transient = (bool(getattr(self.model, "supports_transient_queries", False))
+                     and protocol_for(self.model).supports_transient)
+        remask = config.remask.resolved(transient)
+        return config if remask is config.remask else dataclasses.replace(config, remask=remask)
 
     def batching(self, config: Optional[RunConfig] = None) -> str:
         """``static`` or ``refill``: how :meth:`generate` decodes with ``config`` (its
@@ -207,11 +234,18 @@ class WarmStartRunner:
 
     def generate_batch(self, prompts: Sequence[str], config: Optional[RunConfig] = None, *,
                        apply_chat_template: Optional[bool] = None, proposer: Any = None,
-                       batch_size: Optional[int] = None, progress: Any = None) -> List[GenerationResult]:
+                       batch_size: Optional[int] = None, progress: Any = None,
+                       on_results: Optional[Callable[[List[Tuple[int, GenerationResult]]], None]] = None
+                       ) -> List[GenerationResult]:
         """Decode ``prompts`` in one engine call with ``config`` (None: the runner's default).
         ``proposer`` (anything with ``propose(prompts, gen_length)``) replaces the one built from
         ``config.aux``. ``batch_size`` caps the rows decoded at once with continuous batching
-        (``config.decode.batching``; None = all); a static batch takes every prompt at once."""
+        (``config.decode.batching``; None = all); a static batch takes every prompt at once.
+        ``on_results`` gets ``(index, result)`` pairs as answers complete (with continuous batching
+        while the call runs, so a caller can save them; a static batch's at the end), and
+        ``progress`` (a tqdm bar) advances with them. With continuous batching an answer's
+        ``dllm_seconds`` is its share of the time since the previous answers were handed in, so
+        the shares add up to the call's time as they do for a static batch."""
         config = self._config(config)
         d = config.decode
         # Length first: an over-long prompt fails before the aux model drafts anything for it.
@@ -220,54 +254,83 @@ class WarmStartRunner:
         proposals, records = self._proposals(prompts, config, proposer)
         warn_unread_soft_inputs(self.model, config)
         callbacks = build_callbacks(config, proposals, self.reference_model(config)) + self.extra_callbacks
-        if progress is not None:
-            callbacks.append(_Progress(progress))
+        results: dict = {}
+        clock = [0.0]
+
+        def hand_in(problems, sequences, nfe, stats) -> None:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            now = time.perf_counter()
+            seconds, clock[0] = (now - clock[0]) / max(len(problems), 1), now
+            counts = {k: stats[k].tolist() for k in ("injected", "revoked", "accepted", "aux_forwards")
+                      if k in stats}
+            done = [(i, self._result(prompts[i], row, n, calls, seconds, records[i],
+                                     proposals is not None and bool((proposals[i] >= 0).any()), config,
+                                     {k: int(v[j]) for k, v in counts.items()}))
+                    for j, (i, row, n, calls) in enumerate(zip(
+                        problems.tolist(), sequences[:, -d.gen_length:].tolist(), nfe.tolist(),
+                        stats["model_calls"].tolist()))]
+            results.update(done)
+            if progress is not None:
+                progress.update(len(done))
+            if on_results is not None:
+                on_results(done)
+
+        if config.apd.enabled:  # APD owns the commit: the aux accepts the dLLM's agreeing prefix
+            callbacks.append(self._apd(config, prompts))
+        threshold, transfer_fn = d.threshold, None
+        if config.wino.enabled:  # WINO's wide-in is the commit rule
+            from .wino.decoding import wide_in_rule
+
+            threshold, transfer_fn = config.wino.tau_in, wide_in_rule(config.wino)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        start = time.perf_counter()
-        out = generate(self.model, input_ids, steps=d.steps, gen_length=d.gen_length,
-                       block_length=d.block_length, temperature=d.temperature, remasking=d.remasking,
-                       mask_id=self.mask_id, threshold=d.threshold, factor=d.factor, cache=d.cache,
-                       callbacks=callbacks, loop_variant=d.loop_variant, eos_id=self.eos_id,
-                       pad_id=self.pad_id, early_stop=d.early_stop, skip_done_rows=d.skip_done_rows,
-                       seed=config.warm.seed, fast_dllm_path=self.fast_dllm_path,
-                       batching=d.batching, batch_size=batch_size)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        elapsed = time.perf_counter() - start
-        if progress is not None:
-            progress.update(len(prompts) - callbacks[-1].reported)
-        generated = out.generated.tolist()
-        injected = out.stats.get("injected")
-        revoked = out.stats.get("revoked")
-        accepted = out.stats.get("accepted")
-        calls = out.stats["model_calls"].tolist()
-        results = []
-        for i, prompt in enumerate(prompts):
-            text, n_tokens = self._decode_row(generated[i])
-            rec = records[i]
-            warm = proposals is not None and bool((proposals[i] >= 0).any())
-            fallback = None
-            if config.warm.enabled and not warm:
-                fallback = getattr(rec, "error", None) or "no proposal"
-            results.append(GenerationResult(
-                prompt=prompt, text=text, token_ids=generated[i], nfe=int(out.nfe[i]),
-                gen_tokens=n_tokens, dllm_seconds=elapsed / len(prompts), model_calls=calls[i],
-                aux_seconds=float(getattr(rec, "aux_seconds", 0.0) or 0.0), warm=warm,
-                fallback=fallback, proposal_text=getattr(rec, "text", None),
-                injected=int(injected[i]) if injected is not None else 0,
-                accepted=int(accepted[i]) if accepted is not None else 0,
-                revoked=int(revoked[i]) if revoked is not None else 0,
-            ))
-        return results
+        clock[0] = time.perf_counter()
+        generate(self.model, input_ids, steps=d.steps, gen_length=d.gen_length,
+                 block_length=d.block_length, temperature=d.temperature, remasking=d.remasking,
+                 mask_id=self.mask_id, threshold=threshold, factor=d.factor, cache=d.cache,
+                 transfer_fn=transfer_fn, callbacks=callbacks, loop_variant=d.loop_variant, eos_id=self.eos_id,
+                 pad_id=self.pad_id, early_stop=d.early_stop, skip_done_rows=d.skip_done_rows,
+                 seed=config.warm.seed, fast_dllm_path=self.fast_dllm_path,
+                 batching=d.batching, batch_size=batch_size, on_answers=hand_in)
+        return [results[i] for i in range(len(prompts))]
+
+    def _result(self, prompt: str, token_ids: List[int], nfe: int, model_calls: float, seconds: float,
+                record: Any, warm: bool, config: RunConfig, counts: Dict[str, int]) -> GenerationResult:
+        """One answer: the generation region's ids decoded, with its costs and its proposal's."""
+        text, n_tokens = self._decode_row(token_ids)
+        fallback = None
+        if config.warm.enabled and not warm:
+            fallback = getattr(record, "error", None) or "no proposal"
+        return GenerationResult(
+            prompt=prompt, text=text, token_ids=token_ids, nfe=int(nfe), gen_tokens=n_tokens,
+            dllm_seconds=seconds, model_calls=float(model_calls),
+            aux_seconds=float(getattr(record, "aux_seconds", 0.0) or 0.0), warm=warm,
+            fallback=fallback, proposal_text=getattr(record, "text", None), **counts)
+
+    def _apd(self, config: RunConfig, prompts: Sequence[str]) -> DecodeCallback:
+        """APD's commit callback, with the aux model of ``config.aux`` as its AR verifier."""
+        from .apd.decoding import build_apd
+        from .chat_template import as_user_turn
+        from .config import ConfigError
+
+        aux = self.proposer_for(config.aux)
+        if getattr(aux, "model", None) is None:
+            raise ConfigError("apd needs an aux model to score the dLLM's runs; unset proposals "
+                              "(a file of drafts cannot score anything) and set aux_model if needed.")
+        render = (lambda text: as_user_turn(aux.tokenizer, text)) if aux.use_chat_template else None
+        return build_apd(config, aux.model, aux.tokenizer, self.tokenizer, list(prompts), render=render)
 
     def generate(self, prompts: Sequence[str], config: Optional[RunConfig] = None, *,
                  batch_size: int = 8, apply_chat_template: Optional[bool] = None, progress: Any = None,
-                 proposer: Any = None) -> List[GenerationResult]:
+                 proposer: Any = None,
+                 on_results: Optional[Callable[[List[Tuple[int, GenerationResult]]], None]] = None
+                 ) -> List[GenerationResult]:
         """Decode ``prompts`` with ``config`` (None: the runner's default), ``batch_size`` rows at a
         time: one continuous batch over every prompt where :meth:`batching` says ``refill``, else
         static batches of ``batch_size``. ``progress`` is an optional tqdm bar; ``proposer`` see
-        :meth:`generate_batch`."""
+        :meth:`generate_batch`; ``on_results`` gets ``(index into prompts, result)`` pairs as
+        answers complete (each static batch's at its end)."""
         if isinstance(prompts, str):
             raise TypeError("generate() takes a list of prompts; wrap a single prompt in a list.")
         if batch_size < 1:
@@ -279,25 +342,17 @@ class WarmStartRunner:
             # Decided once: the engine must not fall back to one static batch of every prompt.
             refill = dataclasses.replace(config, decode=dataclasses.replace(config.decode, batching="refill"))
             return self.generate_batch(list(prompts), refill, apply_chat_template=apply_chat_template,
-                                       proposer=proposer, batch_size=batch_size, progress=progress)
+                                       proposer=proposer, batch_size=batch_size, progress=progress,
+                                       on_results=on_results)
         results: List[GenerationResult] = []
         for start in range(0, len(prompts), batch_size):
             chunk = list(prompts[start:start + batch_size])
+            shifted = None if on_results is None else partial(_shifted, on_results, start)
             results.extend(self.generate_batch(chunk, config, apply_chat_template=apply_chat_template,
-                                               proposer=proposer))
-            if progress is not None:
-                progress.update(len(chunk))
+                                               proposer=proposer, progress=progress, on_results=shifted))
         return results
 
 
-class _Progress(DecodeCallback):
-    """Advances a progress bar as a continuous batch hands in answers (at each refill)."""
-
-    supports_refill = True
-
-    def __init__(self, bar: Any):
-        self.bar, self.reported = bar, 0
-
-    def on_refill(self, state) -> None:
-        self.bar.update(int(state.refilled.numel()))
-        self.reported += int(state.refilled.numel())
+def _shifted(on_results: Callable, start: int, done: List[Tuple[int, GenerationResult]]) -> None:
+    """``on_results`` for a chunk of prompts starting at ``start``: indices into all prompts."""
+    on_results([(start + i, r) for i, r in done])

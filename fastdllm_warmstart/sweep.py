@@ -2,7 +2,8 @@
 
 1. Read the preset: ``base`` settings for every point, then ``series``, each a name, a ``kind``
    (``reference``: the cold baseline's own trade-off curve, usually a threshold sweep; ``paper``:
-   the paper's configurations; ``ours``: the rules under study; ``control``: an ablation that
+   the paper's configurations; ``peer``: another published method (WINO, APD); ``ours``: the
+   rules under study; ``control``: an ablation that
    separates a method's effect from a confound), fixed ``settings`` and a ``vary``
    grid (the cartesian product of its lists gives the series' points).
 2. Run every point as a bench mode on the same problems with the same proposals (drafted once and
@@ -11,6 +12,8 @@
    aux seconds, the resolved config) and draw two panels: accuracy vs mean NFE (the cold threshold
    curve as the reference, the paper's points marked, the Pareto frontier of all points drawn) and
    accuracy vs wall-clock per problem including the aux model.
+4. AUP (:mod:`.aup`) of every series, d3LLM's and with the aux model's cost counted, in each
+   point's record, in the meta line (``aup``) and in the plot's legend.
 """
 
 from __future__ import annotations
@@ -21,11 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from .aup import sweep_aup
 from .bench import BenchSettings
 from .input_files import check_settings, line_of, read_json
 from .jsonl_store import InputFileError
 
-KINDS = ("reference", "paper", "ours", "control")
+KINDS = ("reference", "paper", "peer", "ours", "control")
 
 
 def _format_value(v: Any) -> str:
@@ -44,7 +48,7 @@ def expand_preset(preset: Dict[str, Any], path: Optional[str] = None) -> List[Di
 
     if not isinstance(preset, dict) or not isinstance(preset.get("series"), list) or not preset["series"]:
         raise bad('A sweep preset is a JSON object {"base": {...}, "series": [{"name": ..., '
-                  '"kind": "reference|paper|ours|control", "settings": {...}, "vary": {key: [values]}}]}.',
+                  '"kind": "reference|paper|peer|ours|control", "settings": {...}, "vary": {key: [values]}}]}.',
                   preset)
     base = preset.get("base", {})
     points, seen = [], set()
@@ -100,20 +104,29 @@ def plot_sweep(records: List[Dict[str, Any]], path: str, title: Optional[str] = 
     fig, axes = plt.subplots(1, 2, figsize=(12, 5))
     styles = {"reference": dict(marker="o", color="black", linestyle="-"),
               "paper": dict(marker="*", markersize=12, linestyle="none"),
-              "ours": dict(marker="s", linestyle=":"), "control": dict(marker="x", color="gray", linestyle="--")}
+              "peer": dict(marker="^", linestyle="-."), "ours": dict(marker="s", linestyle=":"), "control": dict(marker="x", color="gray", linestyle="--")}
     for ax, x, xlabel in ((axes[0], "mean_nfe", "mean NFE (forward passes per answer)"),
                           (axes[1], "wall_per_problem_s", "wall-clock per problem, s (dLLM + aux)")):
         series: Dict[str, List[Dict[str, Any]]] = {}
         for r in records:
             series.setdefault(r["series"], []).append(r)
+        references = 0
         for name, rows in series.items():
             kind = rows[0]["kind"]
+            style = dict(styles[kind])
+            if kind == "reference":  # the first reference curve black, further ones grey and dashed
+                if references:
+                    style.update(color="grey", marker="D", linestyle="--")
+                references += 1
             rows = sorted(rows, key=lambda r: r[x])
             xs = [r[x] for r in rows]
             ys = [r["accuracy"] for r in rows]
             err = [[r["accuracy"] - r["accuracy_ci95"][0] for r in rows],
                    [r["accuracy_ci95"][1] - r["accuracy"] for r in rows]]
-            ax.errorbar(xs, ys, yerr=err, capsize=2, label=f"{name} ({kind})", **styles[kind])
+            label = f"{name} ({kind})"
+            if rows[0].get("aup") is not None:
+                label += f" AUP {rows[0]['aup']:.0f} / {rows[0]['aup_with_aux']:.0f} incl. aux"
+            ax.errorbar(xs, ys, yerr=err, capsize=2, label=label, **style)
         front = pareto_front(records, x)
         ax.step([p[x] for p in front], [p["accuracy"] for p in front], where="post", color="grey",
                 alpha=0.5, linewidth=3, label="Pareto frontier")
@@ -153,6 +166,9 @@ def run_sweep(settings: SweepSettings) -> List[Dict[str, Any]]:
         wall = (timed["dllm_s_median"] * len(rec["seeds"]) + rec["aux_s"]) if timed else rec["wall_s"]
         rec["wall_per_problem_s"] = wall / max(1, rec["n"])
         out_records.append(rec)
+    aup = sweep_aup(out_records)
+    for rec in out_records:
+        rec.update({k: aup["series"][rec["series"]][k] for k in ("aup", "aup_with_aux")})
     meta = {k: result[k] for k in ("command", "data", "n_problems", "seeds", "model", "aux_model",
                                    "batch_size", "device", "threads", "versions", "fingerprint", "repeats")
             if k in result}
@@ -160,7 +176,7 @@ def run_sweep(settings: SweepSettings) -> List[Dict[str, Any]]:
     path = Path(settings.out)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as fh:
-        fh.write(json.dumps({"meta": meta, "aux_only": aux}, default=str) + "\n")
+        fh.write(json.dumps({"meta": meta, "aux_only": aux, "aup": aup}, default=str) + "\n")
         for rec in out_records:
             fh.write(json.dumps(rec, default=str) + "\n")
     return out_records

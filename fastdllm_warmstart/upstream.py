@@ -185,17 +185,24 @@ def candidate_roots(explicit: Optional[str] = None):
             yield entry, False
 
 
-def find_upstream(explicit: Optional[str] = None) -> Optional[Upstream]:
-    """The user's Fast-dLLM checkout, imported; None when there is none."""
+def first_checkout(explicit: Optional[str], locate: Callable[[str], Optional[str]], load: Callable[[str], Any],
+                   what: str, expected: str) -> Any:
+    """``load(root)`` for the first candidate checkout in which ``locate`` finds ``what`` (its
+    folder); None when there is none. A path the user named that lacks it is an error saying
+    which files were ``expected``."""
     for path, named in candidate_roots(explicit):
-        root = llada_dir(path)
+        root = locate(path)
         if root is None:
             if named:
-                raise UpstreamError(f"No Fast-dLLM checkout at {path!r}: expected llada/generate.py "
-                                    "and llada/model/modeling_llada.py (or v1/llada/...). Fix the "
+                raise UpstreamError(f"No Fast-dLLM {what} at {path!r}: expected {expected}. Fix the "
                                     f"path or unset {ENV_VAR}.")
             continue
-        upstream = _import_checkout(root)
-        logger.info("Using Fast-dLLM checkout at %s", root)
-        return upstream
+        logger.info("Using Fast-dLLM %s at %s", what, root)
+        return load(root)
     return None
+
+
+def find_upstream(explicit: Optional[str] = None) -> Optional[Upstream]:
+    """The user's Fast-dLLM checkout, imported; None when there is none."""
+    return first_checkout(explicit, llada_dir, _import_checkout, "checkout",
+                          "llada/generate.py and llada/model/modeling_llada.py (or v1/llada/...)")

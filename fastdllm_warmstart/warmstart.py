@@ -96,6 +96,7 @@ class _PriorCallback(DecodeCallback):
 
     stream = 0
     supports_refill = True
+    uses_block_step = False  # the embedding schedule asks only whether block_step is 0
 
     def __init__(self, proposals: torch.Tensor, seed: int = 0):
         if proposals.dim() != 2:
@@ -192,6 +193,7 @@ class ConfidenceRemask(DecodeCallback):
 
     stream = 1
     supports_refill = True  # per-row state lives on the DecodeState, which the loop clears
+    uses_block_step = False
 
     def __init__(self, config: RemaskConfig):
         self.config = config
@@ -269,7 +271,9 @@ class ConfidenceRemask(DecodeCallback):
 
 def _remask_callback(config: RunConfig, proposals: torch.Tensor) -> DecodeCallback:
     """``--remask`` with its rule: the paper-style revoke step, or a draft-verification rule."""
-    rm = config.remask
+    # A config the runner has not resolved for its model (RemaskConfig.resolved): "auto" picks the
+    # rule every model supports.
+    rm = config.remask.resolved(transient_queries=False)
     if rm.rule == "revoke":
         return ConfidenceRemask(rm)
     from .priors import build_verifier
@@ -297,6 +301,10 @@ def build_callbacks(config: RunConfig, proposals: Optional[torch.Tensor],
                                                     schedule=warm.embed_schedule, seed=warm.seed))
         if config.remask.enabled:
             callbacks.append(_remask_callback(config, proposals))
+    if config.wino.enabled:  # after the warm start: priors it lays are judged on the shadow
+        from .wino.decoding import NarrowOut
+
+        callbacks.append(NarrowOut(tau_out=config.wino.tau_out, cap=config.wino.cap))
     if config.residual.enabled:
         from .residual import ResidualContext
 

@@ -4,8 +4,8 @@
 #   patches/apply.sh /path/to/Fast-dLLM            # apply
 #   patches/apply.sh /path/to/Fast-dLLM --revert   # remove the added files again
 #
-# The patch only adds llada/warmstart_hook.py and llada/eval_llada_warmstart.py (or v1/llada/...
-# for the newer layout); no upstream file is touched.
+# The patch only adds llada/warmstart_hook.py, llada/eval_llada_warmstart.py and
+# dream/eval_dream_warmstart.py (or v1/... for the newer layout); no upstream file is touched.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -44,7 +44,7 @@ else
 fi
 
 if [ "$mode" = "--revert" ]; then
-    echo "Removed fastdllm-warmstart's hook files from $target/llada."
+    echo "Removed fastdllm-warmstart's hook files from $target/llada and $target/dream."
 else
-    echo "Added $target/llada/warmstart_hook.py and $target/llada/eval_llada_warmstart.py."
+    echo "Added $target/llada/warmstart_hook.py, $target/llada/eval_llada_warmstart.py and $target/dream/eval_dream_warmstart.py."
 fi

@@ -1,7 +1,7 @@
 """Regenerate ``fastdllm-warmstart.patch`` from the files under ``patches/src/``.
 
 The patch only *adds* files to a Fast-dLLM checkout (diffs against /dev/null): it carries no
-upstream line, not even as context, and applies to any upstream revision that has ``llada/``.
+upstream line, not even as context, and applies to any upstream revision that has ``llada/`` (and ``dream/`` for the Dream entry point).
 
     python patches/make_patch.py          # rewrite the patch
     python patches/make_patch.py --check  # exit 1 if the patch is out of date

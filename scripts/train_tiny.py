@@ -3,6 +3,7 @@
 
     python scripts/train_tiny.py dllm --seed 0 --out fastdllm_warmstart/assets/tiny-dllm --minutes 100
     python scripts/train_tiny.py aux  --seed 0 --out fastdllm_warmstart/assets/tiny-aux  --minutes 20
+    python scripts/train_tiny.py aux  --seed 0 --out fastdllm_warmstart/assets/tiny-aux-dllmtok --tokenizer dllm
 
 * ``dllm``: :class:`fastdllm_warmstart.models.TinyLLaDAModelLM` trained with the LLaDA SFT
   masked-diffusion objective. Sequence = left-[PAD]-ded prompt ``format_prompt(q)`` + a 96-token
@@ -14,7 +15,9 @@
 * ``aux``: a tiny ``LlamaForCausalLM`` trained autoregressively on
   ``format_prompt(q) + " " + answer + "</s>"`` (loss on the completion), evaluated with greedy
   ``generate`` (max_new_tokens 128). The exported checkpoint is the one whose accuracy is closest to
-  50% within 30-70% (it must be clearly weaker than the dLLM).
+  50% within 30-70% (it must be clearly weaker than the dLLM). ``--tokenizer dllm`` trains it on the
+  tiny dLLM's tokenizer instead of its own WordPiece one, so both models share one vocabulary (APD's
+  mixture of logits needs that; the tokenizer bridge becomes the identity).
 
 For ``dllm``, ``--cache-frac`` / ``--decode-frac`` give fractions of the steps trained in the
 dual cache's stale-context state (``scripts.training.dllm_cache_loss``) and in the states the dual-cache
@@ -49,6 +52,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from fastdllm_warmstart.compat import save_tokenizer  # noqa: E402
 from fastdllm_warmstart.models import TinyLLaDAConfig, TinyLLaDAModelLM  # noqa: E402
 from fastdllm_warmstart.tasks import tinygsm  # noqa: E402
 from fastdllm_warmstart.tokenization import build_aux_tokenizer, build_dllm_tokenizer  # noqa: E402
@@ -240,7 +244,7 @@ def export(kind: str, args, tok, state: dict) -> None:
         if f.is_file() and f.name not in ("TRAINING.md",):
             f.unlink()
     model.to(torch.float16).save_pretrained(out, safe_serialization=True)
-    tok.save_pretrained(out)
+    save_tokenizer(tok, out)  # files every tested transformers release loads
     if kind == "aux":
         from transformers import GenerationConfig
         GenerationConfig(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
@@ -358,6 +362,9 @@ def main(argv=None) -> None:
                          "token string where the vocabulary changed); ignored on --resume")
     ap.add_argument("--ckpt-minutes", type=float, default=5.0)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--tokenizer", choices=["aux", "dllm"], default=None,
+                    help="aux: train on this tokenizer (default: the aux's own WordPiece one; dllm: the "
+                         "tiny dLLM's, so the two models share one vocabulary, as APD's logit mixture needs)")
     ap.add_argument("--target", type=float, default=None, help="stop once val acc >= target")
     args = ap.parse_args(argv)
     if not 0.0 <= args.cache_frac <= 1.0:
@@ -371,6 +378,8 @@ def main(argv=None) -> None:
         ap.error(f"--rf-weight {args.rf_weight}: give a positive loss weight (1 = no boost).")
     if args.group_frac is not None and not 0.0 <= args.group_frac <= 1.0:
         ap.error(f"--group-frac {args.group_frac}: give a fraction of problems in [0, 1].")
+    if args.kind == "dllm" and args.tokenizer == "aux":
+        ap.error("--tokenizer aux: the dLLM trains on its own tokenizer; drop --tokenizer.")
 
     kind = args.kind
     if args.max_events is not None:  # curriculum: the training stream and the validation draw follow it
@@ -381,26 +390,29 @@ def main(argv=None) -> None:
     if args.max_groups is not None:
         tinygsm.MAX_GROUP_EVENTS = args.max_groups
     defaults = {
-        "dllm": dict(steps=6000, batch=64, lr=2e-3, d_model=128, layers=4, eval_every=300, threads=2),
-        "aux": dict(steps=3000, batch=32, lr=3e-3, d_model=64, layers=2, eval_every=200, threads=1),
+        "dllm": dict(steps=6000, batch=64, lr=2e-3, d_model=128, layers=4, eval_every=300, threads=2,
+                     tokenizer="dllm"),
+        "aux": dict(steps=3000, batch=32, lr=3e-3, d_model=64, layers=2, eval_every=200, threads=1,
+                    tokenizer="aux"),
     }[kind]
     for k, v in defaults.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
     if args.work is None:
-        args.work = str(REPO / ".work" / f"train_{kind}_seed{args.seed}")
+        tag = "_dllmtok" if kind == "aux" and args.tokenizer == "dllm" else ""
+        args.work = str(REPO / ".work" / f"train_{kind}{tag}_seed{args.seed}")
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
-    tok = build_dllm_tokenizer() if kind == "dllm" else build_aux_tokenizer()
+    tok = build_dllm_tokenizer() if args.tokenizer == "dllm" else build_aux_tokenizer()
     hparams = {k: getattr(args, k) for k in ("steps", "batch", "lr", "warmup", "min_lr_frac", "weight_decay",
                                                "d_model", "layers", "heads", "mlp_ratio", "eval_every",
                                                "eval_n", "threads", "prefix_frac", "eq_frac", "forced_weight",
                                                "max_events", "max_groups", "cache_frac", "decode_frac",
                                                "decode_states", "decode_block", "eval_cache", "rf_weight",
-                                               "group_frac")}
+                                               "group_frac", "tokenizer")}
     hparams.update(gen_length=GEN_LENGTH, vocab_size=len(tok), device=str(device))
     ckpt_path = work / "ckpt.pt"
     command = "python " + " ".join([os.path.relpath(__file__, REPO)] + sys.argv[1:])

@@ -8,6 +8,10 @@ gets (almost) nothing. So with ``p0 < threshold`` cold decoding commits one toke
 model's marginals shrink along the block exactly as a real dLLM's do behind open choices, and the
 conditional of a target token given the target before it is always ``p0``.
 
+With ``shift=True`` it is a Dream-protocol model: the logit at input column ``c`` holds the
+beliefs about column ``c + 1`` (counting the masked generation columns up to ``c``), so an engine
+that reads the logits at the wrong column decodes the wrong tokens.
+
 It speaks the engine's model protocol in every cache mode: ``input_ids`` or ``inputs_embeds``
 (the embedding table is the identity, so an embedding's argmax is its token), ``past_key_values``
 (one dummy layer whose length is the cached length), ``replace_position`` (dual cache).
@@ -34,7 +38,7 @@ class ScriptedLM(torch.nn.Module):
     supports_padding = False
 
     def __init__(self, target: torch.Tensor, prompt_width: int, p0: float = 0.6, decay: float = 0.5,
-                 vocab: int = 40, mask_id: int = 2, eos_id: int = 3, pad_id: int = 0):
+                 vocab: int = 40, mask_id: int = 2, eos_id: int = 3, pad_id: int = 0, shift: bool = False):
         super().__init__()
         self.target = target.long()  # (B, G)
         self.P, self.p0, self.decay, self.V = prompt_width, p0, decay, vocab
@@ -43,6 +47,8 @@ class ScriptedLM(torch.nn.Module):
         with torch.no_grad():
             self.emb.weight.copy_(torch.eye(vocab))
         self.rows: Optional[torch.Tensor] = None  # which target rows the batch holds (default all)
+        self.shift = shift          # its beliefs: column c speaks about c + 1
+        self.logit_shift = shift    # what it tells the engine (protocol_for)
 
     def get_input_embeddings(self):
         return self.emb
@@ -61,6 +67,8 @@ class ScriptedLM(torch.nn.Module):
         in_gen = (g >= 0) & (g < self.target.shape[1])
         masked = (ids == mask_id) & in_gen.view(1, -1)
         before = masked.long().cumsum(1) - masked.long()  # masked generation columns before c
+        if self.shift:  # column c speaks about c + 1: the masks up to and including c
+            g, before = g + 1, masked.long().cumsum(1)
         p = (self.p0 * self.decay ** before.double())  # (B, T)
         probs = torch.full((B, T, self.V), 1e-6, dtype=torch.float64)
         tgt = self.target[:B, g.clamp(0, self.target.shape[1] - 1)]  # (B, T)
@@ -77,3 +85,27 @@ class ScriptedLM(torch.nn.Module):
 
     def parameters(self, recurse: bool = True):
         return self.emb.parameters(recurse)
+
+
+# The scripted-decoding problem the rule tests share (tests/test_priors.py, tests/test_dream.py):
+# B rows, a P-token prompt, a G-token canvas in blocks of BLOCK.
+B, P, G, BLOCK = 3, 5, 16, 8
+
+
+def scripted_problem():
+    """(target (B, G), prompt (B, P)): random ids away from the special ones, seed 0."""
+    gen = torch.Generator().manual_seed(0)
+    target = torch.randint(10, 40, (B, G), generator=gen)
+    prompt = torch.randint(10, 40, (B, P), generator=gen)
+    return target, prompt
+
+
+def verifier_rules():
+    """The draft-verification rules with the settings the rule tests use, by name."""
+    from fastdllm_warmstart.priors.accept import ThresholdAccept
+    from fastdllm_warmstart.priors.chain import ChainAccept
+    from fastdllm_warmstart.priors.prefix import AgreeingPrefix
+
+    return {"accept": lambda d: ThresholdAccept(d, tau_accept=0.3),
+            "chain": lambda d: ChainAccept(d),
+            "prefix": lambda d: AgreeingPrefix(d)}

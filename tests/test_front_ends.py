@@ -74,8 +74,9 @@ def test_every_field_carries_help():
     from fastdllm_warmstart.config import flat_fields
 
     assert all(f.metadata.get("help") for _, f in flat_fields().values())
-    assert len(flat_fields()) == sum(len(fields(t)) for t in (type(getattr(RunConfig(), s)) for s in
-                                                              ("decode", "warm", "remask", "aux", "residual")))
+    sections = [f.name for f in fields(RunConfig)]  # every section, a method's own included
+    assert len(sections) >= 6
+    assert len(flat_fields()) == sum(len(fields(type(getattr(RunConfig(), s)))) for s in sections)
 
 
 # -- input files at the door --------------------------------------------------------------------
@@ -144,6 +145,48 @@ def test_bench_resume_after_a_cut_line_reads_every_row_written_after_it(random_m
     assert partial.stat().st_size == size  # nothing decoded again
     again = json.loads(out.read_text())["records"]
     assert [(r["accuracy"], r["mean_nfe"]) for r in again] == [(r["accuracy"], r["mean_nfe"]) for r in first]
+
+
+def test_bench_with_refill_saves_rows_as_they_complete_and_resumes(random_model_dirs, tmp_path, monkeypatch):
+    """A mode decoded as one continuous batch saves each row when it is handed in: a run killed
+    after two saves keeps them, and --resume decodes only the rest, to the uninterrupted run's rows."""
+    from fastdllm_warmstart import bench
+    from fastdllm_warmstart.runner import WarmStartRunner
+
+    preset = tmp_path / "preset.json"
+    preset.write_text(json.dumps([{"mode": "cold", "settings": {"batching": "refill"}}]))
+    args = ["bench", "--model", random_model_dirs["dllm"], "--preset", str(preset), "--limit", "6",
+            "--batch-size", "2", *SMALL, "--quiet"]
+    assert main(args + ["--json", str(tmp_path / "whole.json")]) == 0
+    whole = {r["index"]: (r["answer"], r["nfe"])
+             for r in JsonlStore(tmp_path / "whole.partial.jsonl").read()[1:]}
+
+    out = tmp_path / "bench.json"
+    saves, real_add = [], bench._Progress.add
+
+    def killed_after_two_saves(progress, rows):
+        real_add(progress, rows)
+        saves.append(len(rows))
+        if len(saves) == 2:
+            raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(bench._Progress, "add", killed_after_two_saves)
+    assert main(args + ["--json", str(out)]) == 130  # the CLI's answer to an interrupt
+    kept = JsonlStore(out.with_suffix(".partial.jsonl")).read()[1:]
+    assert len(kept) == sum(saves) and 2 <= len(kept) < 6  # more than one row saved per engine call
+    monkeypatch.setattr(bench._Progress, "add", real_add)
+
+    decoded, real_batch = [], WarmStartRunner.generate_batch
+
+    def spy(self, prompts, *a, **kw):
+        decoded.append(len(prompts))
+        return real_batch(self, prompts, *a, **kw)
+
+    monkeypatch.setattr(WarmStartRunner, "generate_batch", spy)
+    assert main(args + ["--json", str(out), "--resume"]) == 0
+    assert decoded == [6 - len(kept)]  # the rest, in one continuous batch
+    rows = JsonlStore(out.with_suffix(".partial.jsonl")).read()[1:]
+    assert {r["index"]: (r["answer"], r["nfe"]) for r in rows} == whole
 
 
 # -- issue 21: a stale model; the embedding warm start on a model not trained for it ------------

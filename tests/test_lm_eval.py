@@ -30,7 +30,7 @@ from fastdllm_warmstart.config import ConfigError  # noqa: E402
 from fastdllm_warmstart.eval import main as eval_main  # noqa: E402
 from fastdllm_warmstart.lm_eval_model import LLaDAWarmStartLM  # noqa: E402
 from fastdllm_warmstart.lm_eval_utils import (  # noqa: E402
-    AnswerStore, EvalSettings, summarize_speed, valid_model_args)
+    AnswerStore, EvalSettings, format_speed_table, summarize_speed, valid_model_args)
 
 TASK_DIR = Path(__file__).resolve().parents[1] / "fastdllm_warmstart" / "tasks"
 
@@ -256,6 +256,18 @@ def test_gsm8k_style_text_goes_through(lm):
 # save_dir: incremental saving and resume
 # ----------------------------------------------------------------------------------------------
 
+def spy_on_runner(lm, monkeypatch):
+    """The prompt lists ``lm``'s runner is asked to decode, call by call."""
+    calls, real = [], lm.runner.generate
+
+    def spy(batch, *args, **kwargs):
+        calls.append(list(batch))
+        return real(batch, *args, **kwargs)
+
+    monkeypatch.setattr(lm.runner, "generate", spy)
+    return calls
+
+
 def test_resume_after_kill_reuses_saved_answers(model_path, tmp_path, monkeypatch):
     prompts = tinygsm_prompts(5)
     save = tmp_path / "answers"
@@ -270,16 +282,9 @@ def test_resume_after_kill_reuses_saved_answers(model_path, tmp_path, monkeypatc
     # A kill while writing the third answer: two whole lines and half of the third remain.
     Path(files[0]).write_text("".join(lines[:2]) + lines[2][: len(lines[2]) // 2], encoding="utf-8")
     second = make_lm(model_path, save_dir=str(save), batch_size=1)
-    decoded = []
-    real_generate = second.runner.generate
-
-    def spy(batch, *args, **kwargs):
-        decoded.extend(batch)
-        return real_generate(batch, *args, **kwargs)
-
-    monkeypatch.setattr(second.runner, "generate", spy)
+    calls = spy_on_runner(second, monkeypatch)
     assert second.generate_until(gen_requests(prompts)) == expected
-    assert decoded == prompts[2:]  # the two saved answers were not decoded again
+    assert sum(calls, []) == prompts[2:]  # the two saved answers were not decoded again
     speed = second.get_model_info()["llada_warmstart"]["speed"]["tinygsm"]
     assert speed["samples"] == 5 and speed["cached"] == 2
 
@@ -287,6 +292,40 @@ def test_resume_after_kill_reuses_saved_answers(model_path, tmp_path, monkeypatc
     monkeypatch.setattr(third.runner, "generate", lambda *a, **k: pytest.fail("runner called"))
     assert third.generate_until(gen_requests(prompts)) == expected
     assert len(AnswerStore(str(save), 0).load()) == 5
+
+
+def test_refill_takes_every_request_at_once_and_saves_answers_as_they_complete(model_path, tmp_path,
+                                                                               monkeypatch):
+    """With batching=refill, generate_until hands every pending request to the runner in one
+    continuous batch (not in chunks of batch_size) and saves each answer when its row hands it
+    in; a run cut off after two saves resumes with the rest and gives the static batches' answers."""
+    prompts = tinygsm_prompts(6)
+    expected = make_lm(model_path, batching="static", batch_size=2).generate_until(gen_requests(prompts))
+    save = tmp_path / "answers"
+    first = make_lm(model_path, save_dir=str(save), batching="refill", batch_size=2)
+    calls, appends, real_append = spy_on_runner(first, monkeypatch), [], AnswerStore.append
+
+    def cut_after_two(store, records):
+        real_append(store, records)
+        appends.append(len(records))
+        if len(appends) == 2:
+            raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(AnswerStore, "append", cut_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        first.generate_until(gen_requests(prompts))
+    assert calls == [prompts]  # every request in one call
+    saved = sum(appends)
+    assert 2 <= saved < 6  # two hand-ins were saved before the cut; the rest were still in flight
+    assert len(AnswerStore(str(save), 0).load()) == saved
+    monkeypatch.setattr(AnswerStore, "append", real_append)
+
+    second = make_lm(model_path, save_dir=str(save), batching="refill", batch_size=2)
+    resumed = spy_on_runner(second, monkeypatch)
+    assert second.generate_until(gen_requests(prompts)) == expected
+    assert len(resumed) == 1 and len(resumed[0]) == 6 - saved and set(resumed[0]) <= set(prompts)
+    speed = second.get_model_info()["llada_warmstart"]["speed"]["tinygsm"]
+    assert speed["samples"] == 6 and speed["cached"] == saved
 
 
 def test_changed_settings_do_not_reuse_answers(model_path, tmp_path):
@@ -350,6 +389,24 @@ def test_hook_variables_are_named_once_and_not_applied(model_path, monkeypatch, 
     assert not first.settings.run.warm.enabled
 
 
+def test_harness_device_falls_back_to_the_cpu_and_follows_the_local_rank(monkeypatch, caplog):
+    """lm-eval passes device=cuda:0 by default: without CUDA that is the CPU with a warning; a bad
+    device string is the loader's one-line error; with CUDA each process takes its local rank's GPU."""
+    from fastdllm_warmstart.loading import ModelLoadError
+    from fastdllm_warmstart.lm_eval_utils import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with caplog.at_level("WARNING"):
+        assert resolve_device("cuda:0", 1, 0) == torch.device("cpu")
+    assert "CUDA is not available" in caplog.text
+    assert resolve_device(None, 2, 1) == resolve_device("auto", 1, 0) == torch.device("cpu")
+    with pytest.raises(ModelLoadError, match="use cpu, cuda, cuda:0 or auto"):
+        resolve_device("gpu0", 1, 0)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("cuda", 2, 1) == torch.device("cuda:1")
+    assert resolve_device("cuda:0", 1, 0) == torch.device("cuda:0")
+
+
 def test_summarize_speed_by_hand():
     rows = [{"nfe": 4, "gen_tokens": 8, "dllm_seconds": 1.0, "aux_seconds": 1.0, "warm": True,
              "fallback": None, "cached": True},
@@ -360,6 +417,12 @@ def test_summarize_speed_by_hand():
     assert s["tokens_per_nfe"] == 1.0 and s["tokens_per_second"] == 2.5
     assert (s["warm"], s["fallbacks"], s["cached"]) == (1, 1, 1)
     assert s["fallback_reasons"] == {"empty proposal": 1}
+    assert s["calls_per_answer"] is None  # rows saved without a count
+    rows[0]["model_calls"], rows[1]["model_calls"] = 1.5, 2.5
+    s = summarize_speed(rows)
+    assert s["calls_per_answer"] == 2.0
+    table = format_speed_table({"tinygsm": s})
+    assert "calls/answer" in table.splitlines()[0] and "| 2.00 " in table.splitlines()[2]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -547,7 +610,8 @@ def test_harness_evaluator_runs_the_model(model_path, tmp_path, capsys):
     row = next(line for line in capsys.readouterr().err.splitlines()
                if line.startswith("| tinygsm_json "))
     cells = [cell.strip() for cell in row.split("|")[1:-1]]  # Task, n, ..., warm, fallbacks, cached
-    assert cells[1] == "2" and cells[8] == ("2" if embedded else "0")
+    assert cells[1] == "2" and cells[-3] == ("2" if embedded else "0")
+    assert float(cells[3]) > 0  # calls per answer
 
 
 @pytest.fixture(scope="module")

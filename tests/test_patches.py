@@ -24,7 +24,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 PATCHES = ROOT / "patches"
 PATCH = PATCHES / "fastdllm-warmstart.patch"
-ADDED = ("llada/warmstart_hook.py", "llada/eval_llada_warmstart.py")
+ADDED = ("llada/warmstart_hook.py", "llada/eval_llada_warmstart.py", "dream/eval_dream_warmstart.py")
 
 
 def _sections(text):
@@ -38,7 +38,7 @@ def test_patch_only_adds_files():
     assert sorted(s[0].split()[-1][2:] for s in sections) == sorted(ADDED)
     for lines in sections:
         assert lines[1] == "new file mode 100644"
-        assert lines[2] == "--- /dev/null" and lines[3].startswith("+++ b/llada/")
+        assert lines[2] == "--- /dev/null" and lines[3].startswith(("+++ b/llada/", "+++ b/dream/"))
         hunk = re.fullmatch(r"@@ -0,0 \+1,(\d+) @@", lines[4])
         assert hunk, lines[4]
         body = lines[5:]
@@ -108,7 +108,7 @@ def test_apply_adds_files_and_revert_removes_them(patched):
 
 def test_no_added_line_copies_an_upstream_line():
     upstream = set()
-    for path in (_checkout() / "llada").rglob("*.py"):
+    for path in [*(_checkout() / "llada").rglob("*.py"), *(_checkout() / "dream").rglob("*.py")]:
         upstream |= {line.strip() for line in path.read_text(encoding="utf-8", errors="ignore")
                      .splitlines() if len(line.strip()) >= 30}
     added = [line[1:].strip() for line in PATCH.read_text(encoding="utf-8").splitlines()
@@ -329,3 +329,52 @@ def test_checkout_evaluation_cold_and_warm_from_proposals(patched, tmp_path):
         assert warm[i] != cold[i]
     assert warm[3] == cold[3]
     assert "Warm start: 3 of 4 prompt(s) warm-started; 1 found no usable proposal" in log
+
+
+DREAM_PARITY = '''
+import json, sys, types, torch
+import eval_dream_warmstart as entry
+dream_eval = entry.prepare()
+import model.modeling_dream as m, model.generation_utils_block as b
+from lm_eval.api.registry import get_model
+assert get_model("dream") is dream_eval.Dream and get_model("dream_warmstart").__name__ == "DreamWarmStartLM"
+assert b.DreamGenerationMixin.diffusion_generate is entry.diffusion_generate
+cfg = m.DreamConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                    num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
+                    mask_token_id=299, pad_token_id=297, eos_token_id=297, bos_token_id=296)
+torch.manual_seed(0)
+model = m.DreamModel(cfg).eval()
+with torch.no_grad():
+    model.lm_head.weight.mul_(400.0)
+    model.lm_head.weight[299] = 0
+calls = [0]
+model.register_forward_pre_hook(lambda *a: calls.__setitem__(0, calls[0] + 1))
+# as eval.py binds it onto the model
+model.diffusion_generate = types.MethodType(b.DreamGenerationMixin.diffusion_generate, model)
+model._sample = types.MethodType(b.DreamGenerationMixin._sample, model)
+x = torch.randint(0, 290, (1, 6), generator=torch.Generator().manual_seed(0))
+out = {}
+for dual in (False, True):
+    kw = dict(max_new_tokens=24, steps=3, alg="confidence_threshold", threshold=0.9, block_length=8,
+              dual_cache=dual, return_dict_in_generate=True, output_history=False, temperature=0.0)
+    gc = b.DreamGenerationConfig(mask_token_id=299, pad_token_id=297, eos_token_id=297, bos_token_id=296)
+    calls[0] = 0
+    ours = model.diffusion_generate(x, generation_config=gc, **kw).sequences
+    n_ours, calls[0] = calls[0], 0
+    theirs = entry._upstream["diffusion_generate"](model, x, gc, **kw).sequences
+    out[str(dual)] = [torch.equal(ours, theirs), n_ours, calls[0]]
+print(json.dumps(out))
+'''
+
+
+def test_dream_entry_point_decodes_as_upstream(patched):
+    """eval_dream_warmstart.py: eval.py's block-loop diffusion_generate becomes the engine's, with
+    upstream's tokens and forward counts (prefix and dual cache); both models are registered."""
+    dst, _ = patched
+    dream = dst / "dream"
+    proc = subprocess.run([sys.executable, "-c", DREAM_PARITY], cwd=dream, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join([str(dream), str(ROOT)])})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    for dual, (equal, ours, theirs) in result.items():
+        assert equal and ours == theirs and ours > 0, (dual, result)

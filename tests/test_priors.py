@@ -9,25 +9,16 @@ from fastdllm_warmstart.engine.state import DecodeState
 from fastdllm_warmstart.priors import build_verifier
 from fastdllm_warmstart.priors.accept import ThresholdAccept
 from fastdllm_warmstart.priors.chain import ChainAccept
-from fastdllm_warmstart.priors.prefix import AgreeingPrefix
-from scripted_model import ScriptedLM
+from scripted_model import BLOCK, B, G, P, ScriptedLM, scripted_problem, verifier_rules
 
 MASK, EOS, PAD = 2, 3, 0
-B, P, G, BLOCK = 3, 5, 16, 8
 CACHES = ("none", "prefix", "dual")
-RULES = {
-    "accept": lambda d: ThresholdAccept(d, tau_accept=0.3),
-    "chain": lambda d: ChainAccept(d),
-    "prefix": lambda d: AgreeingPrefix(d),
-}
+RULES = verifier_rules()
 
 
 @pytest.fixture(scope="module")
 def problem():
-    gen = torch.Generator().manual_seed(0)
-    target = torch.randint(10, 40, (B, G), generator=gen)
-    prompt = torch.randint(10, 40, (B, P), generator=gen)
-    return target, prompt
+    return scripted_problem()
 
 
 def decode(model, prompt, cache, callbacks=()):

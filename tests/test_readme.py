@@ -157,7 +157,10 @@ def result_files() -> List[Tuple[Path, Dict[str, Any]]]:
     """Every result file with its header: a bench JSON, or a sweep JSONL's ``meta`` line."""
     out = []
     for path in sorted((ROOT / "results").rglob("*.json")):
-        out.append((path, json.loads(path.read_text())))
+        head = json.loads(path.read_text())
+        if isinstance(head, list) or "comparisons" in head:
+            continue  # a bench preset, or a paired comparison of result files (checked below)
+        out.append((path, head))
     for path in sorted((ROOT / "results").rglob("*.jsonl")):
         if path.parent.name == "data":
             continue
@@ -178,14 +181,35 @@ def test_every_result_file_names_inputs_that_exist():
             assert (ROOT / item).is_file(), f"{path.relative_to(ROOT)} names {item}, which is not there"
 
 
+def comparison_files() -> List[Tuple[Path, Dict[str, Any]]]:
+    """``scripts/paired_compare.py`` outputs: the result files they pair, by path."""
+    out = []
+    for path in sorted((ROOT / "results").rglob("*.json")):
+        head = json.loads(path.read_text())
+        if isinstance(head, dict) and "comparisons" in head:
+            out.append((path, head))
+    return out
+
+
+def test_every_paired_comparison_names_result_files_that_exist():
+    for path, head in comparison_files():
+        assert head["files"], path
+        for item in head["files"]:
+            assert (ROOT / item).is_file(), f"{path.relative_to(ROOT)} pairs {item}, which is not there"
+
+
 def test_nothing_under_results_is_a_leftover():
     """Every file under results/ is a result file the docs cite, an input one names, or a plot."""
     cited = "\n".join(doc.read_text(encoding="utf-8") for doc in [README, *(ROOT / "docs").glob("*.md")])
     named = set()
     for _, head in result_files():
         named.add(head["data"])
-        named.update(re.findall(r"--(?:data|proposals|json|plot|out) (\S+)", head.get("command") or ""))
+        named.update(re.findall(r"--(?:data|proposals|json|plot|out|preset) (\S+)", head.get("command") or ""))
+    for _, head in comparison_files():
+        named.update(head["files"])
     for path in sorted(p for p in (ROOT / "results").rglob("*") if p.is_file()):
+        if path.name.endswith(".partial.jsonl"):
+            continue  # a run's progress file (git-ignored): not in a clone
         rel = path.relative_to(ROOT).as_posix()
         assert rel in named or rel in cited, f"{rel}: no result file names it and no doc cites it"
 
@@ -194,6 +218,9 @@ def test_nothing_under_results_is_a_leftover():
     ("fresh2026.jsonl", 2026, None), ("fresh2026_5events.jsonl", 2026, 5),
     ("seed8675309.jsonl", 8675309, None), ("seed31337.jsonl", 31337, None), ("seed5.jsonl", 5, None),
     ("seed99.jsonl", 99, None), ("seed123456.jsonl", 123456, None), ("fresh2027.jsonl", 2027, None),
+    ("fresh2424.jsonl", 2424, None), ("seed4001.jsonl", 4001, None), ("seed4002.jsonl", 4002, None),
+    ("seed4003.jsonl", 4003, None), ("seed4004.jsonl", 4004, None), ("seed4005.jsonl", 4005, None),
+    ("seed4006.jsonl", 4006, None), ("seed5001.jsonl", 5001, None),
 ])
 def test_result_inputs_are_what_their_make_data_command_draws(name, seed, max_events):
     from fastdllm_warmstart.tasks import tinygsm

@@ -314,9 +314,66 @@ def test_runner_refills_and_reports_each_answers_calls():
 
     bar = Bar()
     static = runner.generate(prompts, configs_from_flat(dict(gen_length=64, batching="static")), batch_size=4)
-    refill = runner.generate(prompts, batch_size=4, progress=bar)
+    handed_in = []
+    refill = runner.generate(prompts, batch_size=4, progress=bar, on_results=handed_in.append)
+    # on_results hears of the answers as rows hand them in, several times, each answer once
+    assert len(handed_in) > 2 and sorted(i for done in handed_in for i, _ in done) == list(range(10))
+    assert all(refill[i] is r for done in handed_in for i, r in done)
     assert [r.text for r in refill] == [r.text for r in static]
     assert [r.nfe for r in refill] == [r.nfe for r in static]
     assert bar.n == len(prompts)
     assert sum(r.model_calls for r in refill) < sum(r.model_calls for r in static)
     assert all(0 < r.model_calls < r.nfe for r in refill)
+
+
+def test_call_logits_keep_zeros_in_rows_the_call_left_out():
+    """A call's logits fill the batch's (B, W, V) tensor kept per call slot: the rows it computed
+    hold its logits, every other row zeros, also the rows an earlier call of that slot wrote."""
+    from types import SimpleNamespace
+
+    from fastdllm_warmstart.engine.rows import RefillLoop
+
+    loop = SimpleNamespace(state=SimpleNamespace(batch_size=4), _logit_buffers={})
+    a = torch.randn(2, 3, 5)
+    out = RefillLoop._spread(loop, "s", a, torch.tensor([2, 0]))
+    assert torch.equal(out[[2, 0]], a) and not out[[1, 3]].any()
+    b = torch.randn(1, 3, 5)
+    out = RefillLoop._spread(loop, "s", b, torch.tensor([1]))
+    assert torch.equal(out[1], b[0]) and not out[[0, 2, 3]].any()  # rows 0 and 2 were zeroed
+    other = RefillLoop._spread(loop, "t", torch.randn(4, 7, 5), torch.tensor([3, 1, 0, 2]))
+    assert other.shape == (4, 7, 5) and torch.equal(loop._logit_buffers["s"][0], out)  # one per slot
+
+
+def test_rows_past_a_blocks_first_step_share_events_unless_a_callback_reads_the_step(model32):
+    """Where no callback uses_block_step, the rows past a block's first step fire their per-step
+    events together (fewer events, the same answers); one callback that reads the exact step (the
+    default), or the fixed schedule's commit rule, keeps an event per (block, step)."""
+    prompts, drafts = mixed_batch(model32, n=9, seed=7)
+    chain = dict(warm_init="token", remask=True, remask_rule="chain")
+
+    class Count(DecodeCallback):
+        supports_refill, uses_block_step = True, False
+
+        def __init__(self):
+            self.steps = []
+
+        def after_commit(self, state):
+            self.steps.append((state.block, state.block_step, int(state.active.sum())))
+
+    class CountEachStep(Count):
+        uses_block_step = True
+
+    def run(counter, **kw):
+        out = generate(model32, prompts, callbacks=callbacks(chain, drafts) + [counter], batching="refill",
+                       batch_size=4, **{**KW, **kw})
+        return out, counter.steps
+
+    merged, few = run(Count())
+    exact, many = run(CountEachStep())
+    same_answers(merged, exact)
+    assert len(few) < len(many)
+    assert sum(n for *_, n in few) == sum(n for *_, n in many) == int(exact.nfe.sum())  # each row-step once
+    schedule = dict(threshold=None)
+    _, sched_few = run(Count(), **schedule)
+    _, sched_many = run(CountEachStep(), **schedule)
+    assert sched_few == sched_many

@@ -80,3 +80,29 @@ def test_proposer_per_call_replaces_the_built_one(runner, files):
 def test_positional_batch_size_is_refused(runner):
     with pytest.raises(TypeError, match="batch_size= by keyword"):
         runner.generate(PROMPTS, 2)
+
+
+def test_auto_remask_rule_resolves_by_what_the_model_supports():
+    from fastdllm_warmstart.config import RemaskConfig
+
+    auto = RemaskConfig(enabled=True)
+    assert auto.rule == "auto" and auto.tau_accept is None
+    spec = auto.resolved(transient_queries=True)
+    assert (spec.rule, spec.tau_accept) == ("spec", 0.1)
+    chain = auto.resolved(transient_queries=False)
+    assert (chain.rule, chain.tau_accept, chain.rel) == ("chain", 0.3, 0.3)
+    # an explicit rule keeps its level; an explicit level is never replaced
+    assert RemaskConfig(rule="accept").resolved(True).tau_accept == 0.3
+    assert RemaskConfig(rule="spec", tau_accept=0.3).resolved(False).tau_accept == 0.3
+    assert RemaskConfig(rule="revoke").resolved(True).rule == "revoke"
+
+
+def test_the_runner_records_the_rule_it_decodes_with(random_model_dirs):
+    from fastdllm_warmstart.config import RunConfig, configs_from_flat
+    from fastdllm_warmstart.runner import WarmStartRunner
+
+    runner = WarmStartRunner.from_pretrained(random_model_dirs["dllm"], RunConfig())
+    cfg = runner.resolve(configs_from_flat({"warm_init": "token", "remask": True}))
+    assert cfg.remask.rule == "spec"  # the tiny LLaDA takes transient queries
+    runner.model.supports_transient_queries = False  # e.g. upstream's LLaDAModelLM
+    assert runner.resolve(configs_from_flat({"warm_init": "token", "remask": True})).remask.rule == "chain"

@@ -26,7 +26,7 @@ def test_expand_preset_is_a_cartesian_grid_with_base_settings():
 @pytest.mark.parametrize("preset, message", [
     ({"series": []}, "JSON object"),
     ({"series": [{"settings": {}}]}, "needs a .name."),
-    ({"series": [{"name": "a", "kind": "mine"}]}, "choose one of reference, paper, ours"),
+    ({"series": [{"name": "a", "kind": "mine"}]}, "choose one of reference, paper, peer, ours"),
     ({"series": [{"name": "a", "vary": {"rho": 0.3}}]}, "non-empty list"),
     ({"series": [{"name": "a"}, {"name": "a"}]}, "appears twice"),
 ])
@@ -64,6 +64,13 @@ def test_sweep_writes_one_record_per_point_and_resumes(random_model_dirs, tmp_pa
     assert records[0]["config"]["decode"]["threshold"] == 0.5 and records[3]["config"]["remask"]["tau_accept"] == 0.1
     assert records[0]["aux_s"] == 0.0 and records[2]["aux_s"] > 0  # wall-clock includes the aux for warm points
     assert (tmp_path / "pareto.png").stat().st_size > 5000
+    # AUP of every series, both variants, in the meta line, in each point and in the printed table
+    aups = lines[0]["aup"]["series"]
+    assert list(aups) == ["cold", "paper token", "accept"]
+    for r in records:
+        assert r["aup"] == aups[r["series"]]["aup"] and r["rho"] > 0 and r["rho_with_aux"] <= r["rho"]
+    assert records[0]["rho_with_aux"] == records[0]["rho"] and records[2]["rho_with_aux"] < records[2]["rho"]
+    assert "AUP (d3LLM)" in capsys.readouterr().out
     # Resume after a kill: the partial rows are reused and the figures are the same.
     partial = rows.with_suffix(".partial.jsonl")
     kept = partial.read_text().splitlines()

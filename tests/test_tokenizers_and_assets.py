@@ -180,12 +180,12 @@ def test_tiny_aux_loads_and_generates():
 
 
 def test_train_logs_present():
-    for d in (DLLM_DIR, AUX_DIR):
+    for d in (DLLM_DIR, AUX_DIR, ASSETS / "tiny-aux-dllmtok"):
         _need(d)
         assert (d / "train_log.json").exists() or (d / "TRAINING.md").exists()
 
 
-@pytest.mark.parametrize("name", ["tiny-dllm", "tiny-dllm-rcd", "tiny-aux"])
+@pytest.mark.parametrize("name", ["tiny-dllm", "tiny-dllm-rcd", "tiny-aux", "tiny-aux-dllmtok"])
 def test_shipped_tokenizer_names_a_class_every_release_loads(name):
     """transformers 5 saves ``TokenizersBackend``, which 4.x cannot load; the shipped files name
     ``PreTrainedTokenizerFast`` and their tokenizer.json reads with the installed tokenizers."""
@@ -205,7 +205,7 @@ def test_shipped_tokenizer_names_a_class_every_release_loads(name):
     assert tok.unk_token_id not in tok(text)["input_ids"]
 
 
-@pytest.mark.parametrize("name", ["tiny-dllm", "tiny-dllm-rcd", "tiny-aux"])
+@pytest.mark.parametrize("name", ["tiny-dllm", "tiny-dllm-rcd", "tiny-aux", "tiny-aux-dllmtok"])
 def test_shipped_weights_load_unchanged(name):
     """Every tensor of model.safetensors reaches the loaded model as stored (transformers 4.x
     tied the tiny dLLM's lm_head and wte, overwriting one, before its config said not to)."""
@@ -217,8 +217,8 @@ def test_shipped_weights_load_unchanged(name):
 
     _need(ASSETS / name)
     path = ASSETS / name
-    if name == "tiny-aux":
-        model = AuxProposer.from_pretrained(None, build_dllm_tokenizer(), config=AuxConfig(),
+    if name.startswith("tiny-aux"):
+        model = AuxProposer.from_pretrained(f"embedded:{name}", build_dllm_tokenizer(), config=AuxConfig(),
                                             dtype=torch.float32).model
     else:
         model, _, _ = load_dllm(f"embedded:{name}", dtype="float32")

@@ -49,6 +49,44 @@ def test_train_tiny_dllm_trains_resumes_and_exports(tmp_path):
     assert json.loads((tmp_path / "out" / "train_log.json").read_text())["exported_step"] == log["exported_step"]
 
 
+def test_optimizer_step_steps_and_clips():
+    """One call takes one optimiser step with the gradient norm clipped to ``clip`` (the move to
+    scripts/training once lost both lines: every train_tiny run then kept its initial weights)."""
+    from scripts.training import optimizer_step
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1, bias=False)
+    before = model.weight.detach().clone()
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    loss = (model(torch.full((1, 4), 100.0)) ** 2).sum()  # a gradient of norm >> 1
+    optimizer_step(model, opt, loss, clip=0.5)
+    step = (model.weight.detach() - before).norm().item()
+    assert step == pytest.approx(0.5, rel=1e-4)  # lr 1 x the clipped gradient norm
+
+
+def test_train_tiny_aux_on_the_dllm_tokenizer(tmp_path):
+    """``aux --tokenizer dllm`` trains the aux on the dLLM's vocabulary and exports that tokenizer;
+    the dLLM itself refuses another tokenizer in one line."""
+    from transformers import AutoTokenizer
+
+    from fastdllm_warmstart.tokenization import build_dllm_tokenizer
+
+    common = ["scripts/train_tiny.py", "aux", "--tokenizer", "dllm", "--out", str(tmp_path / "out"),
+              "--work", str(tmp_path / "work"), "--d-model", "16", "--layers", "1", "--heads", "2",
+              "--batch", "4", "--steps", "2", "--eval-every", "2", "--eval-n", "2", "--final-n", "2",
+              "--threads", "1"]
+    _run(*common, cwd=REPO)
+    log = json.loads((tmp_path / "out" / "train_log.json").read_text())
+    assert log["hyperparameters"]["tokenizer"] == "dllm"
+    exported = AutoTokenizer.from_pretrained(tmp_path / "out")
+    assert exported.get_vocab() == build_dllm_tokenizer().get_vocab()
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["vocab_size"] == len(exported) and config["model_type"] == "llama"
+    proc = subprocess.run([sys.executable, "scripts/train_tiny.py", "dllm", "--tokenizer", "aux", "--out",
+                           str(tmp_path / "x")], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2 and "--tokenizer aux" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_problem_stream_group_frac_sets_the_training_mix_only():
     from fastdllm_warmstart.tasks import tinygsm
     from scripts.training import ProblemStream

@@ -21,12 +21,20 @@ _METADATA_FILES = ("config.json", "generation_config.json", "tokenizer.json",
 
 
 def resolve_model_path(path: Optional[PathLike]) -> Tuple[str, str]:
-    """(directory or name to load, model id for cache keys)."""
-    if path is None:
-        from ..assets import AUX_NAME, asset_path
+    """(directory or name to load, model id for cache keys). None is the embedded ``tiny-aux``;
+    ``embedded:NAME`` another embedded aux (``embedded:tiny-aux-dllmtok``: the same recipe on the
+    dLLM's tokenizer), named as the dLLM loader names embedded models."""
+    if path is None or str(path).startswith("embedded:"):
+        from ..assets import ASSETS_DIR, AUX_NAME, asset_path
 
-        directory = asset_path(AUX_NAME)  # FileNotFoundError naming the fix when absent
-        return str(directory), f"embedded:{AUX_NAME}@{model_fingerprint(directory)}"
+        name = AUX_NAME if path is None else str(path).split(":", 1)[1].split("@", 1)[0]
+        try:
+            directory = asset_path(name)  # FileNotFoundError naming the fix when absent
+        except FileNotFoundError as exc:
+            known = sorted(d.name for d in ASSETS_DIR.iterdir() if (d / "config.json").is_file())
+            raise FileNotFoundError(f"{exc} Embedded models here: "
+                                    f"{', '.join('embedded:' + k for k in known)}.") from None
+        return str(directory), f"embedded:{name}@{model_fingerprint(directory)}"
     local = Path(path).expanduser()
     if local.is_dir():
         if not (local / "config.json").is_file():

@@ -39,11 +39,7 @@ def run(args: argparse.Namespace) -> int:
     wall = time.perf_counter() - start
     if args.json:
         payload = {"config": config.to_dict(), "wall_s": wall,
-                   "results": [{"prompt": r.prompt, "answer": r.text, "nfe": r.nfe,
-                                "gen_tokens": r.gen_tokens, "dllm_s": r.dllm_seconds,
-                                "aux_s": r.aux_seconds, "warm": r.warm, "fallback": r.fallback,
-                                "proposal": r.proposal_text, "injected": r.injected,
-                                "revoked": r.revoked} for r in results]}
+                   "results": [{"prompt": r.prompt, **r.to_row()} for r in results]}
         print(json.dumps(payload, indent=2))
         return 0
     for r in results:
@@ -53,7 +49,9 @@ def run(args: argparse.Namespace) -> int:
         if r.fallback:
             print(f"(warm start fell back to cold: {r.fallback})")
         print(f"Answer: {r.text}")
-        print(f"NFE: {r.nfe}   dLLM: {r.dllm_seconds:.3f} s   aux: {r.aux_seconds:.3f} s")
+        # APD's aux scores while the dLLM decodes: its forwards are counted, its time is in dLLM's
+        aux = f"{r.aux_forwards} aux forwards (time in dLLM's)" if config.apd.enabled else f"aux: {r.aux_seconds:.3f} s"
+        print(f"NFE: {r.nfe}   dLLM: {r.dllm_seconds:.3f} s   {aux}")
         print()
     print(f"Total wall-clock: {wall:.3f} s for {len(results)} prompt(s)")
     return 0

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 
 from ..flags import add_data_flags, add_model_flags, add_run_flags
+from ..aup import format_aup, sweep_aup
 from ..sweep import SweepSettings, plot_sweep, run_sweep
 from .bench import add_repeats_flag, bench_settings
 
@@ -25,7 +26,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"{r['mode']:<44} acc {r['accuracy']:.3f} [{r['accuracy_ci95'][0]:.3f},"
               f"{r['accuracy_ci95'][1]:.3f}]  NFE {r['mean_nfe']:6.2f}  calls/answer "
               f"{r.get('calls_per_answer') or float('nan'):5.2f}  tok/s {r['tokens_per_s']:7.1f}  "
-              f"wall/problem {r['wall_per_problem_s']:.4f}s{_speedup(r)}")
+              f"wall/problem {r['wall_per_problem_s']:.4f}s  rho {r['rho']:.2f}{_speedup(r)}")
+    print()
+    print(format_aup(sweep_aup(records)))
     print(f"\nOne record per point (with resolved config, seeds, versions): {args.out}")
     if args.plot:
         plot_sweep(records, args.plot)

@@ -39,13 +39,23 @@ from .state import DecodeState
 SNAPSHOT_2025_06 = "snapshot-2025-06"
 
 
+def seq_index(dim: int, cols: slice, rows: Any = None) -> tuple:
+    """Index of ``cols`` along the sequence dimension ``dim`` of a cache tensor (and of ``rows``)."""
+    lead = (slice(None) if rows is None else rows,) + (slice(None),) * (dim - 1)
+    return lead + (cols,)
+
+
 class CacheStrategy:
     name = "base"
     cached = False  # True: forwards after step 0 reuse step 0's keys/values
 
-    def __init__(self, loop_variant: str = "current") -> None:
-        # The June-2025 cached loops always ran one cached forward after the full one.
-        self.min_block_steps = 2 if (self.cached and loop_variant == SNAPSHOT_2025_06) else 1
+    def __init__(self, loop_variant: str = "current", kv_seq_dim: int = 2,
+                 min_cached_block_steps: int = 1) -> None:
+        # The June-2025 cached loops always ran one cached forward after the full one (so does
+        # Dream's loop: the model protocol's ``min_cached_block_steps``).
+        snapshot = 2 if loop_variant == SNAPSHOT_2025_06 else 1
+        self.min_block_steps = max(snapshot, min_cached_block_steps) if self.cached else 1
+        self.kv_seq_dim = kv_seq_dim  # the sequence dimension of the model's keys/values
 
     def reset(self) -> None:
         pass
@@ -73,7 +83,7 @@ class CacheStrategy:
         forward (the window is the whole canvas). :meth:`rows_call` and :meth:`rows_output` are its
         halves, for a model that takes several forwards in one call (``forward_packed``)."""
         call = self.rows_call(state, inputs, rows, starts, full)
-        return self.rows_output(state, state.model(**call), rows, full)
+        return self.rows_output(state, _model_call(state, call), rows, full)
 
     def rows_call(self, state: DecodeState, inputs: dict, rows: torch.Tensor, starts: torch.Tensor,
                   full: bool) -> dict:
@@ -94,7 +104,7 @@ class CacheStrategy:
 
     @staticmethod
     def _call(state: DecodeState, inputs: dict, rows: Optional[torch.Tensor] = None, **extra: Any):
-        return state.model(**CacheStrategy._kwargs(state, inputs, rows, **extra))
+        return _model_call(state, CacheStrategy._kwargs(state, inputs, rows, **extra))
 
     @staticmethod
     def _kwargs(state: DecodeState, inputs: dict, rows: Optional[torch.Tensor] = None, **extra: Any) -> dict:
@@ -129,8 +139,9 @@ class PrefixCache(CacheStrategy):
     name = "prefix"
     cached = True
 
-    def __init__(self, loop_variant: str = "current") -> None:
-        super().__init__(loop_variant)
+    def __init__(self, loop_variant: str = "current", kv_seq_dim: int = 2,
+                 min_cached_block_steps: int = 1) -> None:
+        super().__init__(loop_variant, kv_seq_dim, min_cached_block_steps)
         self.past: Optional[List[Tuple[torch.Tensor, torch.Tensor]]] = None
 
     def reset(self) -> None:
@@ -144,7 +155,8 @@ class PrefixCache(CacheStrategy):
         if state.block_step == 0:
             out = self._call(state, inputs, use_cache=True)
             # Keep only the keys/values before the block (the prompt and finished blocks).
-            self.past = [tuple(t[:, :, :state.block_start] for t in layer) for layer in out.past_key_values]
+            before = seq_index(self.kv_seq_dim, slice(0, state.block_start))
+            self.past = [tuple(t[before] for t in layer) for layer in out.past_key_values]
             return out.logits  # (B, L, V)
         past = self.past if rows is None else [tuple(t[rows] for t in layer) for layer in self.past]
         out = self._call(state, inputs, rows, past_key_values=past, use_cache=True)
@@ -154,7 +166,8 @@ class PrefixCache(CacheStrategy):
         if full:  # logits (R, L, V); rows_output keeps the keys/values
             return self._kwargs(state, inputs, rows, use_cache=True)
         start = int(starts[0])  # call_key: one block per cached call; logits (R, L - start, V)
-        past = [tuple(t[rows, :, :start] for t in layer) for layer in self.past]
+        before = seq_index(self.kv_seq_dim, slice(0, start), rows)
+        past = [tuple(t[before] for t in layer) for layer in self.past]
         return self._kwargs(state, inputs, rows, past_key_values=past, use_cache=False)
 
     def rows_output(self, state, out, rows, full):
@@ -167,8 +180,9 @@ class DualCache(CacheStrategy):
     name = "dual"
     cached = True
 
-    def __init__(self, loop_variant: str = "current", replace_position_rows: str = "batch") -> None:
-        super().__init__(loop_variant)
+    def __init__(self, loop_variant: str = "current", replace_position_rows: str = "batch",
+                 kv_seq_dim: int = 2, min_cached_block_steps: int = 1) -> None:
+        super().__init__(loop_variant, kv_seq_dim, min_cached_block_steps)
         if replace_position_rows not in ("batch", "shared"):
             raise ValueError(f"replace_position_rows={replace_position_rows!r}: use 'batch' or 'shared'.")
         self.replace_position_rows = replace_position_rows
@@ -209,9 +223,10 @@ class DualCache(CacheStrategy):
         # upstream's model) go back into the full cache; only the block's columns changed.
         new = out.past_key_values if out.past_key_values is not None else past
         cols = slice(state.block_start, state.block_end)
+        dst, src = seq_index(self.kv_seq_dim, cols, rows), seq_index(self.kv_seq_dim, cols)
         for full_layer, row_layer in zip(self.past, new):
             for full, part in zip(full_layer, row_layer):
-                full[rows, :, cols] = part[:, :, cols]
+                full[dst] = part[src]
         return out.logits  # (B_a, block_length, V)
 
     def call_key(self, block: int, block_step: int):
@@ -234,6 +249,11 @@ class DualCache(CacheStrategy):
         return out.logits
 
 
+def _model_call(state: DecodeState, kwargs: dict):
+    """One forward through the model family's protocol (``state.protocol``)."""
+    return state.protocol.call(state.model, kwargs)
+
+
 def take_rows(value: Any, rows: torch.Tensor, batch: int) -> Any:
     """``value[rows]`` for a batch-first tensor of ``batch`` rows; anything else as it is (a
     ``(1, L)`` shared ``replace_position``, ``n_transient``, flags)."""
@@ -246,10 +266,12 @@ CACHE_STRATEGIES = {"none": NoCache, "prefix": PrefixCache, "dual": DualCache}
 
 
 def make_cache_strategy(name: str, loop_variant: str = "current",
-                        replace_position_rows: str = "batch") -> CacheStrategy:
-    """The strategy for cache mode ``name`` as the given upstream loop variant runs it."""
+                        replace_position_rows: str = "batch", kv_seq_dim: int = 2,
+                        min_cached_block_steps: int = 1) -> CacheStrategy:
+    """The strategy for cache mode ``name`` as the given upstream loop variant runs it
+    (``kv_seq_dim`` and ``min_cached_block_steps`` come from the model's protocol)."""
     if name not in CACHE_STRATEGIES:
         raise ValueError(f"Unknown cache mode {name!r}; choose one of {', '.join(CACHE_STRATEGIES)}.")
     if name == "dual":
-        return DualCache(loop_variant, replace_position_rows)
-    return CACHE_STRATEGIES[name](loop_variant)
+        return DualCache(loop_variant, replace_position_rows, kv_seq_dim, min_cached_block_steps)
+    return CACHE_STRATEGIES[name](loop_variant, kv_seq_dim, min_cached_block_steps)

@@ -15,8 +15,14 @@ The loop calls, per generation::
 
 Stateful callbacks reset their state in ``reset()``; the loop calls it before ``on_init``.
 
+One callback per run may also *own the commit* (``owns_commit = True``, e.g. APD's
+``fastdllm_warmstart.apd``): the loop then calls its :meth:`DecodeCallback.commit` at step 2c
+instead of upstream's threshold / factor / schedule rule.
+
 In a continuous batch (``batching="refill"``) rows advance at their own pace: each event fires
-once per group of rows in the same block and block step (``state.active`` marks the group), and a
+once per group of rows in the same block and block step (``state.active`` marks the group; where
+no callback ``uses_block_step``, the rows past the first step of a block form one group, which
+reports its smallest step), and a
 row whose answer is done receives the next problem: the loop lays its prompt and [MASK]s into the
 canvas, clears the row in the prior bookkeeping (``prior_ids`` -1, ``injected`` / ``confirmed``
 False, ``revisions`` 0, every ``(B, ...)`` tensor in ``extras`` zero), then fires ``on_refill``
@@ -42,9 +48,22 @@ class DecodeCallback:
     # True once the callback handles a continuous batch: per-row state only, set up again for the
     # rows ``on_refill`` announces, and nothing of a row left out of ``state.active`` changed.
     supports_refill = False
+    # False when the per-step events (before_forward, after_forward, after_commit) read
+    # ``state.block_step`` at most to tell a block's first forward (0) from later ones: then a
+    # continuous batch may serve rows at different later steps of one block in one event.
+    uses_block_step = True
+    # True for the one callback that decides each step's commits itself (:meth:`commit`).
+    owns_commit = False
 
     def reset(self) -> None:
         pass
+
+    def commit(self, state: DecodeState, logits, mask_index, x, rows):
+        """Only for ``owns_commit``: the step's commit among the block's columns, in place of
+        upstream's rule. ``logits`` (R, Wb, V) the block's columns of the rows ``rows`` ((R,) long,
+        None = every row), [MASK]/[PAD] already kept from winning; ``mask_index`` / ``x`` (R, Wb).
+        Returns ``(x0, transfer)``, both (R, Wb): proposed tokens and the positions to commit."""
+        raise NotImplementedError(f"{type(self).__name__} sets owns_commit but has no commit().")
 
     def on_init(self, state: DecodeState) -> None:
         pass
@@ -105,6 +124,15 @@ class CallbackList:
     def reset(self) -> None:
         for cb in self.callbacks:
             cb.reset()
+
+    def commit_owner(self) -> Optional[DecodeCallback]:
+        """The callback that owns the commit (``owns_commit``), None when upstream's rule decides;
+        two such callbacks in one run are refused."""
+        owners = [cb for cb in self.callbacks if cb.owns_commit]
+        if len(owners) > 1:
+            raise ValueError("Only one callback may own the commit; got "
+                             f"{', '.join(type(cb).__name__ for cb in owners)}.")
+        return owners[0] if owners else None
 
     def fire(self, event: str, state: DecodeState) -> None:
         for handler in self._handlers[event]:

@@ -11,7 +11,8 @@ Algorithm (the numbers recur as comments in :func:`generate`):
       hooks may supply input embeddings; one forward (one NFE); ``after_forward``.
    c. Commit by upstream's rule among the block's masked positions (factor: the top n while the
       n-th confidence clears 1 - factor/(n+1); threshold: all with confidence >= threshold, at
-      least the most confident one; else the schedule's top-k). [MASK]/[PAD] are never committed.
+      least the most confident one; else the schedule's top-k), or by the callback that owns the
+      commit (``owns_commit``: APD). [MASK]/[PAD] are never committed.
    d. ``after_commit`` hooks may revoke prior tokens back to [MASK] (an upstream-style
       ``step_callback(step_idx)`` runs last, here).
    e. Stop the block once no row has a mask left in it and the strategy's minimum number of
@@ -20,6 +21,11 @@ Algorithm (the numbers recur as comments in :func:`generate`):
       strategies of the June-2025 snapshot (``loop_variant="snapshot-2025-06"``).
    f. ``on_block_end``; with ``early_stop``, rows whose answer ended in EOS are closed.
 3. ``on_finish``; return the canvas and per-row NFE.
+
+The model's family (:mod:`.protocol`, read from its config) says how to call it and read its
+logits: a Dream-protocol model's logit at ``p`` predicts ``p + 1``, so step 2b reads them one column
+on; its block-opening forward commits the block's first position alone (2c) and its cached blocks
+cost at least two forwards (2e), as Dream's own loop.
 
 A row's NFE counts the forwards it needed: those while its block still had masks, plus the
 strategy's minimum per block; ``total_nfe`` counts forward calls for the whole batch, which is
@@ -41,6 +47,7 @@ import torch
 from ..config import DecodeConfig
 from .cache import make_cache_strategy
 from .callbacks import CallbackList, DecodeCallback, as_callback_list
+from .protocol import protocol_for
 from .rows import RefillLoop, resolve_batching
 from .state import DecodeState, row_stats
 from .transfer import (BUILTIN_RULES, num_transfer_schedule, resolve_transfer_fn,
@@ -161,7 +168,7 @@ def _prepare_prompt(prompt, attention_mask, pad_token: int, device):
 def _with_transient(state: DecodeState) -> dict:
     """Model inputs for a forward with transient queries (``state.transient``)."""
     tr = state.transient
-    if not getattr(state.model, "supports_transient_queries", False):
+    if not (getattr(state.model, "supports_transient_queries", False) and state.protocol.supports_transient):
         raise ValueError(f"{type(state.model).__name__} does not take transient queries "
                          "(supports_transient_queries); use another rule with this model.")
     window = state.inputs_embeds if state.inputs_embeds is not None else state.embed(state.window_view(state.x))
@@ -201,6 +208,9 @@ def _commit(state: DecodeState, transfer_fn, config: DecodeConfig, schedule: Opt
     w0, w1 = state.window
     x_win = state.window_view(state.x)  # (B, W) view into the canvas
     b0, b1 = max(state.block_start, w0) - w0, min(state.block_end, w1) - w0  # block columns in the window
+    only = state.protocol.commit_columns(state)  # Dream's block-opening forward: its first column
+    if only is not None:
+        b0, b1 = b0 + only.start, min(b1, b0 + only.stop)
     sel = (slice(None) if rows is None else rows, slice(b0, b1))
     x_blk = x_win[sel]  # (B or B_a, Wb) copy
     mask_blk = x_blk == state.mask_id
@@ -215,9 +225,14 @@ def _commit(state: DecodeState, transfer_fn, config: DecodeConfig, schedule: Opt
         k, last = None, config.factor  # upstream passes no counts to the factor rule
     else:
         last = config.threshold
+    if k is not None and state.protocol.forced_commit(state):
+        k = torch.ones_like(k)  # committed whatever the schedule's count
     if k is not None and rows is not None:
         k = k[rows]
-    x0_blk, transfer_blk = _call_rule(transfer_fn, state, config, logits, mask_blk, x_blk, k, last)
+    if isinstance(transfer_fn, DecodeCallback):  # a callback owns the commit (APD)
+        x0_blk, transfer_blk = transfer_fn.commit(state, logits, mask_blk, x_blk, rows)
+    else:
+        x0_blk, transfer_blk = _call_rule(transfer_fn, state, config, logits, mask_blk, x_blk, k, last)
     x0, transfer = x_win.clone(), torch.zeros_like(x_win, dtype=torch.bool)
     x0[sel], transfer[sel] = x0_blk, transfer_blk & mask_blk
     x_win[transfer] = x0[transfer]
@@ -225,7 +240,9 @@ def _commit(state: DecodeState, transfer_fn, config: DecodeConfig, schedule: Opt
 
 
 def _call_rule(transfer_fn, state: DecodeState, config: DecodeConfig, logits, mask_index, x_win, k, last):
-    if transfer_fn in BUILTIN_RULES:
+    # A built-in rule (or a functools.partial of one, e.g. wide-in without its cap) takes our
+    # seeded generator; upstream's functions do not.
+    if getattr(transfer_fn, "func", transfer_fn) in BUILTIN_RULES:
         return transfer_fn(logits, config.temperature, config.remasking, mask_index, x_win, k, last,
                            generator=state.generator)
     return transfer_fn(logits, config.temperature, config.remasking, mask_index, x_win, k, last)
@@ -242,7 +259,8 @@ def generate(model, prompt: Union[torch.Tensor, Sequence[Sequence[int]]], steps:
              eos_id: Optional[int] = None, pad_id: Optional[int] = None, early_stop: bool = False,
              skip_done_rows: bool = True, seed: int = 0, use_upstream: bool = True,
              fast_dllm_path: Optional[str] = None, transfer_fn=None, batching: str = "static",
-             batch_size: Optional[int] = None) -> GenerateOutput:
+             batch_size: Optional[int] = None, on_answers: Optional[Callable[..., None]] = None
+             ) -> GenerateOutput:
     """Fast-dLLM decoding with callbacks; upstream's argument names, order and defaults.
 
     Args:
@@ -276,6 +294,10 @@ def generate(model, prompt: Union[torch.Tensor, Sequence[Sequence[int]]], steps:
             most ``batch_size`` rows at once, a finished row refilled with the next prompt) or
             ``'auto'`` (refill where it gives the static batch's answers: :func:`resolve_batching`).
         batch_size: rows decoded at once with refill; None = every prompt.
+        on_answers: called as ``on_answers(problems, sequences, nfe, stats)`` with the answers
+            that are complete (rows of the output's fields, for prompts ``problems`` (R,)): at each
+            hand-in with refill, so a caller can save them before the call ends; once at the end
+            for a static batch.
 
     Returns a :class:`GenerateOutput`; ``x, nfe = generate(...)`` also works, as upstream.
     """
@@ -301,7 +323,16 @@ def generate(model, prompt: Union[torch.Tensor, Sequence[Sequence[int]]], steps:
     hooks = as_callback_list(callbacks)
     if step_callback is not None:  # upstream's hook runs after every other after_commit
         hooks = CallbackList(list(hooks) + [StepCallback(step_callback)])
+    protocol = protocol_for(model)  # the model family, from its config
     mode = resolve_batching(config, model, hooks, upstream)
+    if mode == "refill" and not protocol.supports_refill:
+        if config.batching == "refill":
+            raise ValueError(f"batching='refill' is not available for {type(model).__name__} "
+                             f"({protocol.name} protocol); use batching='static' or 'auto'.")
+        mode = "static"
+    owner = hooks.commit_owner()
+    if owner is not None:  # step 2c is the callback's, in place of upstream's rule
+        transfer_fn = owner
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1.")
     B = N if (mode == "static" or batch_size is None) else min(batch_size, N)
@@ -326,13 +357,15 @@ def generate(model, prompt: Union[torch.Tensor, Sequence[Sequence[int]]], steps:
         prompt_lengths=(prompt_mask[:B].sum(1) if prompt_mask is not None
                         else torch.full((B,), P, device=device)),
         gen_length=config.gen_length, block_length=config.block_length, mask_id=mask,
-        eos_id=eos, pad_id=pad, generator=generator,
+        eos_id=eos, pad_id=pad, generator=generator, protocol=protocol,
         nfe=torch.zeros(B, dtype=torch.long, device=device),
         finished=torch.zeros(B, dtype=torch.bool, device=device),
         problem=torch.arange(B, device=device),
     )
     hooks.reset()
-    strategy = make_cache_strategy(config.cache, variant, _replace_position_rows(model, upstream))
+    strategy = make_cache_strategy(config.cache, variant,
+                                   protocol.replace_position_rows or _replace_position_rows(model, upstream),
+                                   protocol.kv_seq_dim, protocol.min_cached_block_steps)
     # Never commit [MASK]; nor a dedicated [PAD] (LLaDA's pad *is* its EOS, which must stay).
     banned = sorted({mask} | ({pad} if pad is not None and pad != eos else set()))
     hooks.fire("on_init", state)
@@ -340,7 +373,8 @@ def generate(model, prompt: Union[torch.Tensor, Sequence[Sequence[int]]], steps:
         loop = RefillLoop(state, hooks, strategy, config,
                           commit=lambda st, schedule, rows: _commit(st, transfer_fn, config, schedule,
                                                                     banned, rows),
-                          close_finished=_close_finished_rows, ids=ids, prompt_mask=prompt_mask)
+                          close_finished=_close_finished_rows, ids=ids, prompt_mask=prompt_mask,
+                          on_answers=on_answers)
         loop.run()
         stats = dict(loop.stats)
         stats["model_calls"] = loop.calls
@@ -354,6 +388,8 @@ def generate(model, prompt: Union[torch.Tensor, Sequence[Sequence[int]]], steps:
     share = _run_static(state, hooks, strategy, config, transfer_fn, banned)
     stats = row_stats(state)
     stats["model_calls"] = share
+    if on_answers is not None:
+        on_answers(state.problem, state.x, state.nfe, stats)
     return GenerateOutput(sequences=state.x, nfe=state.nfe, total_nfe=state.total_nfe,
                           prompt_width=P, attention_mask=full_mask, stats=stats, loop_variant=variant,
                           batching=mode)
@@ -408,6 +444,7 @@ def _run_static(state: DecodeState, hooks: CallbackList, strategy, config: Decod
             if state.transient is not None:
                 n = state.transient.embeds.shape[1]
                 state.logits, state.transient_logits = state.logits[:, :-n], state.logits[:, -n:]
+            state.logits = state.protocol.position_logits(state, state.logits)  # (B, W, V) per position
             state.inputs_embeds, state.transient = None, None
             state.nfe += state.active.long()
             state.total_nfe += 1

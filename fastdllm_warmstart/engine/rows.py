@@ -10,6 +10,8 @@ the batch's cost follows its slowest row. Here each row has its own block and bl
    a. Rows entering a block: ``on_block_start`` (per block); the fixed schedule's counts.
    b. Group the rows by (block, block step). Each group is one step of the static loop for its
       rows: its ``before_forward`` hooks run with the group's window and ``active`` = its rows.
+      Where no callback ``uses_block_step`` (and the commit rule is not the fixed schedule), the
+      rows past a block's first step form one group: their windows and hook calls are the same.
    c. The forwards: the rows that open a block share a full forward, all other rows one cached
       forward (dual: each row replaces its own block's columns; prefix: one per block, its width
       depends on it; no cache: every row in one). A model with ``forward_packed`` (the embedded
@@ -20,7 +22,7 @@ the batch's cost follows its slowest row. Here each row has its own block and bl
    e. A row whose block is done (no mask left, and the strategy's minimum forwards ran):
       ``on_block_end`` (per block); early stop closes rows that ended with EOS.
    f. A row with no block left (or closed) hands in its answer (canvas row, NFE, per-row stats,
-      its share of the calls) and takes the next problem from the queue: its prompt and [MASK]s
+      its share of the calls; ``on_answers`` gets them at once, so a caller can save it) and takes the next problem from the queue: its prompt and [MASK]s
       are laid into the row, its cache rows are rewritten by its next full forward, the row's
       prior bookkeeping is cleared and ``on_refill`` lets callbacks set up the new problem.
 3. ``on_finish``; outputs are indexed by problem.
@@ -34,7 +36,7 @@ of the static batch. A call's cost is shared equally among the rows it computed
 from __future__ import annotations
 
 import logging
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
 
@@ -112,8 +114,10 @@ def _row_block_masks(state: DecodeState, block: torch.Tensor) -> torch.Tensor:
 class _Group:
     """Rows at one (block, block step): one step of the static loop for them."""
 
-    def __init__(self, block: int, block_step: int, rows: torch.Tensor):
+    def __init__(self, block: int, block_step: int, rows: torch.Tensor, batch_size: int):
         self.block, self.block_step, self.rows = block, block_step, rows
+        self.active = torch.zeros(batch_size, dtype=torch.bool, device=rows.device)  # (B,)
+        self.active[rows] = True
         self.window = (0, 0)
         self.inputs_embeds: Optional[torch.Tensor] = None
         self.transient: Optional[TransientInputs] = None
@@ -123,8 +127,10 @@ class RefillLoop:
     """The continuous-batching schedule for one :func:`~.loop.generate` call (see the module doc)."""
 
     def __init__(self, state: DecodeState, hooks, strategy, config, commit, close_finished,
-                 ids: torch.Tensor, prompt_mask: Optional[torch.Tensor]):
+                 ids: torch.Tensor, prompt_mask: Optional[torch.Tensor],
+                 on_answers: Optional[Callable[..., None]] = None):
         self.state, self.hooks, self.strategy, self.config = state, hooks, strategy, config
+        self.on_answers = on_answers  # called at each hand-in (see :func:`~.loop.generate`)
         self._commit, self._close_finished = commit, close_finished
         self.ids, self.prompt_mask = ids, prompt_mask  # (N, P) every problem's prompt
         B, dev = state.batch_size, state.x.device
@@ -138,6 +144,11 @@ class RefillLoop:
         self.fill, self.patience = FILL, PATIENCE
         # A model with forward_packed takes the tick's full and cached forwards in one call.
         self.packed = bool(getattr(state.model, "supports_packed_calls", False))
+        # Rows past a block's first step share their hook events where no callback reads the
+        # exact step and the commit rule does not (the fixed schedule does): the hooks' per-group
+        # work over the whole batch was the largest host cost of a verifier's run (profiled).
+        self.merge_steps = (config.commit_rule != "schedule"
+                            and not any(getattr(cb, "uses_block_step", True) for cb in hooks))
         self.schedule: Optional[torch.Tensor] = None  # (B, steps_per_block) fixed schedule
         self.steps_per_block = config.resolved_steps // config.num_blocks
         self.max_block_steps = (self.steps_per_block + 2 * config.block_length
@@ -147,16 +158,22 @@ class RefillLoop:
         self.nfe = torch.zeros(N, dtype=torch.long, device=dev)
         self.calls = torch.zeros(N, dtype=torch.float64, device=dev)
         self.stats: Dict[str, torch.Tensor] = {}
+        # Per call slot of a tick: the (B, W, V) logits tensor and the rows it holds (_spread).
+        self._logit_buffers: Dict[tuple, tuple] = {}
 
     # -- 2a-2b. groups ----------------------------------------------------------------------
-    def _enter(self, block: int, block_step: int, rows: torch.Tensor) -> None:
-        """Point the state's scalar loop position at one group, ``active`` at its rows."""
+    def _enter(self, block: int, block_step: int, rows: torch.Tensor,
+               active: Optional[torch.Tensor] = None) -> None:
+        """Point the state's scalar loop position at one group, ``active`` at its rows (the
+        group's own (B,) mask when given: made once per group, not once per event)."""
         s, cfg = self.state, self.config
         s.block, s.block_step = block, block_step
         s.block_start = s.prompt_width + block * cfg.block_length
         s.block_end = s.block_start + cfg.block_length
-        s.active = torch.zeros(s.batch_size, dtype=torch.bool, device=s.x.device)
-        s.active[rows] = True
+        if active is None:
+            active = torch.zeros(s.batch_size, dtype=torch.bool, device=s.x.device)
+            active[rows] = True
+        s.active = active.clone()  # a hook may change state.active; the group's mask stays
 
     def _split(self, keys: torch.Tensor, live: torch.Tensor) -> List[tuple]:
         """(key, rows) for each distinct value of ``keys`` (B,) among ``live`` rows, in order."""
@@ -179,9 +196,18 @@ class RefillLoop:
         self.entering &= ~live
 
     def _groups(self, live: torch.Tensor) -> List[_Group]:
+        """The live rows by (block, block step); with ``merge_steps`` by (block, first step or
+        not), a group past the first step reporting its rows' smallest step."""
         n_steps = self.max_block_steps + 1
-        key = self.row_block * n_steps + self.row_step
-        return [_Group(k // n_steps, k % n_steps, rows) for k, rows in self._split(key, live)]
+        step = self.row_step.clamp(max=1) if self.merge_steps else self.row_step
+        key = self.row_block * n_steps + step
+        groups = []
+        for k, rows in self._split(key, live):
+            block_step = k % n_steps
+            if self.merge_steps and block_step > 0:
+                block_step = int(self.row_step[rows].min())
+            groups.append(_Group(k // n_steps, block_step, rows, self.state.batch_size))
+        return groups
 
     def _pick(self, groups: List[_Group], live: torch.Tensor) -> List[_Group]:
         """The groups whose call runs this tick: the largest call, and every call that carries at
@@ -286,15 +312,37 @@ class RefillLoop:
                 s.total_nfe += 1
                 self.share[rows] += 1.0 / rows.numel()
         results = []
+        seen: Dict[tuple, int] = {}
         for part, (rows, _, inputs, _) in zip(logits, prepared):
-            out = part.new_empty((s.batch_size,) + tuple(part.shape[1:]))
-            out[rows] = part
-            left_out = torch.ones(s.batch_size, dtype=torch.bool, device=part.device)
-            left_out[rows] = False
-            out[left_out] = 0  # rows the call did not compute (nothing reads them)
+            shape = tuple(part.shape[1:])
+            slot = (shape, seen.setdefault(shape, 0))  # the tick's first, second... call of a shape
+            seen[shape] += 1
+            out = self._spread(slot, part, rows)  # (B, W (+T), V)
             n = inputs.get("n_transient", 0)
             results.append((out[:, :-n], out[:, -n:]) if n else (out, None))
         return results
+
+    def _spread(self, slot: tuple, part: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """The call's logits ``part`` (R, W, V) as the batch's (B, W, V), zeros in the rows the call
+        did not compute (nothing reads them). The tensor is kept for the calls of the next ticks
+        with the same ``slot`` (their shape, and which call of that shape in the tick): only the
+        rows written now are copied and only the rows written last time and not now are zeroed,
+        instead of a fresh (B, W, V) tensor per call (profiled: the copy was refill's largest host
+        cost in a cold run). Hooks read it during their event; one that keeps logits for later
+        must clone them."""
+        B = self.state.batch_size
+        shape = (B,) + tuple(part.shape[1:])
+        buf, written = self._logit_buffers.get(slot, (None, None))
+        if buf is None or buf.shape != shape or buf.dtype != part.dtype or buf.device != part.device:
+            buf, written = part.new_zeros(shape), torch.zeros(B, dtype=torch.bool, device=part.device)
+        now = torch.zeros(B, dtype=torch.bool, device=part.device)
+        now[rows] = True
+        stale = written & ~now
+        if bool(stale.any()):
+            buf[stale] = 0
+        buf.index_copy_(0, rows, part)
+        self._logit_buffers[slot] = (buf, now)
+        return buf
 
     # -- 2e-2f. block ends, answers, refills ------------------------------------------------
     def _end_blocks(self, stepped: torch.Tensor) -> None:
@@ -330,6 +378,10 @@ class RefillLoop:
                 self.stats[key] = torch.zeros((self.ids.shape[0],) + tuple(value.shape[1:]),
                                               dtype=value.dtype, device=value.device)
             self.stats[key][problems] = value[rows]
+        if self.on_answers is not None:
+            stats = {key: value[problems] for key, value in self.stats.items()}
+            stats["model_calls"] = self.calls[problems]
+            self.on_answers(problems, self.sequences[problems], self.nfe[problems], stats)
         N = self.ids.shape[0]
         take = min(rows.numel(), N - self.next_problem)
         refill, empty = rows[:take], rows[take:]
@@ -381,7 +433,7 @@ class RefillLoop:
             # 2b. The calls worth making this tick, then each of their groups' before_forward.
             groups = self._pick(self._groups(live), live)
             for g in groups:
-                self._enter(g.block, g.block_step, g.rows)
+                self._enter(g.block, g.block_step, g.rows, g.active)
                 g.window = s.window = self.strategy.window(s)
                 s.inputs_embeds, s.transient, s.transient_logits = None, None, None
                 self.hooks.fire("before_forward", s)
@@ -395,7 +447,7 @@ class RefillLoop:
                                                            self._run_calls(list(calls.values()))):
                 for same in self._commit_sets(members):
                     for g in same:
-                        self._enter(g.block, g.block_step, g.rows)
+                        self._enter(g.block, g.block_step, g.rows, g.active)
                         s.window = g.window
                         s.logits, s.transient_logits = logits, transient_logits
                         s.nfe[g.rows] += 1
@@ -404,7 +456,7 @@ class RefillLoop:
                     self._commit(s, self.schedule, torch.cat([g.rows for g in same]))
                     x0, transfer = s.x0, s.transfer
                     for g in same:
-                        self._enter(g.block, g.block_step, g.rows)
+                        self._enter(g.block, g.block_step, g.rows, g.active)
                         s.window = g.window
                         s.logits, s.transient_logits = logits, transient_logits
                         s.x0, s.transfer, s.revoked = x0, transfer, None
@@ -414,7 +466,7 @@ class RefillLoop:
             # 2e-2f. Blocks done, answers handed in, rows refilled.
             stepped = torch.zeros_like(live)
             for g in groups:
-                stepped[g.rows] = True
+                stepped |= g.active
             self._end_blocks(stepped)
         s.logits, s.transient_logits = None, None
         self.hooks.fire("on_finish", s)

@@ -7,6 +7,8 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
+from .protocol import MaskPredictor
+
 
 @dataclass
 class TransientInputs:
@@ -32,7 +34,8 @@ class DecodeState:
     In a continuous batch (``batching="refill"``, :mod:`fastdllm_warmstart.engine.rows`) the rows
     sit in different blocks and steps, and a finished row takes the next problem. Hooks still see
     one block at a time: every event is fired once per group of rows that share a block and a
-    block step, with ``block``/``block_start``/``block_end``/``block_step``/``window`` those of the
+    block step (or, where no callback ``uses_block_step``, that share a block and are all at its
+    first step or all past it; the group reports its smallest step), with ``block``/``block_start``/``block_end``/``block_step``/``window`` those of the
     group and ``active`` marking its rows; ``problem`` says which problem each row holds, and
     ``on_refill`` announces the rows (``refilled``) that just received a new one.
     """
@@ -48,6 +51,9 @@ class DecodeState:
     eos_id: Optional[int]
     pad_id: Optional[int]
     generator: torch.Generator            # seeded randomness for callbacks
+    # The model family's protocol (:mod:`.protocol`): how to call the model and read its logits.
+    # ``logits`` below are always per position (already shifted for a Dream-protocol model).
+    protocol: Any = field(default_factory=MaskPredictor)
 
     # Prior bookkeeping, filled by warm-start callbacks.
     prior_ids: Optional[torch.Tensor] = None   # (B, L) long proposal ids, -1 where none

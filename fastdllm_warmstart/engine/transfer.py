@@ -8,6 +8,9 @@ The rules are upstream Fast-dLLM's (``llada/generate.py``):
 * ``get_transfer_index_dynamic`` with a ``factor``: sort the masked positions by confidence and
   commit the first ``n`` while the n-th confidence clears ``1 - factor / (n + 1)`` (at least one).
 
+and WINO's wide-in (arXiv 2507.18578, ``get_transfer_index_wide_in``): every masked position whose
+confidence *exceeds* a low threshold, at least the most confident one, at most a per-step cap.
+
 When a Fast-dLLM checkout is found, :func:`resolve_transfer_fn` returns upstream's own functions
 so the commit decisions stay upstream's; this module's vectorised equivalents serve otherwise.
 """
@@ -105,6 +108,29 @@ def get_transfer_index_dynamic(logits: torch.Tensor, temperature: float, remaski
     return x0, transfer
 
 
+def wide_in_cap(masked: torch.Tensor) -> torch.Tensor:
+    """(B,) WINO's cap on one step's commits for ``masked`` (B,) masked positions left in the block:
+    ``min(max(floor(0.7 m), 5), 20)``, the constants of the WINO authors' released LLaDA code."""
+    return (masked.double() * 0.7).floor().long().clamp(min=5, max=20)
+
+
+def get_transfer_index_wide_in(logits: torch.Tensor, temperature: float, remasking: str,
+                               mask_index: torch.Tensor, x: torch.Tensor,
+                               num_transfer_tokens: Optional[torch.Tensor] = None, threshold: float = 0.6,
+                               generator: Optional[torch.Generator] = None, cap: bool = True
+                               ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """WINO's wide-in, batch-vectorised (``num_transfer_tokens`` unused): commit the masked positions
+    whose confidence is *above* ``threshold`` (strictly, as WINO), the most confident one when none
+    is, and with ``cap`` at most :func:`wide_in_cap` of them (the most confident)."""
+    x0, confidence, rank = _candidates(logits, temperature, remasking, mask_index, x, generator)
+    masked = mask_index.sum(dim=1)  # (B,)
+    count = (confidence > threshold).sum(dim=1)  # (B,) -inf off the mask never counts
+    if cap:
+        count = torch.minimum(count, wide_in_cap(masked))
+    count = torch.where(masked > 0, count.clamp(min=1), torch.zeros_like(count))  # (B,)
+    return x0, (rank < count.unsqueeze(1)) & mask_index
+
+
 def suppress_ids(logits: torch.Tensor, mask_index: torch.Tensor,
                  banned: Sequence[int]) -> torch.Tensor:
     """Never commit [MASK]/[PAD]: where a banned id is the argmax at a masked position, lower it.
@@ -126,7 +152,7 @@ def suppress_ids(logits: torch.Tensor, mask_index: torch.Tensor,
     return fixed
 
 
-BUILTIN_RULES = (get_transfer_index, get_transfer_index_dynamic)
+BUILTIN_RULES = (get_transfer_index, get_transfer_index_dynamic, get_transfer_index_wide_in)
 
 
 def resolve_transfer_fn(prefer_upstream: bool = True, fast_dllm_path: Optional[str] = None,

@@ -49,6 +49,7 @@ class DraftVerifier(DecodeCallback):
 
     name = "base"
     supports_refill = True
+    uses_block_step = False
     # The run-config settings (``remask_*``) the rule's constructor takes besides ``proposals`` and
     # ``threshold``; ``build_verifier`` passes exactly these.
     settings = ("context", "frontier_guess")

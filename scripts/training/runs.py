@@ -99,3 +99,5 @@ def optimizer_step(model, opt, loss: torch.Tensor, clip: float = 1.0) -> None:
     """Backward, gradient-norm clip, step."""
     opt.zero_grad(set_to_none=True)
     loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    opt.step()

@@ -156,6 +156,13 @@ def _callbacks(model, prompt: torch.Tensor, config: RunConfig):
     return build_callbacks(config, proposals)
 
 
+def warm_start_callbacks(model, prompt: torch.Tensor, config: RunConfig):
+    """The callbacks ``config`` asks for, for the (B, P) ``prompt``: the warm start from the aux
+    model's (or the proposals file's) drafts, its verifier, RCD. ``../dream/eval_dream_warmstart.py``
+    uses it too."""
+    return _callbacks(model, prompt, config)
+
+
 def _decode(model, prompt, steps, gen_length, block_length, temperature, remasking, mask_id,
             threshold, factor, step_callback, cache):
     config = run_config(steps, gen_length, block_length, temperature, remasking, threshold, cache,
