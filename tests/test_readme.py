@@ -163,8 +163,8 @@ def result_files() -> List[Tuple[Path, Dict[str, Any]]]:
             continue  # a bench preset, or a paired comparison of result files (checked below)
         out.append((path, head))
     for path in sorted((ROOT / "results").rglob("*.jsonl")):
-        if path.parent.name == "data":
-            continue
+        if path.parent.name == "data" or path.name.endswith(".partial.jsonl"):
+            continue  # inputs; a run's progress file (git-ignored)
         first = json.loads(path.read_text().split("\n", 1)[0])
         out.append((path, first["meta"]))
     return out
