@@ -108,20 +108,27 @@ def llada_dir(path: os.PathLike) -> Optional[Path]:
     return None
 
 
-def package_name(root: Path) -> str:
-    """The module name the checkout's ``llada`` folder is imported under (one per checkout)."""
-    return "fast_dllm_upstream_" + hashlib.sha1(str(root).encode()).hexdigest()[:10]
+def package_name(root: Path, prefix: str = "fast_dllm_upstream_") -> str:
+    """The module name a checkout folder (``llada``, ``dream``) is imported under (one per checkout)."""
+    return prefix + hashlib.sha1(str(root).encode()).hexdigest()[:10]
+
+
+def private_package(root: Path, prefix: str = "fast_dllm_upstream_") -> str:
+    """Register ``root`` as an empty package under :func:`package_name` (so that its modules'
+    relative imports resolve) and return that name; the checkout's files are never touched."""
+    name = package_name(root, prefix)
+    if name not in sys.modules:
+        pkg = types.ModuleType(name)
+        pkg.__path__ = [str(root)]
+        pkg.__package__ = name
+        sys.modules[name] = pkg
+    return name
 
 
 def _load_generate(root: Path):
     """Import ``root/generate.py`` as ``<package>.generate``: the folder is a package (for
     ``from .model...``) and on ``sys.path`` while importing (for ``from model...``)."""
-    pkg_name = package_name(root)
-    if pkg_name not in sys.modules:
-        pkg = types.ModuleType(pkg_name)
-        pkg.__path__ = [str(root)]
-        pkg.__package__ = pkg_name
-        sys.modules[pkg_name] = pkg
+    pkg_name = private_package(root)
     added = str(root) not in sys.path
     if added:
         sys.path.insert(0, str(root))

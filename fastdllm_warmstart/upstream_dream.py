@@ -12,16 +12,13 @@ go into that private import only: the checkout's files and the user's own import
 
 from __future__ import annotations
 
-import hashlib
 import importlib
-import sys
-import types
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Optional
 
-from .upstream import ENV_VAR, UpstreamError, first_checkout
+from .upstream import ENV_VAR, UpstreamError, first_checkout, private_package
 
 
 _MODEL_FILES = ("modeling_dream.py", "configuration_dream.py", "generation_utils_block.py")
@@ -45,20 +42,11 @@ def dream_dir(path) -> Optional[Path]:
     return None
 
 
-def _package_name(root: Path) -> str:
-    return "fast_dllm_dream_" + hashlib.sha1(str(root).encode()).hexdigest()[:10]
-
-
 @lru_cache(maxsize=8)
 def _import_dream(root: Path) -> UpstreamDream:
     from .compat import dream_module_shims
 
-    name = _package_name(root)
-    if name not in sys.modules:
-        pkg = types.ModuleType(name)
-        pkg.__path__ = [str(root)]
-        pkg.__package__ = name
-        sys.modules[name] = pkg
+    name = private_package(root, "fast_dllm_dream_")
     try:
         modeling = importlib.import_module(f"{name}.model.modeling_dream")
         block = importlib.import_module(f"{name}.model.generation_utils_block")

@@ -11,7 +11,7 @@ Fast-dLLM checkout or a 7B download. Trained weights are not shipped.
 
 from __future__ import annotations
 
-from .tiny_llada import TinyLLaDAConfig, TinyLLaDAModelLM
+from .tiny_llada import TinyLLaDAConfig, TinyLLaDAModelLM, register_with_auto
 
 
 class TinyDreamConfig(TinyLLaDAConfig):
@@ -34,10 +34,4 @@ class TinyDreamModelLM(TinyLLaDAModelLM):
 
 def register_auto_classes() -> None:
     """Make ``AutoConfig`` / ``AutoModel`` resolve ``model_type: tiny_dream`` checkpoints."""
-    from transformers import AutoConfig, AutoModel
-
-    try:
-        AutoConfig.register(TinyDreamConfig.model_type, TinyDreamConfig)
-        AutoModel.register(TinyDreamConfig, TinyDreamModelLM)
-    except ValueError:  # already registered
-        pass
+    register_with_auto(TinyDreamConfig, TinyDreamModelLM)

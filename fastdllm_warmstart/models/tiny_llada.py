@@ -342,12 +342,17 @@ class TinyLLaDAModelLM(PreTrainedModel):
         return x, q_pos, key_mask, past_key_values, replace_cols, n_transient, bool(use_cache)
 
 
-def register_auto_classes() -> None:
-    """Make ``AutoConfig`` / ``AutoModel`` resolve ``model_type: tiny_llada`` checkpoints."""
+def register_with_auto(config_class, model_class) -> None:
+    """Make ``AutoConfig`` / ``AutoModel`` resolve checkpoints of ``config_class.model_type``."""
     from transformers import AutoConfig, AutoModel
 
     try:
-        AutoConfig.register(TinyLLaDAConfig.model_type, TinyLLaDAConfig)
-        AutoModel.register(TinyLLaDAConfig, TinyLLaDAModelLM)
+        AutoConfig.register(config_class.model_type, config_class)
+        AutoModel.register(config_class, model_class)
     except ValueError:  # already registered
         pass
+
+
+def register_auto_classes() -> None:
+    """Make ``AutoConfig`` / ``AutoModel`` resolve ``model_type: tiny_llada`` checkpoints."""
+    register_with_auto(TinyLLaDAConfig, TinyLLaDAModelLM)
