@@ -215,11 +215,15 @@ class WarmStartRunner:
 
     def resolve(self, config: RunConfig) -> RunConfig:
         """``config`` with its model-dependent defaults made explicit for this model: the
-        ``auto`` remask rule (spec where the model takes transient queries, else chain) and the
-        rule's own ``tau_accept``; what decodes, and what result files record."""
-        transient = (bool(getattr(self.model, "supports_transient_queries", False))
-                     and protocol_for(self.model).supports_transient)
-        remask = config.remask.resolved(transient)
+        ``auto`` remask rule (wino where the model takes transient queries and no ``factor`` is
+        set, spec where it takes them, else chain) and the rule's own ``tau_accept``; what
+        decodes, and what result files record."""
+        if config.wino.enabled and config.remask.rule == "auto":  # --wino asked for it by name
+            remask = dataclasses.replace(config.remask, rule="wino")
+        else:
+            transient = (bool(getattr(self.model, "supports_transient_queries", False))
+                         and protocol_for(self.model).supports_transient)
+            remask = config.remask.resolved(transient, wino=config.decode.factor is None)
         return config if remask is config.remask else dataclasses.replace(config, remask=remask)
 
     def batching(self, config: Optional[RunConfig] = None) -> str:
@@ -279,7 +283,7 @@ class WarmStartRunner:
         if config.apd.enabled:  # APD owns the commit: the aux accepts the dLLM's agreeing prefix
             callbacks.append(self._apd(config, prompts))
         threshold, transfer_fn = d.threshold, None
-        if config.wino.enabled:  # WINO's wide-in is the commit rule
+        if config.wino_decodes:  # WINO's wide-in is the commit rule
             from .wino.decoding import wide_in_rule
 
             threshold, transfer_fn = config.wino.tau_in, wide_in_rule(config.wino)

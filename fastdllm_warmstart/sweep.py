@@ -111,9 +111,14 @@ def plot_sweep(records: List[Dict[str, Any]], path: str, title: Optional[str] = 
         for r in records:
             series.setdefault(r["series"], []).append(r)
         references = 0
+        # tab10 without its grey (C7), which the reference and control curves use: every other
+        # series gets a colour of its own, in order
+        palette = iter(c for i, c in enumerate(plt.get_cmap("tab10").colors * 2) if i % 10 != 7)
         for name, rows in series.items():
             kind = rows[0]["kind"]
             style = dict(styles[kind])
+            if "color" not in style:
+                style["color"] = next(palette)
             if kind == "reference":  # the first reference curve black, further ones grey and dashed
                 if references:
                     style.update(color="grey", marker="D", linestyle="--")

@@ -293,15 +293,18 @@ def build_callbacks(config: RunConfig, proposals: Optional[torch.Tensor],
     """
     callbacks: List[DecodeCallback] = []
     warm: WarmStartConfig = config.warm
+    by_wino = config.remask.enabled and config.remask.rule == "wino"
     if warm.enabled and proposals is not None and bool((proposals >= 0).any()):
-        if warm.warm_init == "token":
+        if by_wino:  # the whole draft on the canvas, as WINO's first wide-in; its narrow-out judges it
+            callbacks.append(TokenInjection(proposals, rho=1.0, seed=warm.seed))
+        elif warm.warm_init == "token":
             callbacks.append(TokenInjection(proposals, rho=warm.rho, seed=warm.seed))
         else:
             callbacks.append(EmbeddingInterpolation(proposals, alpha=warm.alpha,
                                                     schedule=warm.embed_schedule, seed=warm.seed))
-        if config.remask.enabled:
+        if config.remask.enabled and not by_wino:
             callbacks.append(_remask_callback(config, proposals))
-    if config.wino.enabled:  # after the warm start: priors it lays are judged on the shadow
+    if config.wino_decodes:  # after the warm start: priors it lays are judged on the shadow
         from .wino.decoding import NarrowOut
 
         callbacks.append(NarrowOut(tau_out=config.wino.tau_out, cap=config.wino.cap))

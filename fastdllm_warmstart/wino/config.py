@@ -33,15 +33,21 @@ class WinoConfig:
 
     def check_run(self, run: Any) -> None:
         """The settings of a :class:`~fastdllm_warmstart.config.RunConfig` WINO cannot run with."""
+        by_rule = run.remask.enabled and run.remask.rule == "wino"
+        if by_rule and run.decode.factor is not None:
+            raise ConfigError("remask_rule=wino replaces the commit rule with WINO's wide-in; drop factor, "
+                              "or pick another remask_rule.")
         if not self.enabled:
             return
         if run.decode.factor is not None:
             raise ConfigError("wino=true replaces the commit rule with its wide-in; drop factor.")
-        if run.remask.enabled:
-            raise ConfigError("wino=true judges the draft itself (its narrow-out re-masks weak priors); "
-                              "drop remask, or drop wino.")
-        if run.warm.warm_init == "embed":
-            raise ConfigError("wino=true judges tokens on the canvas; use warm_init=token (or none).")
+        if run.remask.enabled and run.remask.rule not in ("auto", "wino"):
+            raise ConfigError(f"wino=true judges the draft itself (its narrow-out re-masks weak priors), "
+                              f"remask_rule={run.remask.rule} would judge it again; drop remask, or use "
+                              f"remask_rule=wino (the same decoding).")
+        if run.warm.warm_init == "embed" and not by_rule:
+            raise ConfigError("wino=true judges tokens on the canvas; use warm_init=token (or none), or "
+                              "remask_rule=wino (lays the draft as tokens).")
 
 
 __all__ = ["WinoConfig"]
