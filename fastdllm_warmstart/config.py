@@ -208,18 +208,19 @@ class RemaskConfig:
     # No revision cap: a revoked position is an ordinary [MASK] (token mode) or loses its prior
     # (embed mode), so it is never a candidate again; each position is revoked at most once and
     # every step still commits a token, so decoding terminates.
-    # Which rule judges the priors (REMASK_RULES). "auto" is the default: wino where the model takes
-    # transient queries (the embedded tiny dLLM) and the commit rule is the threshold one (no
-    # --factor), else spec where it takes them, else chain (rel 0.3). wino lays the whole draft
-    # (rho 1) and verifies it with WINO's narrow-out (--wino-tau-in / --wino-tau-out). Chosen on
-    # development seeds and confirmed on six fresh ones (results/default/, README): wino +3.4
-    # points over cold at 0.27x NFE, 1.48x faster at batch 16 with the aux; spec 0.1 +2.5 at
-    # 0.35x; chain rel 0.3 +0.5 at 0.54x; the first default, chain rel 0.2, -1.0 at 0.39x.
-    rule: str = setting("auto", "auto (wino where the model takes transient queries and no --factor is "
-                                "set, else spec where it takes them, else chain) | revoke (paper-style: "
-                                "judge injected priors, revoke unlikely ones) | accept | chain | prefix | "
-                                "spec (commit draft tokens the dLLM supports early) | wino (lay the whole "
-                                "draft, WINO's narrow-out re-masks what the dLLM does not support)",
+    # Which rule judges the priors (REMASK_RULES). "auto" is the default: spec (tau_accept 0.1) where
+    # the model takes transient queries (the embedded tiny dLLM), else chain (rel 0.3). Chosen on
+    # seven development seeds and confirmed on six fresh ones (results/default/, README): spec 0.1
+    # +2.5 points over cold at 0.35x NFE; chain rel 0.3 +0.5 at 0.54x; the first default, chain rel
+    # 0.2, -1.0 at 0.39x. wino (the draft laid whole, WINO's narrow-out judging it) is faster and
+    # +3.4 with the aux's drafts, but not a verifier of bad drafts: near-miss drafts (one wrong
+    # result) and drafts for the wrong problem stay visible and steer the model (README), so it is
+    # opt-in.
+    rule: str = setting("auto", "auto (spec where the model takes transient queries, else chain) | "
+                                "revoke (paper-style: judge injected priors, revoke unlikely ones) | accept | "
+                                "chain | prefix | spec (commit draft tokens the dLLM supports early) | wino "
+                                "(lay the whole draft, WINO's narrow-out re-masks what the dLLM does not "
+                                "support: fastest with good drafts, not safe with bad ones)",
                          choices=REMASK_RULES)
     # accept / chain / spec: commit a draft token the model gives at least this probability (or ranks
     # first). Below the 0.9 commit threshold on purpose: a coherent draft is judged as a whole. Unset:
@@ -263,15 +264,10 @@ class RemaskConfig:
         if not isinstance(self.frontier, bool):
             raise ConfigError(f"remask_frontier must be true or false, got {self.frontier!r}.")
 
-    def resolved(self, transient_queries: bool, wino: Optional[bool] = None) -> "RemaskConfig":
+    def resolved(self, transient_queries: bool) -> "RemaskConfig":
         """This config with ``rule="auto"`` and an unset ``tau_accept`` made explicit:
-        ``transient_queries`` says whether the model takes the transient queries spec and WINO
-        need; ``wino`` whether the run may decode with WINO's commit rule (False with --factor;
-        None: as ``transient_queries``)."""
-        wino = transient_queries if wino is None else (wino and transient_queries)
-        rule = self.rule
-        if rule == "auto":
-            rule = "wino" if wino else ("spec" if transient_queries else "chain")
+        ``transient_queries`` says whether the model takes the transient queries spec needs."""
+        rule = self.rule if self.rule != "auto" else ("spec" if transient_queries else "chain")
         tau = self.tau_accept if self.tau_accept is not None else RULE_TAU_ACCEPT.get(rule)
         if rule == self.rule and tau == self.tau_accept:
             return self

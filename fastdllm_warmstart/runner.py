@@ -215,15 +215,15 @@ class WarmStartRunner:
 
     def resolve(self, config: RunConfig) -> RunConfig:
         """``config`` with its model-dependent defaults made explicit for this model: the
-        ``auto`` remask rule (wino where the model takes transient queries and no ``factor`` is
-        set, spec where it takes them, else chain) and the rule's own ``tau_accept``; what
-        decodes, and what result files record."""
-        if config.wino.enabled and config.remask.rule == "auto":  # --wino asked for it by name
+        ``auto`` remask rule (spec where the model takes transient queries, else chain; wino with
+        ``--wino``, which judges the draft itself) and the rule's own ``tau_accept``; what decodes,
+        and what result files record."""
+        if config.wino.enabled and config.remask.rule == "auto":  # --wino judges the draft itself
             remask = dataclasses.replace(config.remask, rule="wino")
         else:
             transient = (bool(getattr(self.model, "supports_transient_queries", False))
                          and protocol_for(self.model).supports_transient)
-            remask = config.remask.resolved(transient, wino=config.decode.factor is None)
+            remask = config.remask.resolved(transient)
         return config if remask is config.remask else dataclasses.replace(config, remask=remask)
 
     def batching(self, config: Optional[RunConfig] = None) -> str:

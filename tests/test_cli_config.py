@@ -147,8 +147,8 @@ def test_bench_smoke_and_resume(random_model_dirs, tmp_path, capsys, caplog):
             assert rec["nfe_over_floor"] == pytest.approx(rec["mean_nfe"] / 2)
             assert rec["tokens_per_forward"] == pytest.approx(32 / rec["mean_nfe"])
     # the auto rule as this model resolves it (the tiny dLLM takes transient queries), recorded
-    assert result["config"]["token+remask"]["remask"]["rule"] == "wino"
-    assert result["config"]["token+remask"]["remask"]["tau_accept"] is None
+    assert result["config"]["token+remask"]["remask"]["rule"] == "spec"
+    assert result["config"]["token+remask"]["remask"]["tau_accept"] == 0.1
     assert result["config"]["token+revoke"]["remask"]["rule"] == "revoke"
     assert result["records"][1]["aux_s"] == 0.0 and result["records"][2]["aux_s"] > 0
     assert "torch" in result["versions"] and result["config"]["embed"]["warm"]["alpha"] == 0.6

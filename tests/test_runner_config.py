@@ -87,12 +87,11 @@ def test_auto_remask_rule_resolves_by_what_the_model_supports():
 
     auto = RemaskConfig(enabled=True)
     assert auto.rule == "auto" and auto.tau_accept is None
-    assert auto.resolved(transient_queries=True).rule == "wino"
-    spec = auto.resolved(transient_queries=True, wino=False)  # e.g. with --factor
+    spec = auto.resolved(transient_queries=True)
     assert (spec.rule, spec.tau_accept) == ("spec", 0.1)
     chain = auto.resolved(transient_queries=False)
     assert (chain.rule, chain.tau_accept, chain.rel) == ("chain", 0.3, 0.3)
-    assert auto.resolved(transient_queries=False, wino=True).rule == "chain"  # WINO needs the queries
+    assert RemaskConfig(rule="wino").resolved(False).rule == "wino"
     # an explicit rule keeps its level; an explicit level is never replaced
     assert RemaskConfig(rule="accept").resolved(True).tau_accept == 0.3
     assert RemaskConfig(rule="spec", tau_accept=0.3).resolved(False).tau_accept == 0.3
@@ -105,10 +104,10 @@ def test_the_runner_records_the_rule_it_decodes_with(random_model_dirs):
 
     runner = WarmStartRunner.from_pretrained(random_model_dirs["dllm"], RunConfig())
     cfg = runner.resolve(configs_from_flat({"warm_init": "token", "remask": True}))
-    assert cfg.remask.rule == "wino" and cfg.wino_decodes  # the tiny LLaDA takes transient queries
-    factor = runner.resolve(configs_from_flat({"warm_init": "token", "remask": True, "factor": 1.0}))
-    assert factor.remask.rule == "spec" and not factor.wino_decodes  # WINO replaces the factor rule
-    cold = runner.resolve(configs_from_flat({"remask": True}))  # no warm start: nothing to verify
-    assert not cold.wino_decodes
+    assert cfg.remask.rule == "spec" and not cfg.wino_decodes  # the tiny LLaDA takes transient queries
+    wino = runner.resolve(configs_from_flat({"warm_init": "token", "remask": True, "wino": True}))
+    assert wino.remask.rule == "wino" and wino.wino_decodes  # --wino judges the draft itself
+    cold = runner.resolve(configs_from_flat({"remask": True, "remask_rule": "wino"}))
+    assert not cold.wino_decodes  # no warm start: nothing to verify, the run stays cold
     runner.model.supports_transient_queries = False  # e.g. upstream's LLaDAModelLM
     assert runner.resolve(configs_from_flat({"warm_init": "token", "remask": True})).remask.rule == "chain"

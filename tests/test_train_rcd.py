@@ -151,6 +151,48 @@ def test_drafts_and_soft_inputs_on_hand_made_tensors():
     assert torch.equal(out[0, 0], table[1])
 
 
+def test_the_bridge_arms_drafts_reach_the_model_in_every_kind_of_state(base, monkeypatch):
+    """With the stream off (residual_scale 0, the bridge arm) the drafts are what the still-masked
+    positions carry in decoder states, cache states and random masks, in the block and in the cache
+    (no all-zero residual replaces them); with the stream on, the residual replaces them where it
+    exists, as at inference."""
+    model, tok = base
+    problems, batch = _batch(tok, seed=7, n=6)
+    real = rs.soft_embeds
+    seen = []
+
+    def spy(table, x, mask_id, drafts, alpha, a=None, d=None, has=None):
+        out = real(table, x, mask_id, drafts, alpha, a, d, has)
+        if drafts is not None:
+            use = (x == mask_id) & (drafts >= 0)
+            mixed = (1 - alpha) * table[mask_id] + alpha * table[drafts.clamp(min=0)]
+            seen.append((bool(use.any()), bool(torch.equal(out[use], mixed[use]))))
+        return out
+
+    monkeypatch.setattr(rs, "soft_embeds", spy)
+    mask, pad = tok.mask_token_id, tok.pad_token_id
+    for scale, drafts_kept in ((0.0, True), (1.0, False)):
+        cfg = rs.SoftInputConfig(residual_scale=scale, draft_frac=1.0, draft_alpha=0.6)
+        for kind, (dec, cac) in {"decode": (1.0, 0.0), "cache": (0.0, 1.0), "random": (0.0, 0.0)}.items():
+            for seed in range(3):
+                plan = rs.plan_step(batch, tok, problems, torch.Generator().manual_seed(seed), random.Random(seed),
+                                    cfg, dec, cac, 0.5, 0.7, 2)
+                seen.clear()
+                with torch.no_grad():
+                    if kind == "decode":
+                        rs.decode_state_loss(model, model, batch, plan, cfg, mask, pad)
+                    elif kind == "cache":
+                        rs.cache_state_loss(model, model, batch, plan, cfg, mask)
+                    else:
+                        rs.random_mask_loss(model, model, batch, plan, cfg, mask)
+                laid = [kept for used, kept in seen if used]
+                assert laid, (kind, seed)  # the state had still-masked draft positions
+                if drafts_kept:
+                    assert all(laid), (kind, seed)
+                elif plan.kind != "decode" or plan.block > 0:  # block 0's first decoder state has none
+                    assert not any(laid), (kind, seed)
+
+
 def test_draft_rows_quality_and_their_own_generator():
     from fastdllm_warmstart.tasks import tinygsm
     from fastdllm_warmstart.tokenization import build_dllm_tokenizer

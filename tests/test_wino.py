@@ -334,10 +334,9 @@ def test_runner_decodes_with_wino_on_the_embedded_model():
 
 
 def test_the_wino_rule_is_the_draft_laid_whole_and_judged_by_the_narrow_out():
-    """``--remask`` with rule wino (the ``auto`` default on the embedded model) decodes exactly as
-    the draft injected at rho 1 with ``--wino``: the same tokens, NFE and re-masks, whatever
-    ``warm_init`` / ``rho`` say (the draft is laid as tokens in full); and a run without a warm
-    start stays cold."""
+    """``--remask --remask-rule wino`` decodes exactly as the draft injected at rho 1 with
+    ``--wino``: the same tokens, NFE and re-masks, whatever ``warm_init`` / ``rho`` say (the draft
+    is laid as tokens in full); and a run without a warm start stays cold."""
     from fastdllm_warmstart.runner import WarmStartRunner
     from fastdllm_warmstart.tasks.tinygsm import format_prompt
     from fastdllm_warmstart.tasks.tinygsm_files import default_split_path, load_jsonl
@@ -348,17 +347,17 @@ def test_the_wino_rule_is_the_draft_laid_whole_and_judged_by_the_narrow_out():
     by_hand = configs_from_flat({"warm_init": "token", "rho": 1.0, "wino": True})
     ref = runner.generate(prompts, by_hand, batch_size=6)
     assert sum(r.revoked for r in ref) + sum(r.injected for r in ref) > 0
-    for flags in ({"warm_init": "token", "remask": True},
+    for flags in ({"warm_init": "token", "remask": True, "remask_rule": "wino"},
                   {"warm_init": "token", "rho": 0.1, "remask": True, "remask_rule": "wino"},
-                  {"warm_init": "embed", "remask": True},
+                  {"warm_init": "embed", "remask": True, "remask_rule": "wino"},
                   {"warm_init": "token", "rho": 1.0, "wino": True, "remask": True}):
         out = runner.generate(prompts, configs_from_flat(flags), batch_size=6)
         assert [(r.token_ids, r.nfe, r.revoked) for r in out] == \
                [(r.token_ids, r.nfe, r.revoked) for r in ref], flags
     cold = runner.generate(prompts, configs_from_flat({}), batch_size=6)
-    cold_remask = runner.generate(prompts, configs_from_flat({"remask": True}), batch_size=6)
+    cold_remask = runner.generate(prompts, configs_from_flat({"remask": True, "remask_rule": "wino"}),
+                                  batch_size=6)
     assert [(r.token_ids, r.nfe) for r in cold_remask] == [(r.token_ids, r.nfe) for r in cold]
-    # and the rule matters: spec on the same drafts decodes differently
-    spec = runner.generate(prompts, configs_from_flat({"warm_init": "token", "remask": True,
-                                                       "remask_rule": "spec"}), batch_size=6)
+    # and the rule matters: the default (spec here) on the same drafts decodes differently
+    spec = runner.generate(prompts, configs_from_flat({"warm_init": "token", "remask": True}), batch_size=6)
     assert [r.nfe for r in spec] != [r.nfe for r in ref]

@@ -130,7 +130,13 @@ def slice_rows(batch, plan: StepPlan, rows: slice):
 
 def residual(logits: torch.Tensor, table: torch.Tensor, t: float, scale: float):
     """(a (B, W), D (B, W, C)): ``p = softmax(logits / t)``, ``a = scale * H(p) / log V``, ``D = p @ E``
-    (the gradient reaches the target's table ``E`` through D)."""
+    (the gradient reaches the target's table ``E`` through D).
+
+    ``(None, None)`` with ``scale`` 0: the stream is off, so no residual exists, and a draft at a
+    still-masked position stays (an all-zero residual would replace it with plain [MASK]: the bridge
+    arm's drafts then reached the model only in block 0's first decoder state)."""
+    if scale == 0:
+        return None, None
     p = torch.softmax(logits.float() / t, dim=-1)  # (B, W, V)
     entropy = -(p * p.clamp_min(1e-12).log()).sum(-1)  # (B, W)
     a = (entropy / math.log(p.shape[-1])).clamp(0.0, 1.0) * scale
