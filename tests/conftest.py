@@ -40,23 +40,30 @@ def tiny_model64():
     return make_tiny_model(dtype=torch.float64)
 
 
+def save_random_dllm(path, config_cls=TinyLLaDAConfig, model_cls=TinyLLaDAModelLM):
+    """A random-weight tiny dLLM of ``model_cls`` (seed 0, 2 layers of width 32) with the project's
+    dLLM tokenizer, saved as a checkpoint folder at ``path``."""
+    from fastdllm_warmstart.tokenization import build_dllm_tokenizer
+
+    tok = build_dllm_tokenizer()
+    torch.manual_seed(0)
+    cfg = config_cls(vocab_size=len(tok), d_model=32, n_layers=2, n_heads=2, mask_token_id=tok.mask_token_id,
+                     eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    model_cls(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
 @pytest.fixture(scope="session")
 def random_model_dirs(tmp_path_factory):
     """A random-weight tiny dLLM and aux model saved as checkpoints, with the project's real
     tokenizers: the full load -> propose -> decode path without needing the trained assets."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from fastdllm_warmstart.tokenization import build_aux_tokenizer, build_dllm_tokenizer
+    from fastdllm_warmstart.tokenization import build_aux_tokenizer
 
     root = tmp_path_factory.mktemp("models")
-    dtok = build_dllm_tokenizer()
-    torch.manual_seed(0)
-    dcfg = TinyLLaDAConfig(vocab_size=len(dtok), d_model=32, n_layers=2, n_heads=2,
-                           mask_token_id=dtok.mask_token_id, eos_token_id=dtok.eos_token_id,
-                           pad_token_id=dtok.pad_token_id)
-    dllm = TinyLLaDAModelLM(dcfg)
-    dllm.save_pretrained(root / "dllm")
-    dtok.save_pretrained(root / "dllm")
+    save_random_dllm(root / "dllm")
     atok = build_aux_tokenizer()
     acfg = LlamaConfig(vocab_size=len(atok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,

@@ -7,6 +7,7 @@ import os
 import pytest
 import torch
 
+from conftest import save_random_dllm
 from fastdllm_warmstart.cli import main
 from fastdllm_warmstart.loading import ModelLoadError, check_cache_support, load_dllm
 from fastdllm_warmstart.models import TinyDreamConfig, TinyDreamModelLM
@@ -15,17 +16,7 @@ from fastdllm_warmstart.models import TinyDreamConfig, TinyDreamModelLM
 @pytest.fixture(scope="module")
 def dream_dir(tmp_path_factory):
     """A random-weight tiny Dream-protocol checkpoint with the project's dLLM tokenizer."""
-    from fastdllm_warmstart.tokenization import build_dllm_tokenizer
-
-    root = tmp_path_factory.mktemp("tiny-dream")
-    tok = build_dllm_tokenizer()
-    torch.manual_seed(0)
-    cfg = TinyDreamConfig(vocab_size=len(tok), d_model=32, n_layers=2, n_heads=2,
-                          mask_token_id=tok.mask_token_id, eos_token_id=tok.eos_token_id,
-                          pad_token_id=tok.pad_token_id)
-    TinyDreamModelLM(cfg).save_pretrained(root)
-    tok.save_pretrained(root)
-    return str(root)
+    return save_random_dllm(tmp_path_factory.mktemp("tiny-dream"), TinyDreamConfig, TinyDreamModelLM)
 
 
 def test_generate_with_a_warm_start_and_remask(dream_dir, random_model_dirs, capsys):

@@ -6,11 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 pytest.importorskip("lm_eval")
 
 from lm_eval.api.instance import Instance  # noqa: E402
+
+from conftest import save_random_dllm  # noqa: E402
 
 from fastdllm_warmstart.config import ConfigError  # noqa: E402
 from fastdllm_warmstart.eval import main as eval_main  # noqa: E402
@@ -26,16 +27,7 @@ UPSTREAM = {"max_new_tokens": "16", "diffusion_steps": "2", "add_bos_token": "tr
 
 @pytest.fixture(scope="module")
 def dream_path(tmp_path_factory):
-    from fastdllm_warmstart.tokenization import build_dllm_tokenizer
-
-    root = tmp_path_factory.mktemp("tiny-dream")
-    tok = build_dllm_tokenizer()
-    torch.manual_seed(0)
-    cfg = TinyDreamConfig(vocab_size=len(tok), d_model=32, n_layers=2, n_heads=2, mask_token_id=tok.mask_token_id,
-                          eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    TinyDreamModelLM(cfg).save_pretrained(root)
-    tok.save_pretrained(root)
-    return str(root)
+    return save_random_dllm(tmp_path_factory.mktemp("tiny-dream"), TinyDreamConfig, TinyDreamModelLM)
 
 
 def test_upstream_dream_names_mean_what_they_mean_upstream():
