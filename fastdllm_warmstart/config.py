@@ -361,11 +361,16 @@ class RunConfig:
         self.wino.check_run(self)
 
     @property
+    def remask_by_wino(self) -> bool:
+        """``remask`` with rule ``wino``: the whole draft laid, WINO's narrow-out its verifier."""
+        return self.remask.enabled and self.remask.rule == "wino"
+
+    @property
     def wino_decodes(self) -> bool:
         """Whether WINO decodes this run: ``wino``, or a warm start with ``remask`` rule ``wino``
         (the whole draft laid, its narrow-out the verifier). A resolved config's answer (an ``auto`` rule
         is not wino until :meth:`RemaskConfig.resolved` says so)."""
-        return self.wino.enabled or (self.warm.enabled and self.remask.enabled and self.remask.rule == "wino")
+        return self.wino.enabled or (self.warm.enabled and self.remask_by_wino)
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)

@@ -293,7 +293,7 @@ def build_callbacks(config: RunConfig, proposals: Optional[torch.Tensor],
     """
     callbacks: List[DecodeCallback] = []
     warm: WarmStartConfig = config.warm
-    by_wino = config.remask.enabled and config.remask.rule == "wino"
+    by_wino = config.remask_by_wino
     if warm.enabled and proposals is not None and bool((proposals >= 0).any()):
         if by_wino:  # the whole draft on the canvas, as WINO's first wide-in; its narrow-out judges it
             callbacks.append(TokenInjection(proposals, rho=1.0, seed=warm.seed))

@@ -33,7 +33,7 @@ class WinoConfig:
 
     def check_run(self, run: Any) -> None:
         """The settings of a :class:`~fastdllm_warmstart.config.RunConfig` WINO cannot run with."""
-        by_rule = run.remask.enabled and run.remask.rule == "wino"
+        by_rule = run.remask_by_wino
         if by_rule and run.decode.factor is not None:
             raise ConfigError("remask_rule=wino replaces the commit rule with WINO's wide-in; drop factor, "
                               "or pick another remask_rule.")
