@@ -32,6 +32,10 @@ def summarize(mode: str, rows: List[Dict[str, Any]], baseline_nfe: Optional[floa
         # same whatever its row count (a GPU's small batches)
         "calls_per_answer": (sum(r["model_calls"] for r in rows) / n) if n and all(
             "model_calls" in r for r in rows) else None,
+        # query positions the model computed per answer: what the time follows where a forward
+        # costs per query (a CPU); older result files have none
+        "queries_per_answer": (sum(r["model_queries"] for r in rows) / n) if n and all(
+            r.get("model_queries") for r in rows) else None,
         "nfe_reduction": (None if not baseline_nfe else 1.0 - nfe / baseline_nfe),
         "dllm_s": dllm_s, "aux_s": aux_s, "wall_s": dllm_s + aux_s,
         "tokens_per_s": tokens / max(dllm_s + aux_s, 1e-9),

@@ -379,7 +379,8 @@ class LLaDAWarmStartLM(LM):
             row.update(warm=done[key]["warm"], fallback=done[key]["fallback"],
                        cached=bool(done[key].get("cached")),
                        injected=done[key].get("injected", 0), revoked=done[key].get("revoked", 0),
-                       model_calls=done[key].get("model_calls"))
+                       model_calls=done[key].get("model_calls"),
+                       model_queries=done[key].get("model_queries"))
             local_rows[str(req.task_name)].append(row)
         self._merge_speed(local_rows)
         return answers

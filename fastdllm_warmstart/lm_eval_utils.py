@@ -354,6 +354,8 @@ def summarize_speed(rows: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
         "tokens_per_nfe": totals["gen_tokens"] / totals["nfe"] if totals["nfe"] else 0.0,
         "calls_per_answer": (sum(r["model_calls"] for r in rows) / n if n and all(
             r.get("model_calls") is not None for r in rows) else None),
+        "queries_per_answer": (sum(r["model_queries"] for r in rows) / n if n and all(
+            r.get("model_queries") for r in rows) else None),
         "dllm_seconds": totals["dllm_seconds"],
         "aux_seconds": totals["aux_seconds"],
         "tokens_per_second": totals["gen_tokens"] / seconds if seconds > 0 else 0.0,

@@ -45,6 +45,9 @@ class GenerationResult:
     revoked: int = 0                # priors revoked by the remask step
     accepted: int = 0               # draft tokens committed by a verification rule
     aux_forwards: int = 0           # aux forwards that scored this row while decoding (APD)
+    # Query positions the model computed for this answer (windows and transient queries): on a
+    # CPU, where a forward costs per query, the time follows this rather than the calls.
+    model_queries: int = 0
     extra: dict = field(default_factory=dict)
 
     def to_record(self) -> Dict[str, Any]:
@@ -60,6 +63,7 @@ class GenerationResult:
                 "dllm_s": self.dllm_seconds, "aux_s": self.aux_seconds, "model_calls": self.model_calls,
                 "warm": self.warm, "fallback": self.fallback, "proposal": self.proposal_text,
                 "injected": self.injected, "revoked": self.revoked, "accepted": self.accepted,
+                "model_queries": self.model_queries,
                 "aux_forwards": self.aux_forwards}
 
 
@@ -266,8 +270,8 @@ class WarmStartRunner:
                 torch.cuda.synchronize(self.device)
             now = time.perf_counter()
             seconds, clock[0] = (now - clock[0]) / max(len(problems), 1), now
-            counts = {k: stats[k].tolist() for k in ("injected", "revoked", "accepted", "aux_forwards")
-                      if k in stats}
+            counts = {k: stats[k].tolist() for k in ("injected", "revoked", "accepted", "aux_forwards",
+                                                      "model_queries") if k in stats}
             done = [(i, self._result(prompts[i], row, n, calls, seconds, records[i],
                                      proposals is not None and bool((proposals[i] >= 0).any()), config,
                                      {k: int(v[j]) for k, v in counts.items()}))

@@ -41,7 +41,7 @@ def same_answers(a, b):
     assert torch.equal(a.generated, b.generated)
     assert torch.equal(a.nfe, b.nfe)
     for key in a.stats:
-        if key != "model_calls":
+        if key not in ("model_calls", "model_queries"):  # costs, which batching changes
             assert torch.equal(a.stats[key], b.stats[key]), key
 
 
@@ -377,3 +377,21 @@ def test_rows_past_a_blocks_first_step_share_events_unless_a_callback_reads_the_
     _, sched_few = run(Count(), **schedule)
     _, sched_many = run(CountEachStep(), **schedule)
     assert sched_few == sched_many
+
+
+@pytest.mark.parametrize("batching", ["static", "refill"])
+def test_each_answer_counts_the_queries_the_model_computed_for_it(model32, batching):
+    """Cold, dual cache, no early stop: every block opens with a full forward over the canvas and
+    each later forward computes the block alone, so an answer's query count is
+    blocks x canvas + (NFE - blocks) x block length, in a static batch as with refill; a
+    verifier's transient queries add to it."""
+    prompts, drafts = mixed_batch(model32, n=7, seed=2)
+    out = generate(model32, prompts, batching=batching, batch_size=3, cache="dual", **KW)
+    blocks, canvas = G // BL, out.sequences.shape[1]
+    expected = blocks * canvas + (out.nfe - blocks) * BL
+    assert torch.equal(out.stats["model_queries"], expected)
+    spec = generate(model32, prompts, batching=batching, batch_size=3, cache="dual",
+                    callbacks=callbacks(dict(warm_init="token", remask=True, remask_rule="spec"), drafts),
+                    **KW)
+    plain = blocks * canvas + (spec.nfe - blocks) * BL
+    assert bool((spec.stats["model_queries"] > plain).any())

@@ -95,12 +95,22 @@ class CacheStrategy:
         return out.logits
 
     def _store_rows(self, past, rows: torch.Tensor, batch: int) -> None:
-        """Write the rows' canvas-wide keys/values into the batch's cache (allocated on first use)."""
+        """Write the rows' canvas-wide keys/values into the batch's cache (allocated on first use;
+        taken as it is when the call computed every row in order)."""
+        if _every_row(rows, batch):
+            self.past = [tuple(layer) for layer in past]
+            return
         if self.past is None or self.past[0][0].shape[0] != batch:
             self.past = [tuple(t.new_zeros((batch,) + tuple(t.shape[1:])) for t in layer) for layer in past]
         for full, part in zip(self.past, past):
             for f, p in zip(full, part):
                 f[rows] = p
+
+    def _past_rows(self, rows: torch.Tensor, batch: int) -> list:
+        """The cache's rows ``rows`` (copies; the cache itself when they are every row in order)."""
+        if _every_row(rows, batch):
+            return self.past
+        return [tuple(t[rows] for t in layer) for layer in self.past]
 
     @staticmethod
     def _call(state: DecodeState, inputs: dict, rows: Optional[torch.Tensor] = None, **extra: Any):
@@ -166,7 +176,8 @@ class PrefixCache(CacheStrategy):
         if full:  # logits (R, L, V); rows_output keeps the keys/values
             return self._kwargs(state, inputs, rows, use_cache=True)
         start = int(starts[0])  # call_key: one block per cached call; logits (R, L - start, V)
-        before = seq_index(self.kv_seq_dim, slice(0, start), rows)
+        before = seq_index(self.kv_seq_dim, slice(0, start),
+                           None if _every_row(rows, state.x.shape[0]) else rows)
         past = [tuple(t[before] for t in layer) for layer in self.past]
         return self._kwargs(state, inputs, rows, past_key_values=past, use_cache=False)
 
@@ -240,18 +251,28 @@ class DualCache(CacheStrategy):
         start = torch.zeros(B, dtype=torch.long, device=state.x.device)
         start[rows] = starts
         replace = (cols >= start.view(-1, 1)) & (cols < start.view(-1, 1) + state.block_length)  # (B, L)
-        past = [tuple(t[rows] for t in layer) for layer in self.past]
+        past = self._past_rows(rows, B)
         return self._kwargs(state, inputs, rows, past_key_values=past, use_cache=True,
                             replace_position=replace)  # logits (R, block_length, V)
 
     def rows_output(self, state, out, rows, full):
-        self._store_rows(out.past_key_values, rows, state.x.shape[0])
+        if full:
+            self._store_rows(out.past_key_values, rows, state.x.shape[0])
+        # A cached call's keys/values are not kept: they differ from the cache only in each row's
+        # block columns, and every later forward of that block replaces those columns with its own
+        # before attending (the next block opens with a full forward). Copying them back was
+        # refill's largest cache cost (profiled).
         return out.logits
 
 
 def _model_call(state: DecodeState, kwargs: dict):
     """One forward through the model family's protocol (``state.protocol``)."""
     return state.protocol.call(state.model, kwargs)
+
+
+def _every_row(rows: torch.Tensor, batch: int) -> bool:
+    """Whether ``rows`` is every row of the batch, in order (0, 1, ..., batch - 1)."""
+    return rows.numel() == batch and bool((rows == torch.arange(batch, device=rows.device)).all())
 
 
 def take_rows(value: Any, rows: torch.Tensor, batch: int) -> Any:

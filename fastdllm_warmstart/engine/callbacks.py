@@ -115,6 +115,10 @@ class CallbackList:
             for event in EVENTS
         }
 
+    def handles(self, *events: str) -> bool:
+        """Whether any callback overrides one of ``events``."""
+        return any(self._handlers[event] for event in events)
+
     def __len__(self) -> int:
         return len(self.callbacks)
 

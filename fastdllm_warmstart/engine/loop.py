@@ -197,14 +197,16 @@ def _close_finished_rows(state: DecodeState, rows: Optional[torch.Tensor] = None
 
 
 def _commit(state: DecodeState, transfer_fn, config: DecodeConfig, schedule: Optional[torch.Tensor],
-            banned: Sequence[int], rows: Optional[torch.Tensor] = None) -> None:
+            banned: Sequence[int], rows: Optional[torch.Tensor] = None, row_logits=None) -> None:
     """Step 2c: upstream's commit rule on the window's logits (``transfer_fn`` is the rule in
     force: the factor rule when ``config.factor`` is set, else the threshold/schedule rule).
 
     Only the block's masked positions can be committed, and the rule proposes the current token
     everywhere else, so it runs on the block's columns alone (and, with ``rows``, on those rows:
     the others have no mask in the block): the same result as over the whole window, without a
-    softmax over every canvas position at a block's full forward."""
+    softmax over every canvas position at a block's full forward. ``row_logits`` = ``(part, pos)``
+    reads the rows' logits from a call's own ``(R, W, V)`` output instead of ``state.logits``:
+    rows ``pos`` of it (None: all, in the order of ``rows``)."""
     w0, w1 = state.window
     x_win = state.window_view(state.x)  # (B, W) view into the canvas
     b0, b1 = max(state.block_start, w0) - w0, min(state.block_end, w1) - w0  # block columns in the window
@@ -214,7 +216,12 @@ def _commit(state: DecodeState, transfer_fn, config: DecodeConfig, schedule: Opt
     sel = (slice(None) if rows is None else rows, slice(b0, b1))
     x_blk = x_win[sel]  # (B or B_a, Wb) copy
     mask_blk = x_blk == state.mask_id
-    logits = suppress_ids(state.logits[sel], mask_blk, banned)
+    if row_logits is None:
+        logits = state.logits[sel]  # (B or B_a, Wb, V)
+    else:
+        part, pos = row_logits
+        logits = part[:, b0:b1] if pos is None else part[:, b0:b1].index_select(0, pos)
+    logits = suppress_ids(logits, mask_blk, banned)
     if schedule is None:
         k = None
     elif state.block_step < schedule.shape[1]:
@@ -359,6 +366,7 @@ def generate(model, prompt: Union[torch.Tensor, Sequence[Sequence[int]]], steps:
         gen_length=config.gen_length, block_length=config.block_length, mask_id=mask,
         eos_id=eos, pad_id=pad, generator=generator, protocol=protocol,
         nfe=torch.zeros(B, dtype=torch.long, device=device),
+        queries=torch.zeros(B, dtype=torch.long, device=device),
         finished=torch.zeros(B, dtype=torch.bool, device=device),
         problem=torch.arange(B, device=device),
     )
@@ -371,8 +379,8 @@ def generate(model, prompt: Union[torch.Tensor, Sequence[Sequence[int]]], steps:
     hooks.fire("on_init", state)
     if mode == "refill":
         loop = RefillLoop(state, hooks, strategy, config,
-                          commit=lambda st, schedule, rows: _commit(st, transfer_fn, config, schedule,
-                                                                    banned, rows),
+                          commit=lambda st, schedule, rows, row_logits=None: _commit(
+                              st, transfer_fn, config, schedule, banned, rows, row_logits),
                           close_finished=_close_finished_rows, ids=ids, prompt_mask=prompt_mask,
                           on_answers=on_answers)
         loop.run()
@@ -436,6 +444,10 @@ def _run_static(state: DecodeState, hooks: CallbackList, strategy, config: Decod
             logits = strategy.forward(state, inputs, rows)  # (B or B_a, W, V), or (., W + T, V)
             share += (1.0 / B) if rows is None else torch.zeros_like(share).index_fill_(
                 0, rows, 1.0 / rows.numel())
+            if rows is None:
+                state.queries += logits.shape[1]
+            else:
+                state.queries[rows] += logits.shape[1]
             if rows is not None:  # the rows left out get zero logits; nothing reads them
                 full = logits.new_zeros((B,) + tuple(logits.shape[1:]))
                 full[rows] = logits

@@ -149,6 +149,12 @@ class RefillLoop:
         # work over the whole batch was the largest host cost of a verifier's run (profiled).
         self.merge_steps = (config.commit_rule != "schedule"
                             and not any(getattr(cb, "uses_block_step", True) for cb in hooks))
+        # Whether anything but the commit reads a call's logits as the batch's (B, W, V)
+        # (``state.logits``): a hook after the forward or the commit, or a callback that owns the
+        # commit. Where nothing does, the commit reads each call's own (R, W, V) output and the
+        # batch-wide copy (_spread) is skipped.
+        self.spread = (hooks.handles("after_forward", "after_commit")
+                       or hooks.commit_owner() is not None)
         self.schedule: Optional[torch.Tensor] = None  # (B, steps_per_block) fixed schedule
         self.steps_per_block = config.resolved_steps // config.num_blocks
         self.max_block_steps = (self.steps_per_block + 2 * config.block_length
@@ -285,7 +291,8 @@ class RefillLoop:
     def _run_calls(self, calls: List[List[_Group]]) -> List[tuple]:
         """Run the calls (each a list of groups sharing a call key): one model call each, or one
         call for all where the model takes several forwards at once (``forward_packed``). Returns
-        (logits (B, W, V), transient logits (B, T, V) or None) per call."""
+        (logits (B, W, V) or None where nothing needs them spread, transient logits (B, T, V) or
+        None, the call's own logits (R, W, V), its rows (R,)) per call."""
         s = self.state
         L = s.x.shape[1]
         prepared = []
@@ -314,13 +321,26 @@ class RefillLoop:
         results = []
         seen: Dict[tuple, int] = {}
         for part, (rows, _, inputs, _) in zip(logits, prepared):
+            s.queries[rows] += part.shape[1]
+            n = inputs.get("n_transient", 0)
+            if not (self.spread or n):
+                results.append((None, None, part, rows))
+                continue
             shape = tuple(part.shape[1:])
             slot = (shape, seen.setdefault(shape, 0))  # the tick's first, second... call of a shape
             seen[shape] += 1
             out = self._spread(slot, part, rows)  # (B, W (+T), V)
-            n = inputs.get("n_transient", 0)
-            results.append((out[:, :-n], out[:, -n:]) if n else (out, None))
+            results.append((out[:, :-n], out[:, -n:], part[:, :-n], rows) if n else (out, None, part, rows))
         return results
+
+    def _row_logits(self, part: torch.Tensor, call_rows: torch.Tensor, rows: torch.Tensor) -> tuple:
+        """``(part, pos)`` for :func:`~.loop._commit`: where the commit's ``rows`` sit among the
+        call's rows ``call_rows`` (None when they are the same, in the same order)."""
+        if rows.numel() == call_rows.numel() and bool((rows == call_rows).all()):
+            return part, None
+        where = torch.full((self.state.batch_size,), -1, dtype=torch.long, device=rows.device)
+        where[call_rows] = torch.arange(call_rows.numel(), device=rows.device)
+        return part, where[rows]
 
     def _spread(self, slot: tuple, part: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """The call's logits ``part`` (R, W, V) as the batch's (B, W, V), zeros in the rows the call
@@ -401,6 +421,7 @@ class RefillLoop:
             s.prompt_lengths[rows] = self.prompt_mask[problems].sum(1).to(s.prompt_lengths.dtype)
         s.problem[rows] = problems
         s.nfe[rows] = 0
+        s.queries[rows] = 0
         s.finished[rows] = False
         self.share[rows] = 0
         self.row_block[rows] = 0
@@ -443,8 +464,8 @@ class RefillLoop:
             calls: Dict[object, List[_Group]] = {}
             for g in groups:
                 calls.setdefault(self.strategy.call_key(g.block, g.block_step), []).append(g)
-            for members, (logits, transient_logits) in zip(calls.values(),
-                                                           self._run_calls(list(calls.values()))):
+            for members, (logits, transient_logits, part, call_rows) in zip(
+                    calls.values(), self._run_calls(list(calls.values()))):
                 for same in self._commit_sets(members):
                     for g in same:
                         self._enter(g.block, g.block_step, g.rows, g.active)
@@ -453,7 +474,9 @@ class RefillLoop:
                         s.nfe[g.rows] += 1
                         self.hooks.fire("after_forward", s)
                     # One commit for groups of one block and window: the rule is row by row.
-                    self._commit(s, self.schedule, torch.cat([g.rows for g in same]))
+                    rows = torch.cat([g.rows for g in same])
+                    self._commit(s, self.schedule, rows,
+                                 None if logits is not None else self._row_logits(part, call_rows, rows))
                     x0, transfer = s.x0, s.transfer
                     for g in same:
                         self._enter(g.block, g.block_step, g.rows, g.active)

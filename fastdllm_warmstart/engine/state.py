@@ -82,6 +82,10 @@ class DecodeState:
 
     # Accounting.
     nfe: Optional[torch.Tensor] = None    # (B,) long: forwards each row needed
+    # (B,) long: query positions the model computed for each row (window and transient queries of
+    # every forward that computed the row, counted for rows that only rode along too): on a CPU,
+    # where a forward costs per query, this is what the time follows.
+    queries: Optional[torch.Tensor] = None
     # (B,) bool: rows the current forward counts for, set before ``before_forward``. False for a row
     # whose block is done (or that stopped early) and only rides along with its batch: hooks must
     # leave such a row unchanged, so that it decodes as it would alone.
@@ -135,6 +139,8 @@ def row_stats(state: DecodeState) -> Dict[str, torch.Tensor]:
     and each row's share of the model calls (a call's cost split equally among its rows)."""
     P, B = state.prompt_width, state.batch_size
     stats = {"finished_early": state.finished.clone()}
+    if state.queries is not None:
+        stats["model_queries"] = state.queries.clone()
     if state.injected is not None:
         stats["injected_left"] = state.injected[:, P:].sum(1)
     if state.revisions is not None:
