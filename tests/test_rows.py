@@ -395,3 +395,31 @@ def test_each_answer_counts_the_queries_the_model_computed_for_it(model32, batch
                     **KW)
     plain = blocks * canvas + (spec.nfe - blocks) * BL
     assert bool((spec.stats["model_queries"] > plain).any())
+
+
+def test_past_rows_equals_a_forward_on_the_gathered_cache(model32):
+    """The embedded model's ``past_rows`` (a cached call of some rows of the batch's dual cache)
+    gives the logits and keys/values of the same call on the rows' gathered cache, and leaves the
+    batch's cache untouched."""
+    g = torch.Generator().manual_seed(4)
+    B, L, W = 5, 20, 4
+    x = torch.randint(5, 48, (B, L), generator=g)
+    past = model32(input_ids=x, use_cache=True).past_key_values
+    before = [tuple(t.clone() for t in layer) for layer in past]
+    rows = torch.tensor([3, 0, 4])
+    starts = torch.tensor([8, 12, 4])
+    cols = torch.arange(L)
+    replace = (cols >= starts.view(-1, 1)) & (cols < starts.view(-1, 1) + W)
+    ids = torch.randint(5, 48, (3, W), generator=g)
+    gathered = [tuple(t[rows] for t in layer) for layer in past]
+    want = model32(input_ids=ids, past_key_values=gathered, use_cache=True, replace_position=replace)
+    got = model32(input_ids=ids, past_key_values=past, use_cache=True, replace_position=replace,
+                  past_rows=rows)
+    assert torch.allclose(got.logits, want.logits, atol=1e-6)
+    for a, b in zip(got.past_key_values, want.past_key_values):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    for a, b in zip(past, before):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    with pytest.raises(ValueError, match="past_rows has 2 rows"):
+        model32(input_ids=ids, past_key_values=past, use_cache=True, replace_position=replace,
+                past_rows=rows[:2])

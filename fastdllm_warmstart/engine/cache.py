@@ -106,12 +106,6 @@ class CacheStrategy:
             for f, p in zip(full, part):
                 f[rows] = p
 
-    def _past_rows(self, rows: torch.Tensor, batch: int) -> list:
-        """The cache's rows ``rows`` (copies; the cache itself when they are every row in order)."""
-        if _every_row(rows, batch):
-            return self.past
-        return [tuple(t[rows] for t in layer) for layer in self.past]
-
     @staticmethod
     def _call(state: DecodeState, inputs: dict, rows: Optional[torch.Tensor] = None, **extra: Any):
         return _model_call(state, CacheStrategy._kwargs(state, inputs, rows, **extra))
@@ -251,7 +245,14 @@ class DualCache(CacheStrategy):
         start = torch.zeros(B, dtype=torch.long, device=state.x.device)
         start[rows] = starts
         replace = (cols >= start.view(-1, 1)) & (cols < start.view(-1, 1) + state.block_length)  # (B, L)
-        past = self._past_rows(rows, B)
+        if _every_row(rows, B):
+            return self._kwargs(state, inputs, rows, past_key_values=self.past, use_cache=True,
+                                replace_position=replace)  # logits (B, block_length, V)
+        if getattr(state.model, "supports_past_rows", False):  # the model takes the rows itself
+            kwargs = self._kwargs(state, inputs, rows, past_key_values=self.past, use_cache=True,
+                                  replace_position=replace)
+            return {**kwargs, "past_rows": rows}  # logits (R, block_length, V)
+        past = [tuple(t[rows] for t in layer) for layer in self.past]
         return self._kwargs(state, inputs, rows, past_key_values=past, use_cache=True,
                             replace_position=replace)  # logits (R, block_length, V)
 

@@ -16,7 +16,9 @@ KV-cache semantics (the ones the prefix and dual cache strategies rely on):
   rows may select different columns, as when the rows of a continuous batch sit in different
   blocks) the new keys/values *replace* the cached ones at each row's columns (dual cache) and the
   queries sit at those columns. The returned cache holds the replaced tensors; the input cache is
-  not modified.
+  not modified. ``past_rows`` (``(B,)`` long) says which rows of a larger cache the ``B`` inputs
+  are (a continuous batch's cached call): they are taken inside the forward, one copy per layer
+  instead of a gathered cache and then a replaced copy of it.
 
 Positions come from ``attention_mask`` when one is given (``cumsum(mask) - 1``), so a left-padded
 row sees exactly the positions it would see alone; padded keys are never attended to.
@@ -163,7 +165,7 @@ class Block(nn.Module):
 
     def _attend(self, qkv: torch.Tensor, q_pos: torch.Tensor, key_mask: Optional[torch.Tensor],
                 layer_past: Optional[KV], replace_cols: Optional[torch.Tensor],
-                n_transient: int = 0) -> Tuple[torch.Tensor, KV]:
+                n_transient: int = 0, past_rows: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, KV]:
         """Attention of one part: ``qkv`` (B, T, 3C) -> ((B * T, C), the part's keys/values)."""
         B, T, C3 = qkv.shape
         C = C3 // 3
@@ -181,8 +183,12 @@ class Block(nn.Module):
             cached_v = torch.cat((layer_past[1], v[:, :, :n]), dim=2)
         else:  # dual cache: the inputs replace their row's columns, replace_cols (B, n)
             index = replace_cols[:, None, :, None].expand(B, self.n_heads, n, self.head_dim)
-            cached_k = layer_past[0].scatter(2, index, k[:, :, :n])
-            cached_v = layer_past[1].scatter(2, index, v[:, :, :n])
+            if past_rows is None:
+                cached_k = layer_past[0].scatter(2, index, k[:, :, :n])
+                cached_v = layer_past[1].scatter(2, index, v[:, :, :n])
+            else:  # the rows' copies, replaced in place
+                cached_k = layer_past[0].index_select(0, past_rows).scatter_(2, index, k[:, :, :n])
+                cached_v = layer_past[1].index_select(0, past_rows).scatter_(2, index, v[:, :, :n])
         if n_transient:  # transient keys join this forward only, after the canvas keys
             k = torch.cat((cached_k, k[:, :, n:]), dim=2)
             v = torch.cat((cached_v, v[:, :, n:]), dim=2)
@@ -212,6 +218,8 @@ class TinyLLaDAModelLM(PreTrainedModel):
     supports_row_windows = True
     # forward_packed: several forwards in one pass over the weights (continuous batching).
     supports_packed_calls = True
+    # past_rows: a cached forward of some rows of a larger dual cache takes them itself.
+    supports_past_rows = True
 
     def __init__(self, config: TinyLLaDAConfig):
         super().__init__(config)
@@ -252,13 +260,15 @@ class TinyLLaDAModelLM(PreTrainedModel):
         position_ids: Optional[torch.Tensor] = None,
         attention_bias: Optional[torch.Tensor] = None,
         n_transient: int = 0,
+        past_rows: Optional[torch.Tensor] = None,
         return_dict: Optional[bool] = None,
         **unused,
     ) -> CausalLMOutputWithPast:
         return self.forward_packed([dict(
             input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
             past_key_values=past_key_values, use_cache=use_cache, replace_position=replace_position,
-            position_ids=position_ids, attention_bias=attention_bias, n_transient=n_transient, **unused)])[0]
+            position_ids=position_ids, attention_bias=attention_bias, n_transient=n_transient,
+            past_rows=past_rows, **unused)])[0]
 
     def forward_packed(self, calls: Sequence[dict]) -> List[CausalLMOutputWithPast]:
         """Several forwards (each the keyword arguments of :meth:`forward`: another window, cache
@@ -269,8 +279,8 @@ class TinyLLaDAModelLM(PreTrainedModel):
         xs = [p[0] for p in parts]
         presents: List[List[KV]] = [[] for _ in parts]
         for i, block in enumerate(self.blocks):
-            metas = [(q_pos, key_mask, past[i] if past else None, replace_cols, n_tr)
-                     for _, q_pos, key_mask, past, replace_cols, n_tr, _ in parts]
+            metas = [(q_pos, key_mask, past[i] if past else None, replace_cols, n_tr, rows)
+                     for _, q_pos, key_mask, past, replace_cols, n_tr, _, rows in parts]
             xs, kvs = block.forward_parts(xs, metas)
             for store, kv in zip(presents, kvs):
                 store.append(kv)
@@ -284,9 +294,9 @@ class TinyLLaDAModelLM(PreTrainedModel):
 
     def _prepare(self, input_ids=None, inputs_embeds=None, attention_mask=None, past_key_values=None,
                  use_cache=None, replace_position=None, position_ids=None, attention_bias=None,
-                 n_transient=0, return_dict=None, **unused) -> tuple:
+                 n_transient=0, past_rows=None, return_dict=None, **unused) -> tuple:
         """One forward's inputs, positions and attention mask:
-        (x, q_pos, key_mask, past_key_values, replace_cols, n_transient, use_cache)."""
+        (x, q_pos, key_mask, past_key_values, replace_cols, n_transient, use_cache, past_rows)."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
         if unused:
@@ -339,7 +349,13 @@ class TinyLLaDAModelLM(PreTrainedModel):
         elif n_transient:
             raise ValueError("transient inputs need an attention_bias saying what each query sees.")
 
-        return x, q_pos, key_mask, past_key_values, replace_cols, n_transient, bool(use_cache)
+        if past_rows is not None:
+            if replace_cols is None:
+                raise ValueError("past_rows selects rows of a dual cache; it needs replace_position.")
+            past_rows = past_rows.to(device=x.device, dtype=torch.long).view(-1)
+            if past_rows.numel() != B:
+                raise ValueError(f"past_rows has {past_rows.numel()} rows for {B} inputs.")
+        return x, q_pos, key_mask, past_key_values, replace_cols, n_transient, bool(use_cache), past_rows
 
 
 def register_with_auto(config_class, model_class) -> None:
