@@ -361,3 +361,30 @@ def test_the_wino_rule_is_the_draft_laid_whole_and_judged_by_the_narrow_out():
     # and the rule matters: the default (spec here) on the same drafts decodes differently
     spec = runner.generate(prompts, configs_from_flat({"warm_init": "token", "remask": True}), batch_size=6)
     assert [r.nfe for r in spec] != [r.nfe for r in ref]
+
+
+def test_narrow_out_stops_after_block_length_forwards_of_the_row_itself():
+    """The narrow-out re-masks only while a row has run fewer than block_length forwards in its
+    block, counted per row (rows at different steps share one event in a continuous batch): the
+    same verdicts, one row past the bound, and only the other re-masks."""
+    from fastdllm_warmstart.engine.state import DecodeState
+
+    B, T, V = 2, 4, 12
+    x = torch.cat([torch.full((B, 2), 20 % V), torch.tensor([[3, 4, 5, 6], [3, 4, 5, 6]])], dim=1)
+    st = DecodeState(model=None, x=x.clone(), attention_mask=None, prompt_width=2,
+                     prompt_lengths=torch.full((B,), 2), gen_length=T, block_length=T, mask_id=MASK,
+                     eos_id=EOS, pad_id=PAD, generator=torch.Generator())
+    st.block_start, st.block_end, st.window, st.block_step = 2, 2 + T, (2, 2 + T), 1
+    st.active = torch.ones(B, dtype=torch.bool)
+    st.transfer = torch.tensor([[False, False, True, True]] * B)  # 2 and 3 committed now
+    st.transient_logits = torch.zeros((B, T, V))  # the shadow: every token 1/V, far below tau_out
+    st.revisions = torch.zeros_like(st.x)
+    st.extras["wino_remasked"] = torch.zeros(B, dtype=torch.long)
+    narrow = NarrowOut(tau_out=0.9, cap=False)
+    narrow.judged = torch.tensor([[True, True, False, False]] * B)  # 0 and 1 decoded before
+    narrow.last = torch.full((B,), 99)
+    narrow.steps = torch.tensor([T - 1, T])  # row 1 has run block_length forwards already
+    narrow.after_commit(st)
+    assert st.x[0, 2:].tolist() == [MASK, MASK, 5, 6]
+    assert st.x[1, 2:].tolist() == [3, 4, 5, 6]
+    assert narrow.steps.tolist() == [T, T + 1]

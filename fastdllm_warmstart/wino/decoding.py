@@ -66,6 +66,10 @@ class NarrowOut(DecodeCallback):
     """WINO's shadow block and narrow-out (steps 1 and 3 of the module docstring)."""
 
     supports_refill = True
+    # block_step is read only to tell a block's first forward from later ones; the bound on a
+    # block's narrow-outs counts each row's own forwards (``steps``), so rows at different later
+    # steps of a continuous batch may share one event.
+    uses_block_step = False
 
     def __init__(self, tau_out: float = 0.9, cap: bool = True):
         if not 0.0 < tau_out <= 1.0:
@@ -76,9 +80,10 @@ class NarrowOut(DecodeCallback):
         # the commits of the row's previous step in its block (B,).
         self.judged: Optional[torch.Tensor] = None
         self.last: Optional[torch.Tensor] = None
+        self.steps: Optional[torch.Tensor] = None  # (B,) forwards so far in the row's block
 
     def reset(self) -> None:
-        self.judged, self.last = None, None
+        self.judged, self.last, self.steps = None, None, None
 
     def on_init(self, state: DecodeState) -> None:
         if not getattr(state.model, "supports_transient_queries", False):
@@ -88,6 +93,7 @@ class NarrowOut(DecodeCallback):
         B, dev = state.batch_size, state.x.device
         self.judged = torch.zeros((B, state.block_length), dtype=torch.bool, device=dev)
         self.last = torch.full((B,), FIRST_LAST_ACCEPT, dtype=torch.long, device=dev)
+        self.steps = torch.zeros((B,), dtype=torch.long, device=dev)
         if state.revisions is None:
             state.revisions = torch.zeros_like(state.x)
         state.extras["wino_remasked"] = torch.zeros(B, dtype=torch.long, device=dev)
@@ -99,6 +105,7 @@ class NarrowOut(DecodeCallback):
         self.judged[rows] = state.x[rows, s:e] != state.mask_id
         if state.block_step == 0:
             self.last[rows] = FIRST_LAST_ACCEPT
+            self.steps[rows] = 0
         B, L = state.x.shape
         T = e - s
         W = state.window[1] - state.window[0]
@@ -118,6 +125,8 @@ class NarrowOut(DecodeCallback):
         if state.transient_logits is None or self.judged is None:
             return
         rows = state.active
+        steps = self.steps.clone()  # each row's forwards in its block before this one
+        self.steps[rows] += 1
         s, e = state.block_start, state.block_end
         w0 = state.window[0]
         x_blk = state.x[:, s:e]  # (B, T) view
@@ -126,7 +135,7 @@ class NarrowOut(DecodeCallback):
         accepted = committed + (judged.sum(dim=1) if state.block_step == 0 else 0)  # priors: step 0's wide-in
         last = self.last.clone()
         self.last = torch.where(rows, accepted, self.last)
-        go = rows & (accepted > 1) & (state.block_step < state.block_length)  # (B,)
+        go = rows & (accepted > 1) & (steps < state.block_length)  # (B,)
         if not bool(go.any()):
             return
         logits = state.transient_logits.float().clone()  # (B, T, V); zeros in rows not computed
