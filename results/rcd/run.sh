@@ -11,7 +11,7 @@
 # then: python scripts/paired_compare.py results/rcd/*.json (see docs/rcd.md)
 set -eu
 cd "$(dirname "$0")/../.."
-DATA="fresh2026 fresh2027 seed5 seed99"
+DATA=${DATA:-"fresh2026 fresh2027 seed5 seed99"}  # a subset, e.g. to run two benches side by side
 kind=$1; name=${2:-base}; model=${3:-embedded:tiny-dllm}
 case $kind in
   base)   preset=results/rcd/preset_stream.json; modes=(--modes stream_off) ;;
