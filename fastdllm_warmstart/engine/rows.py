@@ -49,9 +49,10 @@ logger = logging.getLogger(__name__)
 
 
 # Devices where ``auto`` may refill. A call's cost on an accelerator hardly depends on how many rows
-# it carries, so fewer, fuller calls pay; on the CPU a forward costs per row computed (done rows are
-# skipped anyway), and refill's bookkeeping made it slower than the static batch (median of 5
-# interleaved passes, batch 16, 300 problems: cold 22.9 s vs 16.9 s; results/bench_batching.json).
+# it carries, so fewer, fuller calls pay; on the CPU a forward costs per query position computed
+# (done rows are skipped anyway), and refill, which pads every prompt to the run's longest and runs
+# hooks per group, was measured slower than the static batch (median of 5 interleaved passes,
+# batch 16, 300 problems: cold 14.3 s vs 13.3 s; results/bench_batching.json).
 AUTO_REFILL_DEVICES = frozenset({"cuda"})
 
 
