@@ -159,8 +159,8 @@ def result_files() -> List[Tuple[Path, Dict[str, Any]]]:
     out = []
     for path in sorted((ROOT / "results").rglob("*.json")):
         head = json.loads(path.read_text())
-        if isinstance(head, list) or "comparisons" in head:
-            continue  # a bench preset, or a paired comparison of result files (checked below)
+        if isinstance(head, list) or "comparisons" in head or "series" in head:
+            continue  # a bench or sweep preset, or a paired comparison of result files (checked below)
         out.append((path, head))
     for path in sorted((ROOT / "results").rglob("*.jsonl")):
         if path.parent.name == "data" or path.name.endswith(".partial.jsonl"):
