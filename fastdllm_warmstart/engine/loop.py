@@ -446,9 +446,8 @@ def _run_static(state: DecodeState, hooks: CallbackList, strategy, config: Decod
                 0, rows, 1.0 / rows.numel())
             if rows is None:
                 state.queries += logits.shape[1]
-            else:
+            else:  # the rows left out get zero logits; nothing reads them
                 state.queries[rows] += logits.shape[1]
-            if rows is not None:  # the rows left out get zero logits; nothing reads them
                 full = logits.new_zeros((B,) + tuple(logits.shape[1:]))
                 full[rows] = logits
                 logits = full

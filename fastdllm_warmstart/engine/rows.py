@@ -331,7 +331,7 @@ class RefillLoop:
             slot = (shape, seen.setdefault(shape, 0))  # the tick's first, second... call of a shape
             seen[shape] += 1
             out = self._spread(slot, part, rows)  # (B, W (+T), V)
-            results.append((out[:, :-n], out[:, -n:], part[:, :-n], rows) if n else (out, None, part, rows))
+            results.append((out[:, :-n], out[:, -n:], part, rows) if n else (out, None, part, rows))
         return results
 
     def _row_logits(self, part: torch.Tensor, call_rows: torch.Tensor, rows: torch.Tensor) -> tuple:
