@@ -245,16 +245,12 @@ class DualCache(CacheStrategy):
         start = torch.zeros(B, dtype=torch.long, device=state.x.device)
         start[rows] = starts
         replace = (cols >= start.view(-1, 1)) & (cols < start.view(-1, 1) + state.block_length)  # (B, L)
-        if _every_row(rows, B):
-            return self._kwargs(state, inputs, rows, past_key_values=self.past, use_cache=True,
-                                replace_position=replace)  # logits (B, block_length, V)
-        if getattr(state.model, "supports_past_rows", False):  # the model takes the rows itself
-            kwargs = self._kwargs(state, inputs, rows, past_key_values=self.past, use_cache=True,
-                                  replace_position=replace)
-            return {**kwargs, "past_rows": rows}  # logits (R, block_length, V)
-        past = [tuple(t[rows] for t in layer) for layer in self.past]
-        return self._kwargs(state, inputs, rows, past_key_values=past, use_cache=True,
-                            replace_position=replace)  # logits (R, block_length, V)
+        every = _every_row(rows, B)
+        own = not every and getattr(state.model, "supports_past_rows", False)  # model takes the rows
+        past = self.past if every or own else [tuple(t[rows] for t in layer) for layer in self.past]
+        kwargs = self._kwargs(state, inputs, rows, past_key_values=past, use_cache=True,
+                              replace_position=replace)  # logits (R, block_length, V)
+        return {**kwargs, "past_rows": rows} if own else kwargs
 
     def rows_output(self, state, out, rows, full):
         if full:
